@@ -1,0 +1,329 @@
+"""Load GPT-2 into TransformerLens: by name (the path real users take), from a local checkpoint directory with
+no network at all, or the small model bundled with this package.
+
+Both backends give the same hook names and numerics:
+
+- ``backend="hooked"``: ``HookedTransformer`` (deprecated in TransformerLens 3.x, removed in 4.0).
+- ``backend="bridge"``: ``TransformerBridge`` with ``enable_compatibility_mode()``, its successor.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import difflib
+import hashlib
+import json
+import os
+import socket
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from interp.tokenizer import gpt2_tokenizer
+
+__all__ = [
+    "BUNDLED_DIR",
+    "CheckpointNotFoundError",
+    "CorruptCheckpointError",
+    "ModelInfo",
+    "ModelLoadError",
+    "NotGPT2CheckpointError",
+    "UnknownModelError",
+    "WeightsUnavailableError",
+    "load_model",
+    "model_info",
+]
+
+BUNDLED_DIR = Path(__file__).parent / "bundled"
+BACKENDS = ("hooked", "bridge")
+_WAYS_OUT = (
+    "Ways out: (1) connect to the internet once, so the weights land in the Hugging Face cache; "
+    "(2) pass a local GPT-2 checkpoint directory (config.json + model.safetensors) as the spec; "
+    "(3) use the offline model bundled with interp: load_model('bundled')."
+)
+
+
+class ModelLoadError(Exception):
+    """Base class of every error ``load_model`` raises on bad input."""
+
+
+class CheckpointNotFoundError(ModelLoadError, FileNotFoundError):
+    """The spec names a local path that does not exist or lacks the checkpoint files."""
+
+
+class NotGPT2CheckpointError(ModelLoadError, ValueError):
+    """The directory holds a checkpoint of another architecture."""
+
+
+class CorruptCheckpointError(ModelLoadError, ValueError):
+    """The checkpoint's files exist but cannot be read (truncated or corrupt safetensors, bad JSON)."""
+
+
+class UnknownModelError(ModelLoadError, ValueError):
+    """The spec is neither a path nor a model name TransformerLens knows."""
+
+
+class WeightsUnavailableError(ModelLoadError, ConnectionError):
+    """A known model whose weights are neither in the local cache nor downloadable."""
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """Where a loaded model came from; figures and the manifest name the model with ``label``."""
+
+    spec: str
+    backend: str
+    label: str  # human name for titles, e.g. "GPT-2 small" or "bundled stdlib-GPT (2L)"
+    checkpoint: str | None  # local directory, or None for a Hub model
+    weights_sha256: str | None  # of model.safetensors, None for Hub models (their revision pins them)
+
+
+def model_info(model) -> ModelInfo:
+    """The ``ModelInfo`` that ``load_model`` attached to ``model``."""
+    info = getattr(model, "interp_info", None)
+    if info is None:
+        raise ValueError("this model was not loaded with interp.load_model, so its origin is unknown")
+    return info
+
+
+def _default_device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def load_model(spec: str | os.PathLike = "gpt2", *, backend: str = "hooked", device: str | None = None,
+               dtype: torch.dtype = torch.float32, fold_ln: bool = True, center_writing_weights: bool = True,
+               center_unembed: bool = True):
+    """Load a GPT-2 model into TransformerLens.
+
+    Args:
+        spec: a TransformerLens model name (``"gpt2"`` is GPT-2 small), a local Hugging Face GPT-2
+            checkpoint directory (``config.json`` + ``model.safetensors``), or ``"bundled"``.
+        backend: ``"hooked"`` (HookedTransformer) or ``"bridge"`` (TransformerBridge in compatibility mode).
+        device: ``"cpu"``, ``"cuda"``...; default: cuda when available.
+        dtype: parameter dtype.
+        fold_ln, center_writing_weights, center_unembed: TransformerLens's standard weight processing.
+            Turn all three off for an unprocessed model whose weights equal the checkpoint's.
+
+    Returns:
+        The model, with ``model.interp_info`` (a ``ModelInfo``) attached.
+
+    Raises:
+        ModelLoadError: a subclass saying what is wrong with the spec, and what to do.
+
+    Example:
+        >>> model = load_model("bundled")
+        >>> model.cfg.n_layers, model_info(model).label
+        (2, 'bundled stdlib-GPT (2 layers, trained in this repo)')
+    """
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    device = device or _default_device()
+    processing = dict(fold_ln=fold_ln, center_writing_weights=center_writing_weights, center_unembed=center_unembed)
+    spec_str = os.fspath(spec)
+    path = BUNDLED_DIR if spec_str == "bundled" else Path(spec_str).expanduser()
+    if spec_str == "bundled" or path.exists() or _looks_like_path(spec_str):
+        model, label, digest = _load_local(path, backend, device, dtype, processing)
+        if spec_str == "bundled":
+            label = "bundled stdlib-GPT (2 layers, trained in this repo)"
+        info = ModelInfo(spec_str, backend, label, str(path), digest)
+    else:
+        model = _load_named(spec_str, backend, device, dtype, processing)
+        info = ModelInfo(spec_str, backend, _NAMED_LABELS.get(spec_str, spec_str), None, None)
+    model.eval()
+    model.interp_info = info
+    return model
+
+
+_NAMED_LABELS = {"gpt2": "GPT-2 small", "gpt2-small": "GPT-2 small", "gpt2-medium": "GPT-2 medium",
+                 "gpt2-large": "GPT-2 large", "gpt2-xl": "GPT-2 XL"}
+
+
+def _looks_like_path(spec: str) -> bool:
+    return spec.startswith((".", "/", "~")) or os.sep in spec and not spec.count("/") == 1
+
+
+# ---------------------------------------------------------------------------------------------- local
+
+
+def _read_config(path: Path) -> dict:
+    if not path.is_dir():
+        raise CheckpointNotFoundError(f"no checkpoint directory at {path}")
+    config_file = path / "config.json"
+    weights = path / "model.safetensors"
+    missing = [f.name for f in (config_file, weights) if not f.exists()]
+    if missing:
+        raise CheckpointNotFoundError(
+            f"{path} is not a Hugging Face GPT-2 checkpoint: missing {', '.join(missing)} "
+            "(interp loads only safetensors weights)"
+        )
+    try:
+        config = json.loads(config_file.read_text())
+    except json.JSONDecodeError as err:
+        raise CorruptCheckpointError(f"{config_file} is not valid JSON: {err}") from None
+    if config.get("model_type") != "gpt2":
+        raise NotGPT2CheckpointError(
+            f"{path} holds a {config.get('model_type')!r} checkpoint (config.json model_type); "
+            "interp loads GPT-2 checkpoints (model_type 'gpt2') only"
+        )
+    return config
+
+
+@contextlib.contextmanager
+def quiet_transformers():
+    """Silence transformers' progress bars ("Loading weights: 100%") inside the block, then restore them."""
+    from transformers.utils import logging as hf_logging
+
+    was_enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            hf_logging.enable_progress_bar()
+
+
+def _hf_model(path: Path, dtype: torch.dtype):
+    """The checkpoint as a Hugging Face ``GPT2LMHeadModel``, from safetensors only, no Hub access."""
+    from safetensors import SafetensorError
+    from transformers import GPT2LMHeadModel
+
+    try:
+        with quiet_transformers():
+            return GPT2LMHeadModel.from_pretrained(
+                path, local_files_only=True, use_safetensors=True, dtype=dtype, attn_implementation="eager",
+            )
+    except (SafetensorError, OSError, RuntimeError, ValueError) as err:
+        raise CorruptCheckpointError(
+            f"cannot read the weights in {path / 'model.safetensors'} (truncated or corrupt?): "
+            f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
+        ) from None
+
+
+def _local_tokenizer(path: Path):
+    from transformers import AutoTokenizer
+
+    if (path / "tokenizer.json").exists() or (path / "vocab.json").exists():
+        return AutoTokenizer.from_pretrained(path, local_files_only=True)
+    return gpt2_tokenizer()
+
+
+def hooked_config(config: dict, device: str, dtype: torch.dtype):
+    """A ``HookedTransformerConfig`` from a GPT-2 ``config.json``, as TransformerLens maps GPT2LMHeadModel."""
+    from transformer_lens import HookedTransformerConfig
+
+    n_embd, n_head = config["n_embd"], config["n_head"]
+    return HookedTransformerConfig(
+        d_model=n_embd,
+        d_head=n_embd // n_head,
+        n_heads=n_head,
+        d_mlp=config.get("n_inner") or 4 * n_embd,
+        n_layers=config["n_layer"],
+        n_ctx=config.get("n_ctx", config["n_positions"]),
+        eps=config.get("layer_norm_epsilon", 1e-5),
+        d_vocab=config["vocab_size"],
+        act_fn=config.get("activation_function", "gelu_new"),
+        use_attn_scale=config.get("scale_attn_weights", True),
+        scale_attn_by_inverse_layer_idx=config.get("scale_attn_by_inverse_layer_idx", False),
+        normalization_type="LN",
+        original_architecture="GPT2LMHeadModel",
+        tokenizer_prepends_bos=False,
+        default_prepend_bos=True,
+        device=device,
+        dtype=dtype,
+    )
+
+
+def _load_local(path: Path, backend: str, device: str, dtype: torch.dtype, processing: dict):
+    config = _read_config(path)
+    hf_model = _hf_model(path, dtype)
+    tokenizer = _local_tokenizer(path)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*deprecated", category=DeprecationWarning)
+        if backend == "hooked":
+            from transformer_lens import HookedTransformer
+            from transformer_lens.pretrained.weight_conversions import convert_gpt2_weights
+
+            cfg = hooked_config(config, device, dtype)
+            model = HookedTransformer(cfg, tokenizer=tokenizer, move_to_device=False)
+            model.load_and_process_state_dict(convert_gpt2_weights(hf_model, cfg), **processing)
+            torch.nn.Module.to(model, device)  # HookedTransformer.to prints "Moving model to device"
+        else:
+            model = _bridge(str(path), device, dtype, processing, hf_model=hf_model, tokenizer=tokenizer)
+    label = config.get("interp_label") or path.name
+    return model, label, _sha256(path / "model.safetensors")
+
+
+def _bridge(name: str, device: str, dtype: torch.dtype, processing: dict, **kwargs):
+    from transformer_lens.model_bridge import TransformerBridge
+
+    bridge = TransformerBridge.boot_transformers(name, device=device, dtype=dtype, **kwargs)
+    if any(processing.values()):
+        bridge.enable_compatibility_mode(disable_warnings=True, **processing)
+    else:
+        bridge.enable_compatibility_mode(disable_warnings=True, no_processing=True)
+    return bridge
+
+
+def _sha256(file: Path) -> str:
+    digest = hashlib.sha256()
+    with open(file, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+# ---------------------------------------------------------------------------------------------- named
+
+
+def _official_name(spec: str) -> str:
+    from transformer_lens.loading_from_pretrained import OFFICIAL_MODEL_NAMES, get_official_model_name
+
+    try:
+        return get_official_model_name(spec)
+    except ValueError:
+        close = difflib.get_close_matches(spec, OFFICIAL_MODEL_NAMES + ["gpt2", "bundled"], n=3)
+        hint = f" Did you mean {', '.join(map(repr, close))}?" if close else ""
+        raise UnknownModelError(
+            f"{spec!r} is neither an existing path nor a model name TransformerLens knows.{hint}"
+        ) from None
+
+
+def _is_cached(official: str) -> bool:
+    from huggingface_hub import try_to_load_from_cache
+
+    return any(
+        isinstance(try_to_load_from_cache(repo, filename), str)
+        for repo in {official, official.split("/")[-1]}
+        for filename in ("model.safetensors", "pytorch_model.bin")
+    )
+
+
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False"):
+        return False
+    try:
+        socket.create_connection(("huggingface.co", 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+def _load_named(spec: str, backend: str, device: str, dtype: torch.dtype, processing: dict):
+    official = _official_name(spec)
+    if not _is_cached(official) and not _hub_reachable():
+        raise WeightsUnavailableError(
+            f"the weights of {spec!r} ({official}) are not in the local Hugging Face cache and the Hub "
+            f"cannot be reached. {_WAYS_OUT}"
+        )
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*deprecated", category=DeprecationWarning)
+        try:
+            if backend == "hooked":
+                from transformer_lens import HookedTransformer
+
+                return HookedTransformer.from_pretrained(spec, device=device, dtype=dtype, **processing)
+            return _bridge(official, device, dtype, processing)
+        except OSError as err:
+            raise WeightsUnavailableError(f"could not load {spec!r}: {err}. {_WAYS_OUT}") from None
