@@ -1,0 +1,105 @@
+"""What every experiment script shares: the common CLI options, model resolution with the offline fallback,
+and the run metadata every figure's manifest entry records."""
+
+from __future__ import annotations
+
+import argparse
+import random
+import shlex
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from interp.loading import ModelLoadError, WeightsUnavailableError, load_model, model_info
+
+DEFAULT_OUT = Path(__file__).resolve().parent.parent / "figures"
+DEFAULT_MODEL = "gpt2"  # GPT-2 small; falls back to the bundled model when its weights can't be had
+
+
+def add_common_args(parser: argparse.ArgumentParser, *, model_help: str | None = None) -> None:
+    parser.add_argument(
+        "--model", default=None, metavar="SPEC",
+        help=model_help or "model name, local GPT-2 checkpoint directory, or 'bundled' (default: GPT-2 small, "
+        "falling back to the bundled offline model when GPT-2's weights can't be had; pass --model gpt2 to "
+        "insist on GPT-2)",
+    )
+    parser.add_argument("--backend", choices=("hooked", "bridge"), default="hooked",
+                        help="HookedTransformer, or TransformerBridge in compatibility mode (default: hooked)")
+    parser.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda if available)")
+    parser.add_argument("--seed", type=int, default=0, help="seed for torch, numpy and random (default: 0)")
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="output folder (default: figures/)")
+    parser.add_argument("--no-images", action="store_true", help="write HTML and JSON only, skip PNG export")
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def resolve_model(spec: str | None, *, backend: str = "hooked", device: str | None = None):
+    """Load ``spec``; with no spec, GPT-2 small, or the bundled model (saying so) when GPT-2 can't be had.
+
+    Raises:
+        SystemExit: with the loader's message when a model the user named cannot be loaded.
+    """
+    try:
+        if spec is None:
+            try:
+                return load_model(DEFAULT_MODEL, backend=backend, device=device)
+            except WeightsUnavailableError:
+                print("GPT-2 small's weights are not cached and cannot be downloaded: using the bundled offline "
+                      "model instead (pass --model gpt2 to insist on GPT-2).", file=sys.stderr)
+                return load_model("bundled", backend=backend, device=device)
+        return load_model(spec, backend=backend, device=device)
+    except ModelLoadError as err:
+        raise SystemExit(f"error: {err}") from None
+
+
+@dataclass(frozen=True)
+class RunMeta:
+    """What the manifest records for every figure of a run."""
+
+    model_spec: str
+    model_label: str
+    weights: str  # sha256 of model.safetensors, a Hub name, or "architecture only"
+    backend: str
+    seed: int
+    command: str
+
+    def as_dict(self) -> dict:
+        import plotly
+        import transformer_lens  # noqa: F401
+        from importlib.metadata import version
+
+        import interp
+
+        return {
+            "model": {"spec": self.model_spec, "label": self.model_label, "weights": self.weights},
+            "backend": self.backend,
+            "seed": self.seed,
+            "command": self.command,
+            "versions": {"interp": interp.__version__, "transformer-lens": version("transformer-lens"),
+                         "torch": torch.__version__, "plotly": plotly.__version__},
+        }
+
+
+def command_line() -> str:
+    """The command that started this process, as a user would type it."""
+    spec = getattr(sys.modules.get("__main__"), "__spec__", None)
+    prog = f"python -m {spec.name.removesuffix('.__main__')}" if spec else f"python {sys.argv[0]}"
+    return " ".join([prog, shlex.join(sys.argv[1:])]).strip()
+
+
+def run_meta(model, seed: int, command: str | None = None) -> RunMeta:
+    info = model_info(model)
+    weights = info.weights_sha256 or f"Hugging Face Hub: {info.spec}"
+    return RunMeta(info.spec, info.label, weights, info.backend, seed, command or command_line())
+
+
+def title(text: str, label: str) -> str:
+    """A figure title that names the model that made it."""
+    return f"{text}<br><sup>model: {label}</sup>"

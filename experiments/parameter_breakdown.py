@@ -1,0 +1,165 @@
+"""Where GPT-2's parameters live: the share of each component, the per-layer breakdown, and both totals.
+
+Computed from a weightless skeleton of the architecture, so GPT-2 small's exact figures need no download::
+
+    python -m experiments.parameter_breakdown                      # GPT-2 small, from its config
+    python -m experiments.parameter_breakdown --model ./my-ckpt    # any local GPT-2 checkpoint's own numbers
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import plotly.graph_objects as go
+from plotly.subplots import make_subplots
+
+from experiments.common import DEFAULT_OUT, RunMeta, command_line, title
+from interp.architecture import architecture, component_table, config_summary, parameter_listing
+from interp.figures import FigureWriter
+
+NAME = "parameter_breakdown"
+CATEGORIES = ("token embedding", "position embedding", "attention QKV", "attention output", "MLP in", "MLP out",
+              "LayerNorms", "unembedding")
+LAYER_CATEGORIES = ("attention QKV", "attention output", "MLP in", "MLP out", "LayerNorms")
+
+
+@dataclass(frozen=True)
+class Result:
+    spec: str
+    label: str
+    config: dict
+    by_category: dict[str, int]
+    per_layer: dict[str, list[int]]  # category -> count per layer
+    tied_total: int
+    untied_total: int
+    why_totals_differ: str
+    table: list[dict]  # the component table, one dict per row
+
+
+def compute(spec: str = "gpt2") -> Result:
+    """Count every component of the architecture ``spec`` names; pure apart from reading its config."""
+    skeleton = architecture(spec)
+    table = component_table(skeleton)
+    listing = parameter_listing(skeleton)
+    assert table.total == listing.tied_total, "component rows must sum to the tied total"
+    n_layers = skeleton.config.n_layer
+    per_layer = {c: [0] * n_layers for c in LAYER_CATEGORIES}
+    for row in table.rows:
+        if row.layer is not None:
+            per_layer[row.category][row.layer] += row.count
+    frame = table.to_frame()
+    label = {"gpt2": "GPT-2 small", "gpt2-small": "GPT-2 small"}.get(spec, spec)
+    return Result(
+        spec=spec,
+        label=f"{label} (architecture from its config; no weights needed)",
+        config=config_summary(skeleton),
+        by_category=table.by_category(),
+        per_layer=per_layer,
+        tied_total=listing.tied_total,
+        untied_total=listing.untied_total,
+        why_totals_differ=listing.why,
+        table=frame.astype(object).where(frame.notna(), None).to_dict(orient="records"),
+    )
+
+
+def _percent(share: float) -> str:
+    return f"{100 * share:.1f}%" if share >= 0.01 or share == 0 else f"{100 * share:.2f}%"
+
+
+def plot(result: Result) -> go.Figure:
+    fig = make_subplots(
+        rows=2, cols=2, specs=[[{"type": "bar"}, {"type": "bar"}], [{"type": "bar", "colspan": 2}, None]],
+        subplot_titles=("Share of the parameters, by component", "Tied vs untied total",
+                        "Per layer (every block is the same size)"),
+        vertical_spacing=0.16, horizontal_spacing=0.22,
+    )
+    total = result.tied_total
+    counts = [result.by_category.get(c, 0) for c in CATEGORIES]
+    names = [c if c != "unembedding" else "unembedding (tied to wte: 0 new)" for c in CATEGORIES]
+    fig.add_bar(
+        y=names[::-1], x=[100 * n / total for n in counts][::-1], orientation="h", row=1, col=1,
+        customdata=counts[::-1], text=[_percent(n / total) for n in counts][::-1], textposition="outside",
+        hovertemplate="%{y}<br>%{customdata:,} parameters<br>%{x:.2f}% of the tied total<extra></extra>",
+        marker_color="#4C78A8", showlegend=False, cliponaxis=False,
+    )
+    fig.update_xaxes(title_text="% of tied total", row=1, col=1)
+    shared = result.untied_total - result.tied_total
+    fig.add_bar(
+        x=["tied (real)", "lm_head counted separately"], y=[result.tied_total, result.untied_total], row=1, col=2,
+        text=[f"{result.tied_total:,}", f"{result.untied_total:,}"], textposition="outside", showlegend=False,
+        marker_color=["#4C78A8", "#F58518"], cliponaxis=False,
+        hovertemplate="%{x}<br>%{y:,} parameters<extra></extra>",
+    )
+    fig.update_yaxes(title_text="parameters", range=[0, 1.2 * result.untied_total], row=1, col=2)
+    fig.add_annotation(text=f"difference {shared:,} = wte, shared with lm_head", x=0.5, y=1.1 * result.untied_total,
+                       xref="x2", yref="y2", showarrow=False, font_size=11)
+    n_layers = len(next(iter(result.per_layer.values())))
+    layer_total = [sum(result.per_layer[c][i] for c in LAYER_CATEGORIES) for i in range(n_layers)]
+    for category in LAYER_CATEGORIES:
+        values = result.per_layer[category]
+        fig.add_bar(
+            x=[f"block {i}" for i in range(n_layers)], y=values, name=category, row=2, col=1,
+            customdata=[[v / t * 100, v / total * 100] for v, t in zip(values, layer_total)],
+            hovertemplate=(f"{category}<br>%{{x}}: %{{y:,}} parameters<br>%{{customdata[0]:.1f}}% of the block, "
+                           "%{customdata[1]:.2f}% of the model<extra></extra>"),
+        )
+    fig.update_layout(
+        barmode="stack", width=1100, height=800, legend_title_text="block component",
+        title=title(f"Where the parameters live: {result.tied_total:,} in total "
+                    f"(d_model {result.config['d_model']}, {result.config['n_layers']} layers, "
+                    f"{result.config['n_heads']} heads, vocab {result.config['d_vocab']:,})", result.label),
+        margin=dict(t=110),
+    )
+    fig.update_yaxes(title_text="parameters", row=2, col=1)
+    return fig
+
+
+def summary(result: Result) -> str:
+    import pandas as pd
+
+    frame = pd.DataFrame(result.table)
+    blocks = frame[frame.layer.notna()].groupby("component", sort=False)["count"].agg(["first", "sum"])
+    top = frame[frame.layer.isna()][["component", "shape", "count", "note"]]
+    lines = [
+        f"{result.label}",
+        "config: " + ", ".join(f"{k} {v}" for k, v in result.config.items()),
+        "",
+        top.to_string(index=False),
+        "",
+        "per block (first layer / all layers):",
+        blocks.rename(columns={"first": "one block", "sum": "all blocks"}).to_string(),
+        "",
+        f"total, tied (what the model holds):        {result.tied_total:>14,}",
+        f"total, lm_head counted on its own:         {result.untied_total:>14,}",
+        result.why_totals_differ,
+    ]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m experiments.parameter_breakdown", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="gpt2", metavar="SPEC",
+                        help="'gpt2' (default, from its config alone), 'bundled', or a checkpoint directory")
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="output folder (default: figures/)")
+    parser.add_argument("--no-images", action="store_true", help="write HTML and JSON only")
+    args = parser.parse_args(argv)
+    start = time.perf_counter()
+    try:
+        result = compute(args.model)
+    except (ValueError, FileNotFoundError) as err:
+        raise SystemExit(f"error: {err}") from None
+    print(summary(result))
+    meta = RunMeta(args.model, result.label, "architecture only", "none (weightless HF skeleton)", 0, command_line())
+    with FigureWriter(args.out, meta.as_dict(), formats=() if args.no_images else ("png",)) as writer:
+        paths = writer.save(plot(result), NAME, result.__dict__, params={"spec": args.model},
+                            wall_seconds=time.perf_counter() - start)
+    print("wrote " + ", ".join(str(p) for p in paths))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
