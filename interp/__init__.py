@@ -1,18 +1,44 @@
-"""interp: inspect GPT-2 small with TransformerLens."""
+"""interp: inspect GPT-2 small with TransformerLens.
+
+The names a researcher types in IPython; everything else lives in the topic modules
+(``interp.loading``, ``interp.architecture``, ``interp.hooks``, ``interp.heads``, ``interp.lens``,
+``interp.sampling``, ``interp.figures``).
+"""
 
 from interp.architecture import architecture, component_table, config_summary, parameter_listing, split_attention
+from interp.heads import head_scores
+from interp.hooks import (
+    ablate_heads,
+    cache_heads,
+    decompose_resid,
+    estimate_cache_bytes,
+    patch_activation,
+    residual_stream,
+    temporary_hooks,
+)
+from interp.lens import direct_logit_attribution, logit_lens
 from interp.loading import load_model, model_info
 from interp.tokenizer import gpt2_tokenizer
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "ablate_heads",
     "architecture",
+    "cache_heads",
     "component_table",
     "config_summary",
+    "decompose_resid",
+    "direct_logit_attribution",
+    "estimate_cache_bytes",
     "gpt2_tokenizer",
+    "head_scores",
     "load_model",
+    "logit_lens",
     "model_info",
     "parameter_listing",
+    "patch_activation",
+    "residual_stream",
     "split_attention",
+    "temporary_hooks",
 ]
