@@ -1,0 +1,386 @@
+"""Generation and temperature, measured.
+
+- ``temperature_sweep``: one forward pass, then ``softmax(logits / T)`` for every T, with entropy, effective
+  vocabulary, top-k mass, KL from T=1 and the greedy token's probability.
+- ``generate``: seeded, batched sampling with temperature, top-k and top-p, on a KV cache. Each prompt has
+  its own random stream, so a prompt's continuation does not depend on what else is in the batch.
+- ``distinct_n``, ``repeated_ngram_fraction``, ``continuation_logprobs``: how repetitive and how coherent
+  the sampled text is.
+
+``generate`` runs its own lean GPT-2 forward on weights read once from the TransformerLens model (fused QKV,
+contiguous unembedding, logits only at the last position); ``use_kv_cache=False`` runs the model's own
+forward on the whole sequence every step instead, the reference the fast path is tested against.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import einops
+import torch
+import torch.nn.functional as F
+from jaxtyping import Float, Int
+from torch import Tensor
+
+__all__ = [
+    "Generation",
+    "TemperatureSweep",
+    "continuation_logprobs",
+    "distinct_n",
+    "generate",
+    "repeated_ngram_fraction",
+    "temperature_sweep",
+]
+
+
+def check_temperatures(temperatures: Sequence[float] | float) -> tuple[float, ...]:
+    """Validate temperatures: finite and >= 0 (0 means greedy). Raises ``ValueError`` otherwise."""
+    if isinstance(temperatures, int | float):
+        temperatures = (temperatures,)
+    temps = tuple(float(t) for t in temperatures)
+    if not temps:
+        raise ValueError("temperatures is empty: give at least one, e.g. [0.1, 1, 10]")
+    for t in temps:
+        if math.isnan(t) or math.isinf(t) or t < 0:
+            raise ValueError(f"temperature must be a finite number >= 0 (0 = greedy), got {t}")
+    return temps
+
+
+# ---------------------------------------------------------------------------------------------- sweep
+
+
+@dataclass(frozen=True)
+class TemperatureSweep:
+    """Next-token distributions at each temperature, from one forward pass. Tensors are indexed by T."""
+
+    prompt: str
+    temperatures: tuple[float, ...]
+    probs: Float[Tensor, "temp d_vocab"]
+    top_tokens: Int[Tensor, "temp k"]
+    top_probs: Float[Tensor, "temp k"]
+    top_strings: tuple[tuple[str, ...], ...]
+    entropy_nats: Float[Tensor, " temp"]
+    entropy_bits: Float[Tensor, " temp"]
+    effective_vocab: Float[Tensor, " temp"]  # exp(entropy): how many equally likely tokens that is
+    top1_mass: Float[Tensor, " temp"]
+    top5_mass: Float[Tensor, " temp"]
+    top50_mass: Float[Tensor, " temp"]
+    kl_from_t1: Float[Tensor, " temp"]  # KL(p_T || p_1), nats
+    greedy_prob: Float[Tensor, " temp"]  # probability of the T=1 argmax token
+
+    def to_frame(self):
+        import pandas as pd
+
+        return pd.DataFrame({
+            "T": self.temperatures, "entropy_nats": self.entropy_nats.tolist(),
+            "entropy_bits": self.entropy_bits.tolist(), "effective_vocab": self.effective_vocab.tolist(),
+            "top1_mass": self.top1_mass.tolist(), "top5_mass": self.top5_mass.tolist(),
+            "top50_mass": self.top50_mass.tolist(), "kl_from_t1": self.kl_from_t1.tolist(),
+            "greedy_prob": self.greedy_prob.tolist(),
+            "top_tokens": [", ".join(repr(s) for s in row[:5]) for row in self.top_strings],
+        })
+
+
+def distributions(logits: Float[Tensor, " d_vocab"], temperatures: Sequence[float]) -> Float[Tensor, "temp d_vocab"]:
+    """``softmax(logits / T)`` for each T, in float64; T = 0 gives the one-hot argmax (greedy)."""
+    temps = check_temperatures(temperatures)
+    logits = logits.detach().to(torch.float64)
+    t = torch.tensor(temps, dtype=torch.float64, device=logits.device).unsqueeze(1)  # (temp, 1)
+    probs = (logits / t.clamp_min(1e-300)).softmax(-1)  # T=0 rows are replaced below
+    greedy = F.one_hot(logits.argmax(), logits.shape[-1]).to(probs.dtype)
+    return torch.where(t == 0, greedy, probs)
+
+
+def sweep_metrics(probs: Float[Tensor, "temp d_vocab"], reference: Float[Tensor, " d_vocab"]) -> dict[str, Tensor]:
+    """Entropy, effective vocabulary, top-k masses, KL from ``reference`` and the reference argmax's prob."""
+    logp = probs.clamp_min(1e-300).log()
+    entropy = -(probs * logp).sum(-1).clamp_min(0)
+    sorted_probs = probs.sort(-1, descending=True).values
+    kl = (probs * (logp - reference.clamp_min(1e-300).log())).sum(-1).clamp_min(0)
+    return {
+        "entropy_nats": entropy,
+        "entropy_bits": entropy / math.log(2),
+        "effective_vocab": entropy.exp(),
+        "top1_mass": sorted_probs[:, 0],
+        "top5_mass": sorted_probs[:, :5].sum(-1),
+        "top50_mass": sorted_probs[:, :50].sum(-1),
+        "kl_from_t1": kl,
+        "greedy_prob": probs[:, reference.argmax()],
+    }
+
+
+@torch.no_grad()
+def temperature_sweep(model, prompt: str, temperatures: Sequence[float], *, k: int = 10) -> TemperatureSweep:
+    """Run ``model`` once on ``prompt`` and describe the next-token distribution at every temperature.
+
+    Example:
+        >>> sweep = temperature_sweep(model, "The capital of France is", [0, 0.1, 1, 10])
+        >>> sweep.to_frame()[["T", "entropy_bits", "top1_mass"]]
+    """
+    temps = check_temperatures(temperatures)
+    tokens = prompt_tokens(model, [prompt], max_new_tokens=0)[0].unsqueeze(0)
+    logits = model(tokens)[0, -1]
+    probs = distributions(logits, temps)
+    reference = distributions(logits, [1.0])[0]
+    top = probs.topk(k, dim=-1)
+    strings = tuple(tuple(model.tokenizer.decode([t]) for t in row.tolist()) for row in top.indices)
+    return TemperatureSweep(prompt, temps, probs, top.indices, top.values, strings, **sweep_metrics(probs, reference))
+
+
+# ---------------------------------------------------------------------------------------------- prompts
+
+
+def prompt_tokens(model, prompts: Sequence[str], *, max_new_tokens: int) -> list[Int[Tensor, " pos"]]:
+    """Tokenize each prompt with BOS; check it is non-empty and leaves room for ``max_new_tokens``."""
+    if isinstance(prompts, str):
+        prompts = [prompts]
+    if not prompts:
+        raise ValueError("no prompts given")
+    out = []
+    for prompt in prompts:
+        if not isinstance(prompt, str) or not prompt:
+            raise ValueError(f"prompt must be a non-empty string, got {prompt!r}")
+        tokens = model.to_tokens(prompt, prepend_bos=True)[0]
+        room = model.cfg.n_ctx - max_new_tokens
+        if len(tokens) > room:
+            raise ValueError(f"prompt is {len(tokens)} tokens (with BOS); with {max_new_tokens} new tokens the "
+                             f"context window of {model.cfg.n_ctx} leaves room for {room}")
+        out.append(tokens)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------- fast forward
+
+
+def _ln_affine(ln) -> tuple[Tensor | None, Tensor | None]:
+    """A LayerNorm module's weight and bias, or None where weight processing folded them away."""
+    w, b = getattr(ln, "w", None), getattr(ln, "b", None)
+    if w is None:
+        params = dict(ln.named_parameters())
+        w = next((p for n, p in params.items() if n.endswith("weight")), None)
+        b = next((p for n, p in params.items() if n.endswith("bias")), None)
+    return (None if w is None else w.detach(), None if b is None else b.detach())
+
+
+@dataclass(frozen=True)
+class _Block:
+    ln1: tuple[Tensor | None, Tensor | None]
+    W_qkv: Float[Tensor, "d_model three_d_model"]
+    b_qkv: Float[Tensor, " three_d_model"]
+    W_O: Float[Tensor, "d_model d_model"]
+    b_O: Float[Tensor, " d_model"]
+    ln2: tuple[Tensor | None, Tensor | None]
+    W_in: Float[Tensor, "d_model d_mlp"]
+    b_in: Float[Tensor, " d_mlp"]
+    W_out: Float[Tensor, "d_mlp d_model"]
+    b_out: Float[Tensor, " d_model"]
+
+
+class FastGPT2:
+    """GPT-2's forward with a KV cache, on weights laid out once for speed. Numerically the model's own.
+
+    TransformerLens re-lays-out Q/K/V/O and copies ``W_U.T`` on every call; this does it once.
+    """
+
+    def __init__(self, model):
+        cfg = model.cfg
+        if cfg.positional_embedding_type != "standard" or cfg.normalization_type not in ("LN", "LNPre"):
+            raise ValueError("FastGPT2 supports GPT-2-style models (learned positions, LayerNorm)")
+        self.cfg, self.eps = cfg, cfg.eps
+        self.n_heads, self.d_head = cfg.n_heads, cfg.d_head
+        self.W_E = model.W_E.detach()
+        self.W_pos = model.pos_embed.W_pos.detach() if hasattr(model.pos_embed, "W_pos") else \
+            model.pos_embed.weight.detach()
+        self.blocks = []
+        for block in model.blocks:
+            attn = block.attn
+            W_qkv = torch.cat([einops.rearrange(attn.W_Q.detach(), "head d_model d_head -> d_model (head d_head)"),
+                               einops.rearrange(attn.W_K.detach(), "head d_model d_head -> d_model (head d_head)"),
+                               einops.rearrange(attn.W_V.detach(), "head d_model d_head -> d_model (head d_head)")],
+                              dim=1).contiguous()
+            b_qkv = torch.cat([attn.b_Q.detach().flatten(), attn.b_K.detach().flatten(), attn.b_V.detach().flatten()])
+            self.blocks.append(_Block(
+                _ln_affine(block.ln1), W_qkv, b_qkv,
+                einops.rearrange(attn.W_O.detach(), "head d_head d_model -> (head d_head) d_model").contiguous(),
+                attn.b_O.detach(), _ln_affine(block.ln2),
+                block.mlp.W_in.detach().contiguous(), block.mlp.b_in.detach(),
+                block.mlp.W_out.detach().contiguous(), block.mlp.b_out.detach()))
+        self.ln_final = _ln_affine(model.ln_final)
+        self.W_U = model.W_U.detach().contiguous()
+        self.b_U = model.b_U.detach()
+        self.act = {"gelu_new": lambda x: F.gelu(x, approximate="tanh"), "gelu": F.gelu,
+                    "relu": F.relu}.get(cfg.act_fn)
+        if self.act is None:
+            raise ValueError(f"unsupported activation {cfg.act_fn!r}")
+
+    def _ln(self, x: Tensor, affine) -> Tensor:
+        w, b = affine
+        x = x - x.mean(-1, keepdim=True)
+        x = x / (x.pow(2).mean(-1, keepdim=True) + self.eps).sqrt()
+        return x if w is None else x * w + b
+
+    def forward(self, tokens: Int[Tensor, "batch pos"], positions: Int[Tensor, "batch pos"],
+                cache_k: Tensor, cache_v: Tensor, start: int, key_mask: Tensor) -> Float[Tensor, "batch d_vocab"]:
+        """Run ``tokens`` (cache slots ``start..start+pos``) and return the logits at the last position.
+
+        ``cache_k``/``cache_v`` are ``[layer, batch, head, max_len, d_head]`` and are filled in place.
+        ``key_mask`` ``[batch, max_len]`` is False at padding.
+        """
+        batch, pos = tokens.shape
+        end = start + pos
+        x = self.W_E[tokens] + self.W_pos[positions]  # (batch, pos, d_model)
+        causal = torch.ones(pos, end, dtype=torch.bool, device=tokens.device).tril(start)
+        allowed = causal.unsqueeze(0) & key_mask[:, None, :end]  # (batch, pos, end)
+        eye = torch.zeros_like(allowed)
+        eye[:, :, start:end] = torch.eye(pos, dtype=torch.bool, device=tokens.device)
+        allowed = (allowed | eye).unsqueeze(1)  # a padding query sees itself, never an empty row
+        for layer, blk in enumerate(self.blocks):
+            qkv = self._ln(x, blk.ln1) @ blk.W_qkv + blk.b_qkv
+            q, k, v = einops.rearrange(qkv, "batch pos (three head d_head) -> three batch head pos d_head",
+                                       three=3, head=self.n_heads)
+            cache_k[layer, :, :, start:end] = k
+            cache_v[layer, :, :, start:end] = v
+            z = F.scaled_dot_product_attention(q, cache_k[layer, :, :, :end], cache_v[layer, :, :, :end],
+                                               attn_mask=allowed)
+            x = x + einops.rearrange(z, "batch head pos d_head -> batch pos (head d_head)") @ blk.W_O + blk.b_O
+            x = x + self.act(self._ln(x, blk.ln2) @ blk.W_in + blk.b_in) @ blk.W_out + blk.b_out
+        return self._ln(x[:, -1], self.ln_final) @ self.W_U + self.b_U
+
+
+# ---------------------------------------------------------------------------------------------- generate
+
+
+@dataclass(frozen=True)
+class Generation:
+    prompts: tuple[str, ...]
+    prompt_tokens: tuple[Int[Tensor, " pos"], ...]
+    tokens: Int[Tensor, "batch new"]  # the sampled continuation of each prompt
+    texts: tuple[str, ...]  # decoded continuations
+    seeds: tuple[int, ...]
+
+
+def _filter(logits: Float[Tensor, "batch d_vocab"], top_k: int | None, top_p: float | None) -> Tensor:
+    if top_k is not None:
+        kth = logits.topk(min(top_k, logits.shape[-1]), dim=-1).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p is not None:
+        sorted_logits, order = logits.sort(-1, descending=True)
+        cumulative = sorted_logits.softmax(-1).cumsum(-1)
+        drop = cumulative - sorted_logits.softmax(-1) >= top_p  # keep the smallest prefix reaching top_p
+        logits = logits.masked_fill(drop.scatter(-1, order, drop), float("-inf"))
+    return logits
+
+
+def _sample(logits: Tensor, temperature: float, generators: list[torch.Generator], top_k, top_p) -> Tensor:
+    if temperature == 0:
+        return logits.argmax(-1)
+    probs = _filter(logits.float() / temperature, top_k, top_p).softmax(-1)
+    return torch.cat([torch.multinomial(p, 1, generator=g) for p, g in zip(probs, generators)])
+
+
+@torch.no_grad()
+def generate(model, prompts: str | Sequence[str], *, max_new_tokens: int = 40, temperature: float = 1.0,
+             top_k: int | None = None, top_p: float | None = None, seed: int = 0,
+             seeds: Sequence[int] | None = None, use_kv_cache: bool = True) -> Generation:
+    """Sample ``max_new_tokens`` after each prompt.
+
+    Args:
+        prompts: one prompt or a list; BOS is prepended; prompts of different lengths are left-padded.
+        temperature: 0 is greedy; otherwise logits are divided by it before sampling.
+        top_k, top_p: optional nucleus/top-k filtering, applied after the temperature.
+        seed: prompt i uses seed ``seed + i`` unless ``seeds`` gives one per prompt. A prompt's continuation
+            depends only on its own seed, never on the rest of the batch.
+        use_kv_cache: False runs the model's own forward on the whole sequence each step (slow reference).
+
+    Example:
+        >>> generate(model, ["The cat", "Once upon a time"], max_new_tokens=20, temperature=0.7).texts
+    """
+    if max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
+    (temperature,) = check_temperatures(temperature)
+    if top_k is not None and top_k < 1:
+        raise ValueError(f"top_k must be >= 1, got {top_k}")
+    if top_p is not None and not 0 < top_p <= 1:
+        raise ValueError(f"top_p must be in (0, 1], got {top_p}")
+    prompts = (prompts,) if isinstance(prompts, str) else tuple(prompts)
+    prompt_ids = prompt_tokens(model, prompts, max_new_tokens=max_new_tokens)
+    seeds = tuple(seeds) if seeds is not None else tuple(seed + i for i in range(len(prompts)))
+    if len(seeds) != len(prompts):
+        raise ValueError(f"{len(seeds)} seeds for {len(prompts)} prompts")
+    generators = [torch.Generator(device="cpu").manual_seed(s) for s in seeds]
+    device = model.cfg.device
+    batch, longest = len(prompts), max(len(p) for p in prompt_ids)
+    pad = model.tokenizer.pad_token_id or 0
+    tokens = torch.full((batch, longest), pad, dtype=torch.long)
+    key_mask = torch.zeros(batch, longest + max_new_tokens, dtype=torch.bool)
+    for i, ids in enumerate(prompt_ids):  # left padding: every prompt ends at the same slot
+        tokens[i, longest - len(ids):] = ids
+        key_mask[i, longest - len(ids):] = True
+    tokens, key_mask = tokens.to(device), key_mask.to(device)
+    positions = (key_mask[:, :longest].long().cumsum(-1) - 1).clamp_min(0)
+    new = torch.empty(batch, max_new_tokens, dtype=torch.long, device=device)
+
+    if use_kv_cache:
+        fast = FastGPT2(model)
+        cfg = model.cfg
+        shape = (cfg.n_layers, batch, cfg.n_heads, longest + max_new_tokens, cfg.d_head)
+        cache_k = torch.empty(shape, dtype=fast.W_E.dtype, device=device)
+        cache_v = torch.empty_like(cache_k)
+        logits = fast.forward(tokens, positions, cache_k, cache_v, 0, key_mask)
+        next_pos = positions[:, -1:] + 1
+        for step in range(max_new_tokens):
+            new[:, step] = _sample(logits, temperature, generators, top_k, top_p).to(device)
+            key_mask[:, longest + step] = True
+            if step + 1 < max_new_tokens:
+                logits = fast.forward(new[:, step:step + 1], next_pos, cache_k, cache_v, longest + step, key_mask)
+                next_pos = next_pos + 1
+    else:  # reference: the model's own forward on everything so far, one prompt at a time (no padding)
+        for i, ids in enumerate(prompt_ids):
+            seq = ids.to(device).unsqueeze(0)
+            for step in range(max_new_tokens):
+                logits = model(seq)[:, -1]
+                token = _sample(logits, temperature, [generators[i]], top_k, top_p)
+                new[i, step] = token[0]
+                seq = torch.cat([seq, token.view(1, 1).to(device)], dim=1)
+    texts = tuple(model.tokenizer.decode(row.tolist()) for row in new)
+    return Generation(prompts, tuple(prompt_ids), new.cpu(), texts, seeds)
+
+
+# ---------------------------------------------------------------------------------------------- metrics
+
+
+def _ngrams(tokens: Sequence[int], n: int) -> list[tuple[int, ...]]:
+    return [tuple(tokens[i:i + n]) for i in range(len(tokens) - n + 1)]
+
+
+def distinct_n(tokens: Sequence[int] | Tensor, n: int) -> float:
+    """Distinct n-grams / all n-grams in one continuation (1 = never repeats; near 0 = a loop)."""
+    tokens = tokens.tolist() if isinstance(tokens, Tensor) else list(tokens)
+    grams = _ngrams(tokens, n)
+    return len(set(grams)) / len(grams) if grams else float("nan")
+
+
+def repeated_ngram_fraction(tokens: Sequence[int] | Tensor, n: int = 4) -> float:
+    """Fraction of n-grams that already occurred earlier in the same continuation."""
+    tokens = tokens.tolist() if isinstance(tokens, Tensor) else list(tokens)
+    grams = _ngrams(tokens, n)
+    seen, repeats = set(), 0
+    for gram in grams:
+        repeats += gram in seen
+        seen.add(gram)
+    return repeats / len(grams) if grams else float("nan")
+
+
+@torch.no_grad()
+def continuation_logprobs(model, generation: Generation) -> Float[Tensor, "batch new"]:
+    """Log-probability of each generated token under the model at T=1, given everything before it: a
+    coherence proxy to plot against position."""
+    out = []
+    for ids, new in zip(generation.prompt_tokens, generation.tokens):
+        seq = torch.cat([ids, new]).unsqueeze(0).to(model.cfg.device)
+        logp = model(seq)[0].log_softmax(-1)  # (pos, d_vocab)
+        start = len(ids) - 1  # the logit at position p predicts token p+1
+        out.append(logp[start:start + len(new)].gather(-1, new.to(logp.device).unsqueeze(-1)).squeeze(-1))
+    return torch.stack(out).cpu()

@@ -1,0 +1,167 @@
+"""Temperature sweeps (with hypothesis laws), seeded batched sampling, KV-cache equivalence, text metrics."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from interp.sampling import (
+    continuation_logprobs,
+    distinct_n,
+    distributions,
+    generate,
+    repeated_ngram_fraction,
+    sweep_metrics,
+    temperature_sweep,
+)
+
+PROMPTS = ["The meaning of life is", "In a hole in the ground there lived a hobbit, and every morning he"]
+
+logit_vectors = st.lists(st.floats(-20, 20, allow_nan=False), min_size=2, max_size=40).map(
+    lambda xs: torch.tensor(xs, dtype=torch.float64))
+temperatures = st.floats(0.01, 100, allow_nan=False)
+
+
+@settings(max_examples=200, deadline=None)
+@given(logit_vectors, st.lists(temperatures, min_size=1, max_size=6))
+def test_probabilities_sum_to_one(logits, temps):
+    probs = distributions(logits, temps + [0.0])
+    torch.testing.assert_close(probs.sum(-1), torch.ones(len(temps) + 1, dtype=torch.float64))
+    assert (probs >= 0).all()
+
+
+@settings(max_examples=200, deadline=None)
+@given(logit_vectors, temperatures, temperatures)
+def test_entropy_is_non_decreasing_in_temperature(logits, t1, t2):
+    low, high = sorted((t1, t2))
+    probs = distributions(logits, [low, high])
+    entropy = sweep_metrics(probs, probs[1])["entropy_nats"]
+    assert entropy[0] <= entropy[1] + 1e-9
+
+
+@settings(max_examples=100, deadline=None)
+@given(logit_vectors)
+def test_cold_limit_is_one_hot_on_the_argmax(logits):
+    top_two = logits.topk(2).values
+    if top_two[0] - top_two[1] < 1e-3:  # a near-tie has no unique limit to tend to
+        return
+    cold = distributions(logits, [1e-4])[0]
+    assert cold[logits.argmax()] == pytest.approx(1.0, abs=1e-6)
+    assert torch.equal(distributions(logits, [0])[0], torch.nn.functional.one_hot(logits.argmax(), len(logits)).double())
+
+
+@settings(max_examples=100, deadline=None)
+@given(logit_vectors)
+def test_hot_limit_is_uniform(logits):
+    hot = distributions(logits, [1e6])[0]
+    torch.testing.assert_close(hot, torch.full_like(hot, 1 / len(hot)), atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("bad", [-1.0, float("nan"), float("inf"), -float("inf")])
+def test_bad_temperatures(bad, tiny_model):
+    with pytest.raises(ValueError, match="finite number >= 0"):
+        temperature_sweep(tiny_model, "Hello", [1.0, bad])
+    with pytest.raises(ValueError, match="finite number >= 0"):
+        generate(tiny_model, "Hello", temperature=bad)
+
+
+def test_empty_temperature_list(tiny_model):
+    with pytest.raises(ValueError, match="temperatures is empty"):
+        temperature_sweep(tiny_model, "Hello", [])
+
+
+def test_sweep_is_consistent_with_the_model(tiny_model):
+    sweep = temperature_sweep(tiny_model, PROMPTS[0], [0, 0.5, 1, 2], k=5)
+    with torch.no_grad():
+        logits = tiny_model(tiny_model.to_tokens(PROMPTS[0]))[0, -1].double()
+    torch.testing.assert_close(sweep.probs[2], logits.softmax(-1))
+    assert sweep.kl_from_t1[2] == pytest.approx(0, abs=1e-9)
+    assert sweep.greedy_prob[0] == 1 and sweep.entropy_nats[0] == 0
+    assert sweep.top_tokens[0, 0] == logits.argmax()
+    assert sweep.effective_vocab[3] == pytest.approx(math.exp(sweep.entropy_nats[3]))
+    assert sweep.to_frame()["T"].tolist() == [0, 0.5, 1, 2]
+
+
+def test_kv_cache_equals_no_cache_under_greedy(tiny_model):
+    fast = generate(tiny_model, PROMPTS, max_new_tokens=12, temperature=0)
+    slow = generate(tiny_model, PROMPTS, max_new_tokens=12, temperature=0, use_kv_cache=False)
+    assert torch.equal(fast.tokens, slow.tokens)
+
+
+def test_kv_cache_equals_no_cache_when_sampling(tiny_model):
+    """Same seeds, same tokens: the cached forward gives the model's own distribution."""
+    fast = generate(tiny_model, PROMPTS, max_new_tokens=12, temperature=1.0, top_k=50, seed=3)
+    slow = generate(tiny_model, PROMPTS, max_new_tokens=12, temperature=1.0, top_k=50, seed=3, use_kv_cache=False)
+    assert torch.equal(fast.tokens, slow.tokens)
+
+
+def test_batched_equals_unbatched_with_padding(tiny_model):
+    prompts = PROMPTS + ["Hi"]  # three different lengths: left padding must not change anything
+    batched = generate(tiny_model, prompts, max_new_tokens=10, temperature=1.0, top_p=0.9, seed=7)
+    for i, prompt in enumerate(prompts):
+        alone = generate(tiny_model, prompt, max_new_tokens=10, temperature=1.0, top_p=0.9, seeds=[7 + i])
+        assert torch.equal(batched.tokens[i], alone.tokens[0]), prompt
+
+
+def test_seeded_sampling_is_reproducible_and_seeds_matter(tiny_model):
+    a = generate(tiny_model, PROMPTS, max_new_tokens=15, seed=1)
+    b = generate(tiny_model, PROMPTS, max_new_tokens=15, seed=1)
+    c = generate(tiny_model, PROMPTS, max_new_tokens=15, seed=2)
+    assert torch.equal(a.tokens, b.tokens) and a.texts == b.texts
+    assert not torch.equal(a.tokens, c.tokens)
+
+
+def test_top_k_one_is_greedy(tiny_model):
+    assert torch.equal(generate(tiny_model, PROMPTS, max_new_tokens=8, top_k=1, temperature=5.0).tokens,
+                       generate(tiny_model, PROMPTS, max_new_tokens=8, temperature=0).tokens)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"prompts": ""}, "non-empty string"),
+        ({"prompts": "x " * 200}, "context window of 128"),
+        ({"prompts": "Hello", "max_new_tokens": 0}, "max_new_tokens must be at least 1"),
+        ({"prompts": "Hello", "top_p": 0}, "top_p"),
+        ({"prompts": "Hello", "top_k": 0}, "top_k"),
+        ({"prompts": ["a", "b"], "seeds": [1]}, "2 prompts"),
+    ],
+)
+def test_generate_validates_input(tiny_model, kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        generate(tiny_model, **kwargs)
+
+
+def test_prompt_plus_new_tokens_must_fit(tiny_model):
+    prompt = "word " * 100  # about 100 tokens: fits alone, not with 40 more
+    generate(tiny_model, prompt, max_new_tokens=5)
+    with pytest.raises(ValueError, match="leaves room for 88"):
+        generate(tiny_model, prompt, max_new_tokens=40)
+
+
+def test_continuation_logprobs_match_the_model(tiny_model):
+    gen = generate(tiny_model, PROMPTS[:1], max_new_tokens=6, temperature=1.0, seed=5)
+    logprobs = continuation_logprobs(tiny_model, gen)
+    assert logprobs.shape == (1, 6) and (logprobs <= 0).all()
+    seq = torch.cat([gen.prompt_tokens[0], gen.tokens[0]]).unsqueeze(0)
+    with torch.no_grad():
+        expected = tiny_model(seq[:, :-1])[0, -1].log_softmax(-1)[gen.tokens[0, -1]]
+    assert logprobs[0, -1] == pytest.approx(float(expected), abs=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("tokens", "d1", "d2", "rep4"),
+    [
+        ([1, 2, 3, 4, 5, 6], 1.0, 1.0, 0.0),
+        ([7, 7, 7, 7, 7, 7], 1 / 6, 1 / 5, 2 / 3),
+        ([1, 2, 1, 2, 1, 2], 2 / 6, 2 / 5, 1 / 3),
+    ],
+)
+def test_repetition_metrics(tokens, d1, d2, rep4):
+    assert distinct_n(tokens, 1) == pytest.approx(d1)
+    assert distinct_n(tokens, 2) == pytest.approx(d2)
+    assert repeated_ngram_fraction(tokens, 4) == pytest.approx(rep4)
