@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from interp.figures import FigureWriter
 from interp.loading import ModelLoadError, WeightsUnavailableError, load_model, model_info
 
 DEFAULT_OUT = Path(__file__).resolve().parent.parent / "figures"
@@ -103,3 +104,9 @@ def run_meta(model, seed: int, command: str | None = None) -> RunMeta:
 def title(text: str, label: str) -> str:
     """A figure title that names the model that made it."""
     return f"{text}<br><sup>model: {label}</sup>"
+
+
+def writer_for(model, args) -> FigureWriter:
+    """The run's figure writer: into ``args.out``, recording this model and command in the manifest."""
+    return FigureWriter(args.out, run_meta(model, args.seed).as_dict(),
+                        formats=() if args.no_images else ("png",))

@@ -139,24 +139,35 @@ def summary(result: Result) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m experiments.parameter_breakdown", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="gpt2", metavar="SPEC",
                         help="'gpt2' (default, from its config alone), 'bundled', or a checkpoint directory")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="output folder (default: figures/)")
     parser.add_argument("--no-images", action="store_true", help="write HTML and JSON only")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def run(spec: str, writer: FigureWriter) -> list[Path]:
+    """Count, print and save. Needs no loaded model: the architecture comes from ``spec``'s config."""
     start = time.perf_counter()
     try:
-        result = compute(args.model)
+        result = compute(spec)
     except (ValueError, FileNotFoundError) as err:
         raise SystemExit(f"error: {err}") from None
     print(summary(result))
-    meta = RunMeta(args.model, result.label, "architecture only", "none (weightless HF skeleton)", 0, command_line())
+    meta = {"model": {"spec": spec, "label": result.label, "weights": "architecture only"},
+            "backend": "none (weightless Hugging Face skeleton)"}
+    return writer.save(plot(result), NAME, result.__dict__, params={"spec": spec},
+                       wall_seconds=time.perf_counter() - start, meta=meta)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    meta = RunMeta(args.model, args.model, "architecture only", "none", 0, command_line())
     with FigureWriter(args.out, meta.as_dict(), formats=() if args.no_images else ("png",)) as writer:
-        paths = writer.save(plot(result), NAME, result.__dict__, params={"spec": args.model},
-                            wall_seconds=time.perf_counter() - start)
+        paths = run(args.model, writer)
     print("wrote " + ", ".join(str(p) for p in paths))
     return 0
 

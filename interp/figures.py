@@ -128,8 +128,11 @@ class FigureWriter:
         return self._export
 
     def save(self, fig, name: str, data: dict, *, params: dict | None = None, wall_seconds: float | None = None,
-             ) -> list[Path]:
-        """Write ``name.html``, ``name.json`` (the data) and ``name.png`` when possible; record the manifest."""
+             meta: dict | None = None) -> list[Path]:
+        """Write ``name.html``, ``name.json`` (the data) and ``name.png`` when possible; record the manifest.
+
+        ``meta`` overrides the run's metadata for this figure (e.g. a figure made from the architecture alone).
+        """
         paths = [self.out_dir / f"{name}.html", self.out_dir / f"{name}.json"]
         atomic_write(paths[0], fig.to_html(include_plotlyjs="directory", full_html=True))
         atomic_write(paths[1], to_json(data))
@@ -149,15 +152,16 @@ class FigureWriter:
                     with contextlib.suppress(FileNotFoundError):
                         os.unlink(tmp)
                 paths.append(target)
-        self._record(name, paths, params or {}, wall_seconds)
+        self._record(name, paths, params or {}, wall_seconds, meta or {})
         self.written.extend(paths)
         return paths
 
-    def _record(self, name: str, paths: list[Path], params: dict, wall_seconds: float | None) -> None:
+    def _record(self, name: str, paths: list[Path], params: dict, wall_seconds: float | None, meta: dict) -> None:
         manifest_path = self.out_dir / "manifest.json"
         manifest = json.loads(manifest_path.read_text()) if manifest_path.exists() else {"figures": {}}
         manifest["figures"][name] = {
             **self.run_meta,
+            **meta,
             "files": sorted(p.name for p in paths),
             "params": params,
             "wall_seconds": None if wall_seconds is None else round(wall_seconds, 2),

@@ -96,7 +96,7 @@ def distributions(logits: Float[Tensor, " d_vocab"], temperatures: Sequence[floa
 def sweep_metrics(probs: Float[Tensor, "temp d_vocab"], reference: Float[Tensor, " d_vocab"]) -> dict[str, Tensor]:
     """Entropy, effective vocabulary, top-k masses, KL from ``reference`` and the reference argmax's prob."""
     logp = probs.clamp_min(1e-300).log()
-    entropy = -(probs * logp).sum(-1).clamp_min(0)
+    entropy = (-(probs * logp).sum(-1)).clamp_min(0)
     sorted_probs = probs.sort(-1, descending=True).values
     kl = (probs * (logp - reference.clamp_min(1e-300).log())).sum(-1).clamp_min(0)
     return {

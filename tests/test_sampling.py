@@ -41,6 +41,8 @@ def test_entropy_is_non_decreasing_in_temperature(logits, t1, t2):
     probs = distributions(logits, [low, high])
     entropy = sweep_metrics(probs, probs[1])["entropy_nats"]
     assert entropy[0] <= entropy[1] + 1e-9
+    if 1e-6 < (logits.max() - logits.min()) / high < 30:  # a second token with representable mass
+        assert entropy[1] > 0
 
 
 @settings(max_examples=100, deadline=None)
@@ -59,6 +61,18 @@ def test_cold_limit_is_one_hot_on_the_argmax(logits):
 def test_hot_limit_is_uniform(logits):
     hot = distributions(logits, [1e6])[0]
     torch.testing.assert_close(hot, torch.full_like(hot, 1 / len(hot)), atol=1e-5, rtol=0)
+
+
+def test_metrics_on_known_distributions():
+    uniform = torch.full((1, 8), 1 / 8, dtype=torch.float64)
+    metrics = sweep_metrics(uniform, uniform[0])
+    assert metrics["entropy_bits"][0] == pytest.approx(3.0)
+    assert metrics["effective_vocab"][0] == pytest.approx(8.0)
+    assert metrics["top5_mass"][0] == pytest.approx(5 / 8) and metrics["kl_from_t1"][0] == pytest.approx(0)
+    skewed = torch.tensor([[0.5, 0.25, 0.25, 0, 0, 0, 0, 0]], dtype=torch.float64)
+    metrics = sweep_metrics(skewed, uniform[0])
+    assert metrics["entropy_bits"][0] == pytest.approx(1.5)
+    assert metrics["kl_from_t1"][0] == pytest.approx(math.log(8) - 1.5 * math.log(2))
 
 
 @pytest.mark.parametrize("bad", [-1.0, float("nan"), float("inf"), -float("inf")])
