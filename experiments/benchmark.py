@@ -1,0 +1,199 @@
+"""Speed, measured side by side in one run: ratios of medians over interleaved repetitions.
+
+Runs on random weights in GPT-2 small's exact shape (timings do not depend on the weight values), so it
+needs no download. Prints a table and writes figures/benchmark.json.
+
+    python -m experiments.benchmark [--reps 5] [--quick]
+
+Goals (from the issues): cache_heads <= 1.05x a bare forward; a 50-temperature sweep <= 1.05x one forward;
+interp sampling >= 5x HookedTransformer.generate at batch 1 and >= 0.9x Hugging Face generate;
+``python -m experiments`` end to end <= 3 minutes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+from experiments.common import DEFAULT_OUT, command_line
+from interp.checkpoints import write_random_checkpoint
+from interp.figures import atomic_write
+from interp.hooks import cache_heads
+from interp.loading import load_model, quiet_transformers
+from interp.sampling import generate, temperature_sweep
+
+PROMPT = "The quick brown fox jumps over the lazy dog. " * 4
+
+
+def interleaved(contenders: dict[str, Callable[[], object]], reps: int) -> dict[str, list[float]]:
+    """Time each contender ``reps`` times, taking turns, after one untimed warm-up call each."""
+    for fn in contenders.values():
+        fn()
+    times: dict[str, list[float]] = {name: [] for name in contenders}
+    for _ in range(reps):
+        for name, fn in contenders.items():
+            start = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - start)
+    return times
+
+
+def row(label: str, times: dict[str, list[float]], subject: str, baseline: str, goal: str) -> dict:
+    med = {k: statistics.median(v) for k, v in times.items()}
+    return {"comparison": label, "subject": subject, "baseline": baseline,
+            "subject_median_s": med[subject], "subject_min_s": min(times[subject]),
+            "baseline_median_s": med[baseline], "baseline_min_s": min(times[baseline]),
+            "ratio_median": med[subject] / med[baseline],
+            "ratio_min": min(times[subject]) / min(times[baseline]), "goal": goal}
+
+
+def bench_cache_heads(models: dict, tokens: torch.Tensor, reps: int) -> list[dict]:
+    rows = []
+    for backend, model in models.items():
+        with torch.no_grad():
+            times = interleaved({
+                "forward": lambda m=model: m(tokens),
+                "cache_heads": lambda m=model: (cache_heads(m, tokens, layers=[5, 6], heads=[1, 5, 9],
+                                                            kinds=("q", "k", "v", "pattern")), m(tokens)),
+            }, reps)
+        rows.append(row(f"cache_heads 2 layers x 3 heads ({backend}) + forward, vs forward", times,
+                        "cache_heads", "forward", "<= 1.05x"))
+    return rows
+
+
+def cache_bytes(model, tokens) -> dict:
+    selected = cache_heads(model, tokens, layers=[5, 6], heads=[1, 5, 9], kinds=("q", "k", "v", "pattern")).nbytes
+    with torch.no_grad():
+        _, cache = model.run_with_cache(tokens)
+    full = sum(t.nbytes for t in cache.values())
+    return {"cache_heads_bytes": selected, "run_with_cache_bytes": full, "fraction": selected / full}
+
+
+def bench_sweep(model, reps: int) -> dict:
+    temps = [0.05 * 1.13 ** i for i in range(50)]
+    tokens = model.to_tokens(PROMPT)
+    with torch.no_grad():
+        times = interleaved({"forward": lambda: model(tokens),
+                             "sweep_50": lambda: temperature_sweep(model, PROMPT, temps)}, reps)
+    return row("temperature sweep, 50 temperatures, vs one forward", times, "sweep_50", "forward", "<= 1.05x")
+
+
+def bench_generate(model, hf, batch: int, new_tokens: int, reps: int, with_tl: bool) -> list[dict]:
+    prompts = [PROMPT[: 20 + 3 * i] for i in range(batch)] if batch > 1 else [PROMPT[:40]]
+    tok = model.tokenizer
+    tl_tokens = model.to_tokens([prompts[0]] * batch)  # TL and HF get equal-length prompts: no padding
+    hf_ids = tl_tokens.clone()
+    contenders = {
+        "interp": lambda: generate(model, [prompts[0]] * batch, max_new_tokens=new_tokens, temperature=1.0),
+        "hf": lambda: hf.generate(hf_ids, attention_mask=torch.ones_like(hf_ids), max_new_tokens=new_tokens,
+                                  min_new_tokens=new_tokens, do_sample=True, temperature=1.0, top_k=0,
+                                  pad_token_id=tok.eos_token_id),
+    }
+    if with_tl:
+        contenders["hooked_transformer"] = lambda: model.generate(
+            tl_tokens, max_new_tokens=new_tokens, do_sample=True, temperature=1.0, stop_at_eos=False, verbose=False)
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        times = interleaved(contenders, reps)
+    rows = [row(f"sampling {new_tokens} tokens, batch {batch}: interp vs HF generate", times, "interp", "hf",
+                ">= 0.9x HF throughput (ratio <= 1.11)")]
+    if with_tl:
+        rows.append(row(f"sampling {new_tokens} tokens, batch {batch}: interp vs HookedTransformer.generate", times,
+                        "interp", "hooked_transformer", ">= 5x faster (ratio <= 0.2)" if batch == 1 else "-"))
+    return rows
+
+
+def roofline(model, reps: int) -> dict:
+    a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
+    matmul = interleaved({"mm": lambda: a @ b}, reps)["mm"]
+    gflops = 2 * 2048 ** 3 / statistics.median(matmul) / 1e9
+    tokens = torch.randint(0, 50257, (4, 256))
+    with torch.no_grad():
+        fwd = interleaved({"fwd": lambda: model(tokens)}, reps)["fwd"]
+    n_tokens = tokens.numel()
+    cfg = model.cfg
+    # 2 FLOPs per multiply-add: the weight matmuls (incl. unembedding) plus attention's QK^T and AV.
+    weights = cfg.n_layers * (4 * cfg.d_model ** 2 + 2 * cfg.d_model * cfg.d_mlp) + cfg.d_model * cfg.d_vocab
+    flops_per_token = 2 * weights + 2 * 2 * cfg.n_layers * tokens.shape[1] / 2 * cfg.d_model
+    achieved = flops_per_token * n_tokens / statistics.median(fwd) / 1e9
+    return {"matmul_gflops": gflops, "forward_tokens_per_s": n_tokens / statistics.median(fwd),
+            "forward_gflops": achieved, "fraction_of_matmul_peak": achieved / gflops}
+
+
+def end_to_end(out: Path) -> dict:
+    start = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-m", "experiments", "--model", "bundled", "--out", str(out)],
+                          capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    seconds = time.perf_counter() - start
+    if proc.returncode != 0:
+        raise RuntimeError(f"python -m experiments failed:\n{proc.stderr[-2000:]}")
+    return {"command": "python -m experiments --model bundled", "seconds": seconds, "goal": "<= 180 s"}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m experiments.benchmark", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--reps", type=int, default=5, help="timed repetitions per contender (default: 5)")
+    parser.add_argument("--quick", action="store_true", help="skip batch 16 and the end-to-end run")
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="where benchmark.json goes")
+    args = parser.parse_args(argv)
+    torch.manual_seed(0)
+    results: dict = {"command": command_line(), "torch_threads": torch.get_num_threads(), "rows": []}
+    with tempfile.TemporaryDirectory() as tmp:
+        print("writing a random checkpoint in GPT-2 small's shape ...", file=sys.stderr, flush=True)
+        ckpt = write_random_checkpoint(Path(tmp) / "random-gpt2-small-shape", seed=0)
+        models = {b: load_model(ckpt, backend=b, device="cpu") for b in ("hooked", "bridge")}
+        from transformers import GPT2LMHeadModel
+
+        with quiet_transformers():
+            hf = GPT2LMHeadModel.from_pretrained(ckpt, local_files_only=True).eval()
+        tokens = models["hooked"].to_tokens([PROMPT] * 4)
+        steps = [
+            ("cache_heads", lambda: results["rows"].extend(bench_cache_heads(models, tokens, args.reps))),
+            ("cache bytes", lambda: results.update(cache_bytes=cache_bytes(models["hooked"], tokens))),
+            ("temperature sweep", lambda: results["rows"].append(bench_sweep(models["hooked"], args.reps))),
+            ("sampling, batch 1", lambda: results["rows"].extend(
+                bench_generate(models["hooked"], hf, 1, 64, args.reps, with_tl=True))),
+        ]
+        if not args.quick:
+            steps.append(("sampling, batch 16", lambda: results["rows"].extend(
+                bench_generate(models["hooked"], hf, 16, 64, max(2, args.reps // 2), with_tl=True))))
+        steps.append(("roofline", lambda: results.update(roofline=roofline(models["hooked"], args.reps))))
+        if not args.quick:
+            steps.append(("python -m experiments end to end", lambda: results.update(
+                end_to_end=end_to_end(Path(tmp) / "figures"))))
+        for name, step in steps:
+            start = time.perf_counter()
+            print(f"  {name} ...", file=sys.stderr, flush=True, end="")
+            step()
+            print(f" {time.perf_counter() - start:.0f}s", file=sys.stderr, flush=True)
+
+    print(f"\n{'comparison':78s} {'median':>8s} {'min':>8s}  goal")
+    for r in results["rows"]:
+        print(f"{r['comparison']:78s} {r['ratio_median']:7.3f}x {r['ratio_min']:7.3f}x  {r['goal']}")
+    cb = results["cache_bytes"]
+    print(f"\ncache_heads stores {cb['cache_heads_bytes']:,} B vs run_with_cache {cb['run_with_cache_bytes']:,} B "
+          f"({100 * cb['fraction']:.2f}%)")
+    rl = results["roofline"]
+    print(f"matmul {rl['matmul_gflops']:.0f} GFLOP/s; forward {rl['forward_tokens_per_s']:.0f} tokens/s = "
+          f"{rl['forward_gflops']:.0f} GFLOP/s = {100 * rl['fraction_of_matmul_peak']:.0f}% of the matmul rate")
+    if "end_to_end" in results:
+        print(f"python -m experiments --model bundled: {results['end_to_end']['seconds']:.0f}s end to end")
+    atomic_write(args.out / "benchmark.json", json.dumps(results, indent=1) + "\n")
+    print(f"wrote {args.out / 'benchmark.json'}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

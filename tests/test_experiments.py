@@ -1,0 +1,101 @@
+"""The figure pipeline end to end on the tiny checkpoint: every file, the manifest, determinism, offline
+rendering in headless Chromium, and clean CLI errors."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+
+import pytest
+
+from experiments import __main__ as runner
+from experiments import temperature
+
+FIGURES = ("parameter_breakdown", "head_attention_patterns", "head_scores", "head_attention_explorer",
+           "temperature_next_token", "temperature_entropy", "temperature_samples", "temperature_coherence")
+
+
+@pytest.fixture(scope="module")
+def run_dirs(tiny_checkpoint, tmp_path_factory):
+    """Two full runs with the same seed and model, into two folders."""
+    dirs = []
+    for name in ("first", "second"):
+        out = tmp_path_factory.mktemp(name)
+        assert runner.main(["--model", str(tiny_checkpoint), "--out", str(out), "--no-images", "--seed", "3"]) == 0
+        dirs.append(out)
+    return dirs
+
+
+def test_every_figure_is_written_with_its_data_and_manifest(run_dirs, tiny_checkpoint):
+    out = run_dirs[0]
+    manifest = json.loads((out / "manifest.json").read_text())["figures"]
+    assert set(manifest) == set(FIGURES)
+    for name in FIGURES:
+        assert (out / f"{name}.html").exists() and (out / f"{name}.json").exists()
+        entry = manifest[name]
+        assert set(entry) >= {"model", "backend", "versions", "seed", "command", "params", "wall_seconds", "files"}
+        assert set(entry["versions"]) == {"interp", "transformer-lens", "torch", "plotly"}
+        if name != "parameter_breakdown":
+            assert entry["model"]["spec"] == str(tiny_checkpoint) and len(entry["model"]["weights"]) == 64
+            assert entry["seed"] == 3 and entry["backend"] == "hooked"
+            assert "random-weight" in (out / f"{name}.html").read_text(), "the title must name the model"
+    assert manifest["parameter_breakdown"]["model"]["weights"] == "architecture only"
+    assert not list(out.glob(".*.tmp")), "no temporary files left behind"
+
+
+def test_same_seed_same_data(run_dirs):
+    first, second = run_dirs
+    for name in FIGURES:
+        assert (first / f"{name}.json").read_bytes() == (second / f"{name}.json").read_bytes(), name
+
+
+def _chromium():
+    return shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+@pytest.mark.browser
+@pytest.mark.skipif(_chromium() is None, reason="Chromium is not installed (apt-get install chromium)")
+@pytest.mark.parametrize("name", FIGURES)
+def test_figure_draws_offline_in_headless_chromium(run_dirs, name, monkeypatch):
+    page = run_dirs[0] / f"{name}.html"
+    with tempfile.TemporaryDirectory() as profile:
+        dom = subprocess.run(
+            [_chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+             "--disable-background-networking", "--disable-component-update", "--disable-sync",
+             f"--user-data-dir={profile}", "--host-resolver-rules=MAP * ~NOTFOUND",
+             "--proxy-server=http://127.0.0.1:9", "--virtual-time-budget=10000", "--dump-dom", page.as_uri()],
+            capture_output=True, text=True, timeout=120,
+        ).stdout
+    assert dom.count("main-svg") > 0, f"plotly did not draw {page.name} offline"
+
+
+def test_bad_temperature_is_a_one_line_error_not_a_traceback():
+    for bad in ("-1", "nan"):
+        proc = subprocess.run([sys.executable, "-m", "experiments.temperature", "--temperatures", bad],
+                              capture_output=True, text=True, timeout=120)
+        assert proc.returncode != 0
+        assert "Traceback" not in proc.stderr
+        assert proc.stderr.strip().splitlines() == [
+            f"error: --temperatures {bad!r}: temperature must be a finite number >= 0 (0 = greedy), "
+            f"got {float(bad)}"]
+
+
+def test_named_model_that_cannot_load_fails_before_any_work(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr("huggingface_hub.try_to_load_from_cache", lambda *a, **k: None)
+    with pytest.raises(SystemExit, match="Ways out"):
+        runner.main(["--model", "gpt2", "--out", str(tmp_path / "figs")])
+    assert not (tmp_path / "figs").exists()
+
+
+def test_unknown_experiment_name(tmp_path):
+    with pytest.raises(SystemExit, match="choose from parameter_breakdown"):
+        runner.main(["--only", "temprature", "--out", str(tmp_path)])
+
+
+def test_temperature_cli_rejects_bad_counts(tmp_path):
+    with pytest.raises(SystemExit, match="at least 1"):
+        temperature.main(["--samples", "0", "--out", str(tmp_path)])
