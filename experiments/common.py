@@ -72,9 +72,10 @@ class RunMeta:
     command: str
 
     def as_dict(self) -> dict:
+        from importlib.metadata import version
+
         import plotly
         import transformer_lens  # noqa: F401
-        from importlib.metadata import version
 
         import interp
 

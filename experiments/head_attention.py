@@ -23,7 +23,7 @@ from experiments import common
 from interp.figures import FigureWriter
 from interp.heads import SCORE_NAMES, head_scores
 from interp.hooks import cache_heads
-from interp.loading import model_info
+from interp.loading import detector_tokens, model_info
 
 DEFAULT_PROMPT = ("The cat sat on the mat. The dog sat on the log. The cat sat on the mat because the cat was "
                   "tired.")
@@ -53,12 +53,14 @@ def compute(model, config: Config) -> Result:
     if tokens.shape[1] > model.cfg.n_ctx:
         raise ValueError(f"the prompt is {tokens.shape[1]} tokens; the context window is {model.cfg.n_ctx}")
     pattern = cache_heads(model, tokens, kinds=("pattern",)).pattern[:, :, 0]  # [layer, head, query, key]
+    pool = detector_tokens(model)
     scores = head_scores(model, seq_len=min(config.seq_len, (model.cfg.n_ctx - 1) // 2), batch=config.batch,
-                         seed=config.seed)
+                         seed=config.seed, token_pool=pool)
     labels = [model.tokenizer.decode([t]) for t in tokens[0].tolist()]
     return Result(
         model=model_info(model).label,
-        config=asdict(config),
+        config=asdict(config) | {"detector_tokens": "any token" if pool is None else
+                                 f"the {len(pool)} tokens the checkpoint's detector_tokens.json lists"},
         tokens=labels,
         patterns=[[[[round(x, 5) for x in row] for row in head] for head in layer] for layer in pattern.tolist()],
         scores={name: [[round(x, 6) for x in row] for row in scores[name].tolist()] for name in SCORE_NAMES},
@@ -110,8 +112,8 @@ def plot_scores(result: Result) -> go.Figure:
     fig.update_layout(width=1050, height=850, coloraxis=dict(colorscale="Viridis", cmin=0, cmax=1,
                                                              colorbar_title="mean attention"),
                       title=common.title(f"Head detector scores on repeated random tokens "
-                                         f"(2 x {result.config['seq_len']} tokens, batch {result.config['batch']})",
-                                         result.model))
+                                         f"(2 x {result.config['seq_len']} tokens, batch {result.config['batch']}, "
+                                         f"drawn from {result.config['detector_tokens']})", result.model))
     return fig
 
 

@@ -3,15 +3,19 @@
 Corpus: the Python standard library's own source (code, comments, docstrings and ``pydoc_data``'s English
 reference text), which every Python install has, under the PSF licence. Tokenizer: the real GPT-2 BPE.
 
-Induction heads are the point of the model. They did not form in 350 steps of a 2/3 corpus, 1/3 repeated
-random sequences mix (see the model card), so training is a curriculum: the first steps see only repeated
-random sequences (a next-token predictor can only get the later copies right by looking back at the first
-copy), then a third of each batch stays repeated sequences while the rest is the corpus. The script logs the
-in-context loss (first copy against later copies) as it trains, so the phase change is visible.
+Induction heads are the point of the model, and they did not form while every step paid for the
+50257-way unembedding (see the model card's "What each lever did"). So training has two phases:
 
-Run once; the weights are committed. CI never retrains::
+1. Induction curriculum: only repeated random sequences of frequent tokens, with the softmax restricted to
+   those tokens, which makes a step ~20x cheaper, so the plateau before the phase change fits the budget.
+2. Language: corpus rows plus a share of repeated random rows (to keep the circuit), full softmax.
 
-    python -m experiments.train_bundled_model
+It logs the in-context loss (first copy against second copy of repeated random tokens) as it trains, then
+measures the result with interp's own detectors and writes ``MODEL_CARD.md`` and ``model_card.json`` next to
+the weights. Run once; the weights are committed. CI never retrains::
+
+    python -m experiments.train_bundled_model            # ~40 minutes on 2 CPU cores
+    python -m experiments.train_bundled_model --card-only
 """
 
 from __future__ import annotations
@@ -41,19 +45,28 @@ class TrainConfig:
     n_embd: int = 128
     n_head: int = 2  # d_head 64, as in GPT-2: a 32-wide head struggles to match token identity among 50k
     n_ctx: int = 256
-    batch_size: int = 12  # small batches, more steps: the vocab-50257 unembedding dominates a step's cost
-    lr: float = 3e-3  # high, with warm-up: small models tolerate it and it shortens the induction plateau
-    warmup_steps: int = 100
+    attn_only_layer0: bool = True  # layer 0's MLP is zero and frozen: a clean previous-token layer
+    pos_scale: float = 0.03  # sinusoidal position init, at about the token embeddings' scale
+    seed: int = 0
+    # Phase 1, the induction curriculum: repeated random sequences only, with the softmax restricted to the
+    # tokens they are drawn from. Without the 50257-way unembedding a step costs ~1/20, so the plateau
+    # before induction can be crossed in minutes.
+    induction_steps: int = 8000
+    induction_lr: float = 1e-3
+    induction_batch: int = 32
+    induction_ctx: int = 64
+    induction_vocab: int = 1000  # the corpus's most frequent tokens
+    # Phase 2, language: corpus rows plus a share of repeated random rows (so induction is kept), full softmax.
+    steps: int = 700
+    lr: float = 1e-3
+    warmup_steps: int = 50
+    batch_size: int = 12  # the vocab-50257 unembedding dominates a step's cost
     weight_decay: float = 0.01  # not on embeddings: random-token induction needs every token's embedding
     repeat_fraction: float = 0.34  # rows of each batch that are repeated random sequences
     repeat_vocab: int = 5000  # half the random rows use the corpus's most frequent tokens, half any token
     repeat_min_len: int = 8
     repeat_max_len: int = 48
-    sinusoidal_pos: bool = True  # position embeddings start as sinusoids so a previous-token head forms early
-    induction_warmup_steps: int = 300  # curriculum: the first steps are repeated random rows only
-    steps: int = 1500
     eval_every: int = 50
-    seed: int = 0
 
 
 def stdlib_files() -> list[Path]:
@@ -103,27 +116,29 @@ def new_model(cfg: TrainConfig):
         tie_word_embeddings=True, attn_implementation="eager",
     )
     model = GPT2LMHeadModel(hf_cfg)
-    if cfg.sinusoidal_pos:
-        with torch.no_grad():
-            model.transformer.wpe.weight.copy_(0.1 * sinusoids(cfg.n_ctx, cfg.n_embd))
+    with torch.no_grad():
+        model.transformer.wpe.weight.copy_(cfg.pos_scale * sinusoids(cfg.n_ctx, cfg.n_embd))
+        if cfg.attn_only_layer0:
+            for p in model.transformer.h[0].mlp.parameters():
+                p.zero_()
+                p.requires_grad_(False)
     return model
 
 
-def repeated_random(n: int, cfg: TrainConfig, frequent: torch.Tensor, gen: torch.Generator, bos: int):
-    """Rows ``[BOS, r_1..r_k, r_1..r_k, ...]`` cut to ``n_ctx``, k drawn per row.
+def repeated_random(n: int, n_ctx: int, lengths: tuple[int, int], pools: list[torch.Tensor | None],
+                    gen: torch.Generator, bos: int) -> torch.Tensor:
+    """Rows ``[BOS, r_1..r_k, r_1..r_k, ...]`` cut to ``n_ctx``, k drawn per row from ``lengths``.
 
-    Even rows draw from the corpus's frequent tokens, odd rows from the whole vocabulary, so the induction
-    circuit learns to copy any token, including those the detectors' uniform random sequences contain.
+    Row i draws its tokens from ``pools[i % len(pools)]`` (None: the whole vocabulary), so the induction
+    circuit learns on well-trained frequent tokens and on any token.
     """
     rows = []
     for i in range(n):
-        k = int(torch.randint(cfg.repeat_min_len, cfg.repeat_max_len + 1, (1,), generator=gen))
-        if i % 2 == 0:
-            seq = frequent[torch.randint(len(frequent), (k,), generator=gen)]
-        else:
-            seq = torch.randint(50256, (k,), generator=gen)
-        reps = seq.repeat(cfg.n_ctx // k + 1)[: cfg.n_ctx - 1]
-        rows.append(torch.cat([torch.tensor([bos]), reps]))
+        k = int(torch.randint(lengths[0], lengths[1] + 1, (1,), generator=gen))
+        pool = pools[i % len(pools)]
+        seq = torch.randint(50256, (k,), generator=gen) if pool is None else \
+            pool[torch.randint(len(pool), (k,), generator=gen)]
+        rows.append(torch.cat([torch.tensor([bos]), seq.repeat(n_ctx // k + 1)[: n_ctx - 1]]))
     return torch.stack(rows)
 
 
@@ -149,11 +164,14 @@ def evaluate(model, val: torch.Tensor, probe: torch.Tensor, half: int) -> dict:
     }
 
 
-def save_checkpoint(model, out: Path) -> None:
+def save_checkpoint(model, out: Path, detector_pool: torch.Tensor) -> None:
     from safetensors.torch import save_file
 
     out.mkdir(parents=True, exist_ok=True)
+    model.config.interp_label = "bundled stdlib-GPT (2 layers, trained in this repo)"
     model.config.save_pretrained(out)
+    # The detectors' random tokens come from the tokens the model was trained to copy (see detector_tokens()).
+    (out / "detector_tokens.json").write_text(json.dumps(sorted(detector_pool.tolist())))
     state = {k: v.detach().to(torch.float16).contiguous() for k, v in model.state_dict().items()
              if k != "lm_head.weight"}  # tied to wte; safetensors refuses shared storage
     save_file(state, out / "model.safetensors", metadata={"format": "pt"})
@@ -178,42 +196,68 @@ def train(cfg: TrainConfig, out: Path) -> dict:
     probe = torch.cat([torch.full((32, 1), tok.eos_token_id), probe_seq, probe_seq], dim=1)
 
     model = new_model(cfg)
-    decay = [p for n, p in model.named_parameters() if p.ndim == 2 and "wte" not in n and "wpe" not in n]
-    no_decay = [p for n, p in model.named_parameters() if not (p.ndim == 2 and "wte" not in n and "wpe" not in n)]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
-                             {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr, betas=(0.9, 0.95))
-    log, step = [], 0
+    trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    embeds = ("wte" in n or "wpe" in n for n, _ in trainable)
+    groups = [[p for (n, p), e in zip(trainable, embeds) if p.ndim == 2 and not e], []]
+    groups[1] = [p for _, p in trainable if all(p is not q for q in groups[0])]
+    opt = torch.optim.AdamW([{"params": groups[0], "weight_decay": cfg.weight_decay},
+                             {"params": groups[1], "weight_decay": 0.0}], lr=cfg.lr, betas=(0.9, 0.95))
+    log = []
     t_start = time.time()
-    while step < cfg.steps:
-        warmup = min(1.0, (step + 1) / cfg.warmup_steps)
+
+    def record(phase: str, step: int, lr: float, loss: float) -> None:
+        row = {"phase": phase, "step": step, "seconds": round(time.time() - t_start, 1), "lr": lr,
+               "train_loss": loss, **evaluate(model, val_tokens, probe, probe_half)}
+        log.append(row)
+        print(f"{phase} step {step:5d} {row['seconds']:6.0f}s  train {loss:.3f}  val {row['val_loss']:.3f}  "
+              f"copy1 {row['first_copy_loss']:.3f}  copy2 {row['second_copy_loss']:.3f}  lr {lr:.2e}", flush=True)
+
+    # Phase 1: the induction curriculum, softmax over the pool only.
+    pool = vocab[: cfg.induction_vocab]
+    to_pool = torch.full((50257,), -100)
+    to_pool[pool] = torch.arange(len(pool))
+    for step in range(1, cfg.induction_steps + 1):
+        lr = cfg.induction_lr * min(1.0, step / cfg.warmup_steps)
+        for group in opt.param_groups:
+            group["lr"] = lr
+        batch = repeated_random(cfg.induction_batch, cfg.induction_ctx, (8, 24), [pool], gen, tok.eos_token_id)
+        hidden = model.transformer(batch).last_hidden_state[:, :-1]  # (batch, pos-1, d_model), after ln_f
+        logits = hidden @ model.transformer.wte.weight[pool].T  # (batch, pos-1, pool)
+        loss = F.cross_entropy(logits.flatten(0, 1), to_pool[batch[:, 1:]].flatten())
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        if step % (10 * cfg.eval_every) == 0 or step == 1:
+            record("induction", step, lr, loss.item())
+
+    # Phase 2: language, with repeated rows kept in every batch; full softmax.
+    n_repeat = round(cfg.batch_size * cfg.repeat_fraction)
+    for step in range(1, cfg.steps + 1):
+        warmup = min(1.0, step / cfg.warmup_steps)
         lr = cfg.lr * warmup * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * step / cfg.steps)))
         for group in opt.param_groups:
             group["lr"] = lr
-        warming_up = step < cfg.induction_warmup_steps
-        n_repeat = cfg.batch_size if warming_up else round(cfg.batch_size * cfg.repeat_fraction)
         batch = torch.cat([
             corpus_batch(train_tokens, cfg.batch_size - n_repeat, cfg.n_ctx, gen),
-            repeated_random(n_repeat, cfg, vocab, gen, tok.eos_token_id),
+            repeated_random(n_repeat, cfg.n_ctx, (cfg.repeat_min_len, cfg.repeat_max_len), [vocab, None], gen,
+                            tok.eos_token_id),
         ])
         loss = model(batch, labels=batch).loss
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
-        step += 1
-        if step % (cfg.eval_every // 2 if warming_up else cfg.eval_every) == 0 or step == 1:
-            row = {"step": step, "tokens": step * cfg.batch_size * cfg.n_ctx, "seconds": round(time.time() - t_start, 1),
-                   "lr": lr, "train_loss": loss.item(), **evaluate(model, val_tokens, probe, probe_half)}
-            log.append(row)
-            print(f"step {step:5d} {row['seconds']:6.0f}s  train {row['train_loss']:.3f}  val {row['val_loss']:.3f}  "
-                  f"copy1 {row['first_copy_loss']:.3f}  copy2 {row['second_copy_loss']:.3f}  lr {lr:.2e}", flush=True)
+        if step % cfg.eval_every == 0 or step == 1:
+            record("language", step, lr, loss.item())
     final = evaluate(model, val_tokens, probe, probe_half)
-    save_checkpoint(model, out)
+    save_checkpoint(model, out, pool)
     summary = {
         "config": dataclasses.asdict(cfg),
         "corpus": provenance,
-        "steps": step,
-        "tokens_seen": step * cfg.batch_size * cfg.n_ctx,
+        "steps": {"induction": cfg.induction_steps, "language": cfg.steps},
+        "tokens_seen": cfg.induction_steps * cfg.induction_batch * cfg.induction_ctx
+        + cfg.steps * cfg.batch_size * cfg.n_ctx,
         "train_seconds": round(time.time() - t_start, 1),
         "unigram_val_loss": unigram_loss,
         "final": final,
@@ -225,21 +269,176 @@ def train(cfg: TrainConfig, out: Path) -> dict:
     return summary
 
 
+# ---------------------------------------------------------------------------------------------- model card
+
+# What "clear" means, stated once here and recorded in the card; the tests read them from the card.
+THRESHOLDS = {
+    "head_score": 0.3,  # mean attention on the target position; a uniform head scores ~2/(2n+1) = 0.02
+    "copy_loss_drop": 1.0,  # nats: second copy of repeated random tokens vs the first
+    "distinct2_gap": 0.1,  # distinct-2 at T=1 minus at T=0.1
+    "logprob_gap": 2.0,  # mean log-prob (under T=1) of T=1 samples minus T=10 samples
+}
+
+
+def measure(checkpoint: Path) -> dict:
+    """Everything the card reports about a checkpoint, measured with interp's own tools."""
+    from experiments import temperature
+    from interp.heads import SCORE_NAMES, head_scores, repeated_random_tokens
+    from interp.loading import detector_tokens, load_model
+
+    model = load_model(checkpoint, device="cpu")
+    pool = detector_tokens(model)
+    found = {}
+    for name, token_pool in (("frequent_tokens", pool), ("any_token", None)):
+        scores = head_scores(model, seq_len=50, batch=16, seed=0, token_pool=token_pool)
+        tokens = repeated_random_tokens(model, seq_len=50, batch=16, seed=1, token_pool=token_pool)
+        with torch.no_grad():
+            nll = model(tokens, return_type="loss", loss_per_token=True)  # (batch, pos-1)
+        found[name] = {
+            "scores": {s: [[round(x, 4) for x in row] for row in scores[s].tolist()] for s in SCORE_NAMES},
+            "first_copy_loss": float(nll[:, 1:50].mean()),  # predicting tokens 2..50 of the first copy
+            "second_copy_loss": float(nll[:, 50:].mean()),
+        }
+    config = temperature.Config(temperatures=(0.1, 1.0, 10.0), samples=8, new_tokens=40)
+    result = temperature.compute(model, config, progress=lambda line: None)
+    temps = {t: {"distinct_2": temperature._mean(rows, "distinct_2"),
+                 "mean_logprob": temperature._mean(rows, "mean_logprob"),
+                 "repeated_4gram": temperature._mean(rows, "repeated_4gram")} for t, rows in result.samples.items()}
+    return {"detectors": found, "temperature": {"config": dataclasses.asdict(config), "by_T": temps}}
+
+
+def claims(measured: dict) -> dict:
+    """The heads and effects the card claims, read off the measurements with THRESHOLDS."""
+    scores = measured["detectors"]["frequent_tokens"]["scores"]
+    flagged = {name: [[layer, head] for layer, row in enumerate(rows) for head, v in enumerate(row)
+                      if v >= THRESHOLDS["head_score"]] for name, rows in scores.items()}
+    return {"flagged_heads": flagged, "thresholds": THRESHOLDS}
+
+
+def write_model_card(out: Path) -> dict:
+    summary = json.loads((out / "training.json").read_text())
+    measured = measure(out)
+    card = {"model": "bundled stdlib-GPT", "training": {k: v for k, v in summary.items() if k != "log"},
+            "measured": measured, "claims": claims(measured)}
+    (out / "model_card.json").write_text(json.dumps(card, indent=1) + "\n")
+    (out / "MODEL_CARD.md").write_text(render_card(card, summary["log"]))
+    return card
+
+
+def _table(rows: list[list[float]]) -> str:
+    header = "| layer | " + " | ".join(f"head {h}" for h in range(len(rows[0]))) + " |"
+    lines = [header, "|" + "---|" * (len(rows[0]) + 1)]
+    lines += [f"| {layer} | " + " | ".join(f"{v:.2f}" for v in row) + " |" for layer, row in enumerate(rows)]
+    return "\n".join(lines)
+
+
+def render_card(card: dict, log: list[dict]) -> str:
+    t, m = card["training"], card["measured"]
+    cfg = t["config"]
+    det = m["detectors"]
+    lines = [
+        "# Model card: bundled stdlib-GPT",
+        "",
+        ("A 2-layer GPT-2 (Hugging Face `GPT2LMHeadModel`, tied embeddings, the real GPT-2 tokenizer with vocab "
+        "50257) trained in this repository so that every figure and detector has something real to show "
+        "offline. It is **not GPT-2 small**: figures made with it say so in their titles."),
+        "",
+        "## Training",
+        (f"- Command: `{t['command'].strip()}` (seed {cfg['seed']}); torch {t['torch']}; "
+        f"{t['train_seconds'] / 60:.0f} minutes on 2 CPU cores."),
+        (f"- Corpus: {t['corpus']['source']}, {t['corpus']['files']} files, licence: {t['corpus']['licence']}. "
+        f"sha256 of the file list and contents: `{t['corpus']['sha256']}`. "
+        f"{t['corpus']['train_tokens']:,} train / {t['corpus']['val_tokens']:,} validation tokens (every 20th "
+        "file is validation)."),
+        (f"- Shape: {cfg['n_layer']} layers, d_model {cfg['n_embd']}, {cfg['n_head']} heads (d_head "
+        f"{cfg['n_embd'] // cfg['n_head']}), n_ctx {cfg['n_ctx']}; layer 0 is attention-only (its MLP weights "
+        "are zero and frozen, so the checkpoint stays a standard GPT-2); positions start as sinusoids."),
+        (f"- Phase 1, induction curriculum: {cfg['induction_steps']} steps of repeated random sequences "
+        f"(batch {cfg['induction_batch']} x {cfg['induction_ctx']} tokens, period 8-24, tokens drawn from the "
+        f"corpus's {cfg['induction_vocab']} most frequent), softmax restricted to those tokens, lr "
+        f"{cfg['induction_lr']}."),
+        (f"- Phase 2, language: {cfg['steps']} steps of batch {cfg['batch_size']} x {cfg['n_ctx']}: corpus rows "
+        f"plus {cfg['repeat_fraction']:.0%} repeated random rows (half from the {cfg['repeat_vocab']} most "
+        f"frequent tokens, half from any token), full softmax, lr {cfg['lr']} with cosine decay."),
+        f"- Tokens seen: {t['tokens_seen']:,}.",
+        "",
+        "## Results",
+        (f"- Validation loss {t['final']['val_loss']:.3f} nats (perplexity {math.exp(t['final']['val_loss']):.1f}) "
+        f"against a unigram baseline of {t['unigram_val_loss']:.3f} nats."),
+        (f"- In-context loss on repeated random tokens (BOS + 50 + the same 50), frequent tokens: first copy "
+        f"{det['frequent_tokens']['first_copy_loss']:.2f}, second copy {det['frequent_tokens']['second_copy_loss']:.2f}"
+        f" nats; any token: first {det['any_token']['first_copy_loss']:.2f}, second "
+        f"{det['any_token']['second_copy_loss']:.2f}."),
+        "",
+        ("Head scores from `interp.head_scores` (mean attention to the target position, on repeated random "
+        "tokens drawn from `detector_tokens.json`, the 1000 most frequent training tokens):"),
+        "",
+    ]
+    for name in ("previous_token", "induction", "duplicate_token", "first_token"):
+        lines += [f"**{name}**", "", _table(det["frequent_tokens"]["scores"][name]), ""]
+    lines += ["The same on tokens drawn from the whole vocabulary, most of which the corpus never uses:", ""]
+    for name in ("previous_token", "induction"):
+        lines += [f"**{name}** (any token)", "", _table(det["any_token"]["scores"][name]), ""]
+    temps = m["temperature"]["by_T"]
+    lines += [
+        (f"Temperature (prompt {m['temperature']['config']['prompt']!r}, {m['temperature']['config']['samples']} "
+        f"samples of {m['temperature']['config']['new_tokens']} tokens per T):"),
+        "",
+        "| T | distinct-2 | repeated 4-grams | mean log-prob under T=1 |",
+        "|---|---|---|---|",
+    ]
+    lines += [f"| {t} | {v['distinct_2']:.2f} | {v['repeated_4gram']:.2f} | {v['mean_logprob']:.2f} |"
+              for t, v in temps.items()]
+    flagged = card["claims"]["flagged_heads"]
+    lines += [
+        "",
+        f"Claims the tests check (thresholds: {card['claims']['thresholds']}): heads scoring at least "
+        f"{THRESHOLDS['head_score']}: " + "; ".join(f"{k}: {v or 'none'}" for k, v in flagged.items()) + ".",
+        "",
+        "## What each lever did",
+        "",
+        ("Measured on this machine while looking for a recipe; the numbers are the in-context probe (loss on "
+        "the first vs the second copy of repeated random tokens)."),
+        "",
+        ("- 2/3 corpus + 1/3 repeated random rows from step 0, full softmax, lr 3e-3, positions 0.1 x sinusoids, "
+        "350 steps (1.4M tokens): no induction (copy 1: 8.99, copy 2: 8.97). The 50257-way unembedding makes a "
+        "step cost ~2.3 s, so the plateau could not be crossed in the time budget."),
+        "- Curriculum, 100% repeated rows first but full softmax: 175 steps, still on the plateau (9.02 vs 9.01).",
+        ("- Softmax restricted to the 500 tokens of the repeated rows: ~0.1 s a step. lr 1e-3: copy 2 starts to "
+        "fall after ~300 steps; lr 3e-3 was noisier and slower. Positions at 0.03 (the token embeddings' scale) "
+        "instead of 0.1, and attention-only layers, made the fall start sooner; 4 heads of 32 instead of 2 of 64 "
+        "changed nothing; token embeddings 5x larger were slower."),
+        "- This recipe: the restricted-softmax curriculum for phase 1, then language with repeated rows kept.",
+        "",
+        "## Training log (every logged step)",
+        "",
+        "| phase | step | s | train loss | val loss | copy 1 | copy 2 |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    lines += [f"| {r['phase']} | {r['step']} | {r['seconds']:.0f} | {r['train_loss']:.3f} | {r['val_loss']:.3f} | "
+              f"{r['first_copy_loss']:.3f} | {r['second_copy_loss']:.3f} |" for r in log]
+    return "\n".join(lines) + "\n"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--steps", type=int, default=TrainConfig.steps)
-    parser.add_argument("--induction-warmup-steps", type=int, default=TrainConfig.induction_warmup_steps)
+    parser.add_argument("--induction-steps", type=int, default=TrainConfig.induction_steps,
+                        help="phase 1 steps: repeated random sequences, pool-restricted softmax")
+    parser.add_argument("--steps", type=int, default=TrainConfig.steps, help="phase 2 steps: corpus + repeats")
     parser.add_argument("--seed", type=int, default=TrainConfig.seed)
-    parser.add_argument("--repeat-fraction", type=float, default=TrainConfig.repeat_fraction)
-    parser.add_argument("--lr", type=float, default=TrainConfig.lr)
-    parser.add_argument("--n-head", type=int, default=TrainConfig.n_head)
     parser.add_argument("--out", type=Path, default=BUNDLED_DIR, help="checkpoint directory (default: the bundled one)")
+    parser.add_argument("--card-only", action="store_true", help="only (re)write the model card of --out")
     args = parser.parse_args(argv)
-    cfg = TrainConfig(steps=args.steps, induction_warmup_steps=args.induction_warmup_steps, seed=args.seed,
-                      repeat_fraction=args.repeat_fraction, lr=args.lr, n_head=args.n_head)
+    if args.card_only:
+        write_model_card(args.out)
+        print(f"wrote {args.out / 'MODEL_CARD.md'}")
+        return 0
+    cfg = TrainConfig(induction_steps=args.induction_steps, steps=args.steps, seed=args.seed)
     summary = train(cfg, args.out)
     print(f"wrote {args.out} after {summary['steps']} steps; final {summary['final']}")
+    write_model_card(args.out)
+    print(f"wrote {args.out / 'MODEL_CARD.md'}")
     return 0
 
 

@@ -5,7 +5,13 @@ The names a researcher types in IPython; everything else lives in the topic modu
 ``interp.sampling``, ``interp.figures``).
 """
 
-from interp.architecture import architecture, component_table, config_summary, parameter_listing, split_attention
+from interp.architecture import (
+    architecture,
+    component_table,
+    config_summary,
+    parameter_listing,
+    split_attention,
+)
 from interp.heads import head_scores
 from interp.hooks import (
     ablate_heads,

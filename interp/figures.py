@@ -16,6 +16,7 @@ import sys
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Self
 
 __all__ = ["FigureWriter", "atomic_write", "image_export_available"]
 
@@ -92,7 +93,7 @@ class FigureWriter:
     written: list[Path] = field(default_factory=list)
     _export: bool | None = None
 
-    def __enter__(self) -> FigureWriter:
+    def __enter__(self) -> Self:
         self.out_dir.mkdir(parents=True, exist_ok=True)
         self._refresh_plotlyjs()
         return self
@@ -120,7 +121,7 @@ class FigureWriter:
                     import kaleido
 
                     kaleido.start_sync_server(mathjax=False, silence_warnings=True)  # MathJax would hit a CDN
-                except Exception as err:  # a browser that will not start
+                except Exception as err:  # noqa: BLE001  any failure to start a browser means: no export
                     ok, why = False, f"kaleido could not start Chromium: {err}"
             if not ok and self.formats:
                 print(f"note: image export unavailable, writing HTML and JSON only: {why}", file=sys.stderr)

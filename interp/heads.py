@@ -83,7 +83,7 @@ def scores_from_pattern(pattern: Float[Tensor, "layer head batch query_pos key_p
         raise ValueError(f"pattern has {pos} positions; repeated tokens of seq_len {n} have {2 * n + 1}")
     q_all = torch.arange(1, pos)
     q_second = torch.arange(n + 1, pos)  # queries in the second copy
-    mean = lambda q, k: pattern[..., q, k].mean(dim=(-2, -1))  # noqa: E731  [layer, head]: over batch and q
+    mean = lambda q, k: pattern[..., q, k].mean(dim=(-2, -1))
     return HeadScores(
         previous_token=mean(q_all, q_all - 1),
         induction=mean(q_second, q_second - n + 1),

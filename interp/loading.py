@@ -32,6 +32,7 @@ __all__ = [
     "NotGPT2CheckpointError",
     "UnknownModelError",
     "WeightsUnavailableError",
+    "detector_tokens",
     "load_model",
     "model_info",
 ]
@@ -78,6 +79,19 @@ class ModelInfo:
     label: str  # human name for titles, e.g. "GPT-2 small" or "bundled stdlib-GPT (2L)"
     checkpoint: str | None  # local directory, or None for a Hub model
     weights_sha256: str | None  # of model.safetensors, None for Hub models (their revision pins them)
+
+
+def detector_tokens(model) -> torch.Tensor | None:
+    """Token ids a checkpoint asks its repeated-random-token detectors to draw from, or None for any token.
+
+    A small model trained on a narrow corpus has never seen most of GPT-2's 50257 tokens; its checkpoint
+    directory can ship ``detector_tokens.json`` (a list of ids, e.g. its most frequent training tokens).
+    """
+    checkpoint = model_info(model).checkpoint if getattr(model, "interp_info", None) else None
+    path = Path(checkpoint) / "detector_tokens.json" if checkpoint else None
+    if path is None or not path.exists():
+        return None
+    return torch.tensor(json.loads(path.read_text()), dtype=torch.long)
 
 
 def model_info(model) -> ModelInfo:
@@ -141,7 +155,7 @@ _NAMED_LABELS = {"gpt2": "GPT-2 small", "gpt2-small": "GPT-2 small", "gpt2-mediu
 
 
 def _looks_like_path(spec: str) -> bool:
-    return spec.startswith((".", "/", "~")) or os.sep in spec and not spec.count("/") == 1
+    return spec.startswith((".", "/", "~")) or os.sep in spec and spec.count("/") != 1
 
 
 # ---------------------------------------------------------------------------------------------- local

@@ -228,7 +228,7 @@ class FastGPT2:
         ``cache_k``/``cache_v`` are ``[layer, batch, head, max_len, d_head]`` and are filled in place.
         ``key_mask`` ``[batch, max_len]`` is False at padding.
         """
-        batch, pos = tokens.shape
+        _batch, pos = tokens.shape
         end = start + pos
         x = self.W_E[tokens] + self.W_pos[positions]  # (batch, pos, d_model)
         causal = torch.ones(pos, end, dtype=torch.bool, device=tokens.device).tril(start)

@@ -10,7 +10,13 @@ import torch
 from transformers import GPT2LMHeadModel
 
 from experiments import parameter_breakdown
-from interp.architecture import architecture, component_table, config_summary, parameter_listing, split_attention
+from interp.architecture import (
+    architecture,
+    component_table,
+    config_summary,
+    parameter_listing,
+    split_attention,
+)
 
 GPT2_SMALL_TIED = 124_439_808  # published GPT-2 small size: the code must reproduce it, not contain it
 GPT2_SMALL_UNTIED = 163_037_184

@@ -79,8 +79,8 @@ def test_bad_temperature_is_a_one_line_error_not_a_traceback():
         assert proc.returncode != 0
         assert "Traceback" not in proc.stderr
         assert proc.stderr.strip().splitlines() == [
-            f"error: --temperatures {bad!r}: temperature must be a finite number >= 0 (0 = greedy), "
-            f"got {float(bad)}"]
+            (f"error: --temperatures {bad!r}: temperature must be a finite number >= 0 (0 = greedy), "
+            f"got {float(bad)}")]
 
 
 def test_named_model_that_cannot_load_fails_before_any_work(tmp_path, monkeypatch):

@@ -174,21 +174,20 @@ def _interventions(model, tokens):
 @pytest.mark.parametrize("which", ["temporary_hooks", "zero_ablation", "mean_ablation", "patch"])
 def test_no_hook_left_after_an_exception(tiny_model, tokens, which):
     before = _logits(tiny_model, tokens)
-    with pytest.raises(Boom):
-        with _interventions(tiny_model, tokens)[which]():
-            assert attached_hooks(tiny_model), "the intervention should be attached inside the block"
-            changed = _logits(tiny_model, tokens)
-            raise Boom
+    with pytest.raises(Boom), _interventions(tiny_model, tokens)[which]():
+        assert attached_hooks(tiny_model), "the intervention should be attached inside the block"
+        changed = _logits(tiny_model, tokens)
+        raise Boom
     assert attached_hooks(tiny_model) == []
     assert not torch.allclose(changed, before)
     torch.testing.assert_close(_logits(tiny_model, tokens), before)
 
 
 def test_unknown_hook_name_attaches_nothing(tiny_model):
-    with pytest.raises(KeyError, match="no hook point named 'blocks.0.hook_resid_pos'"):
-        with temporary_hooks(tiny_model, [("blocks.0.hook_resid_post", lambda a, hook: a),
-                                          ("blocks.0.hook_resid_pos", lambda a, hook: a)]):
-            pass
+    hooks = [("blocks.0.hook_resid_post", lambda a, hook: a), ("blocks.0.hook_resid_pos", lambda a, hook: a)]
+    with pytest.raises(KeyError, match="no hook point named 'blocks.0.hook_resid_pos'"), \
+            temporary_hooks(tiny_model, hooks):
+        pass
     assert attached_hooks(tiny_model) == []
 
 
@@ -227,9 +226,9 @@ def test_cache_handed_to_an_intervention_is_not_modified(tiny_model, tokens):
     _, cache = tiny_model.run_with_cache(tokens)
     snapshot = {k: v.clone() for k, v in cache.items()}
     tokens_before = tokens.clone()
-    with patch_activation(tiny_model, "blocks.0.attn.hook_z", cache["blocks.0.attn.hook_z"], heads=[0]):
-        with ablate_heads(tiny_model, [(0, 0), (1, 1)]):
-            tiny_model(tokens)
+    with patch_activation(tiny_model, "blocks.0.attn.hook_z", cache["blocks.0.attn.hook_z"], heads=[0]), \
+            ablate_heads(tiny_model, [(0, 0), (1, 1)]):
+        tiny_model(tokens)
     assert all(torch.equal(cache[k], v) for k, v in snapshot.items())
     assert torch.equal(tokens, tokens_before)
 

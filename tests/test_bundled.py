@@ -1,0 +1,86 @@
+"""The bundled offline model: it loads offline on both backends, and it shows what its model card claims.
+
+Every threshold here is read from ``interp/bundled/model_card.json``, written by the training script from
+its own measurements, so the tests and the card cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from experiments import common, temperature
+from interp.heads import head_scores, repeated_random_tokens
+from interp.loading import BUNDLED_DIR, detector_tokens, load_model, model_info
+
+pytestmark = pytest.mark.skipif(not (BUNDLED_DIR / "model_card.json").exists(),
+                                reason="the bundled model has not been trained yet")
+
+
+@pytest.fixture(scope="module")
+def card():
+    return json.loads((BUNDLED_DIR / "model_card.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def bundled():
+    return {b: load_model("bundled", backend=b, device="cpu") for b in ("hooked", "bridge")}
+
+
+def test_small_standard_checkpoint_with_the_real_tokenizer():
+    config = json.loads((BUNDLED_DIR / "config.json").read_text())
+    assert config["model_type"] == "gpt2" and config["vocab_size"] == 50257 and config["tie_word_embeddings"]
+    assert (BUNDLED_DIR / "model.safetensors").stat().st_size < 15 * 2**20
+
+
+def test_loads_offline_on_both_backends(bundled, tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HOME", str(tmp_path))
+    for model in bundled.values():
+        assert model_info(model).label.startswith("bundled")
+        assert model.to_tokens("Hello world").tolist() == [[50256, 15496, 995]]
+    tokens = bundled["hooked"].to_tokens("def main():\n    return 0")
+    with torch.no_grad():
+        torch.testing.assert_close(bundled["hooked"](tokens).log_softmax(-1), bundled["bridge"](tokens).log_softmax(-1),
+                                   atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("score", ["induction", "previous_token"])
+def test_detectors_flag_exactly_the_cards_heads(bundled, card, backend, score):
+    model = bundled[backend]
+    threshold = card["claims"]["thresholds"]["head_score"]
+    claimed = card["claims"]["flagged_heads"][score]
+    assert claimed, f"the card claims no clear {score} head"
+    scores = head_scores(model, seq_len=50, batch=16, seed=0, token_pool=detector_tokens(model))[score]
+    flagged = [[layer, head] for layer in range(scores.shape[0]) for head in range(scores.shape[1])
+               if scores[layer, head] >= threshold]
+    assert flagged == claimed
+
+
+def test_second_copy_is_easier_than_the_first(bundled, card):
+    model = bundled["hooked"]
+    tokens = repeated_random_tokens(model, seq_len=50, batch=16, seed=1, token_pool=detector_tokens(model))
+    with torch.no_grad():
+        nll = model(tokens, return_type="loss", loss_per_token=True)
+    drop = float(nll[:, 1:50].mean() - nll[:, 50:].mean())
+    assert drop >= card["claims"]["thresholds"]["copy_loss_drop"]
+
+
+def test_temperature_claims(bundled, card):
+    config = temperature.Config(**{**card["measured"]["temperature"]["config"],
+                                   "temperatures": tuple(card["measured"]["temperature"]["config"]["temperatures"])})
+    result = temperature.compute(bundled["hooked"], config, progress=lambda line: None)
+    d2 = {t: temperature._mean(rows, "distinct_2") for t, rows in result.samples.items()}
+    logp = {t: temperature._mean(rows, "mean_logprob") for t, rows in result.samples.items()}
+    thresholds = card["claims"]["thresholds"]
+    assert d2["0.1"] <= d2["1.0"] - thresholds["distinct2_gap"]
+    assert logp["10.0"] <= logp["1.0"] - thresholds["logprob_gap"]
+
+
+def test_default_model_falls_back_to_bundled_and_says_so(monkeypatch, capsys):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr("huggingface_hub.try_to_load_from_cache", lambda *a, **k: None)
+    model = common.resolve_model(None, device="cpu")
+    assert model_info(model).spec == "bundled"
+    assert "using the bundled offline model" in capsys.readouterr().err
