@@ -111,3 +111,15 @@ def writer_for(model, args) -> FigureWriter:
     """The run's figure writer: into ``args.out``, recording this model and command in the manifest."""
     return FigureWriter(args.out, run_meta(model, args.seed).as_dict(),
                         formats=() if args.no_images else ("png",))
+
+
+def standalone(build_parser, run, argv: list[str] | None, check=None) -> int:
+    """``main()`` of an experiment run on its own: parse, validate, load the model, run, say where files went."""
+    args = build_parser().parse_args(argv)
+    if check is not None:
+        check(args)  # fail on bad input before loading anything
+    model = resolve_model(args.model, backend=args.backend, device=args.device)
+    with writer_for(model, args) as writer:
+        paths = run(model, args, writer)
+    print("wrote " + ", ".join(str(p) for p in paths), file=sys.stderr)
+    return 0

@@ -12,7 +12,6 @@ Writes (each with its JSON data):
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from dataclasses import asdict, dataclass
 
@@ -179,12 +178,7 @@ def run(model, args, writer: FigureWriter, progress=print) -> list:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    model = common.resolve_model(args.model, backend=args.backend, device=args.device)
-    with common.writer_for(model, args) as writer:
-        paths = run(model, args, writer)
-    print("wrote " + ", ".join(str(p) for p in paths), file=sys.stderr)
-    return 0
+    return common.standalone(build_parser, run, argv)
 
 
 if __name__ == "__main__":

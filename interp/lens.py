@@ -19,22 +19,21 @@ from interp.hooks import _check_tokens, decompose_resid, residual_stream
 __all__ = ["LogitAttribution", "LogitLens", "direct_logit_attribution", "logit_lens"]
 
 
-def _final_ln_affine(model) -> tuple[Tensor | None, Tensor | None]:
-    """The final LayerNorm's weight and bias, or None where LN folding removed them."""
-    ln = model.ln_final
-    w = getattr(ln, "w", None)
-    b = getattr(ln, "b", None)
+def ln_affine(ln) -> tuple[Tensor | None, Tensor | None]:
+    """A LayerNorm's weight and bias (HookedTransformer's ``w``/``b`` or the bridge's ``weight``/``bias``),
+    or None where LN folding removed them."""
+    w, b = getattr(ln, "w", None), getattr(ln, "b", None)
     if w is None:
         params = dict(ln.named_parameters())
         w = next((p for n, p in params.items() if n.endswith("weight")), None)
         b = next((p for n, p in params.items() if n.endswith("bias")), None)
-    return w, b
+    return (None if w is None else w.detach(), None if b is None else b.detach())
 
 
 def _apply_final_ln(model, resid: Float[Tensor, "... d_model"]) -> Float[Tensor, "... d_model"]:
     centred = resid - resid.mean(-1, keepdim=True)
     scaled = centred / (centred.pow(2).mean(-1, keepdim=True) + model.cfg.eps).sqrt()
-    w, b = _final_ln_affine(model)
+    w, b = ln_affine(model.ln_final)
     return scaled * (1 if w is None else w) + (0 if b is None else b)
 
 
@@ -108,7 +107,7 @@ def direct_logit_attribution(model, tokens: Int[Tensor, "1 pos"], token: int, *,
     scale = ((final - final.mean()).pow(2).mean() + model.cfg.eps).sqrt()
     components = parts.components[:, 0, pos]  # [component, d_model]
     centred = components - components.mean(-1, keepdim=True)
-    w, b = _final_ln_affine(model)
+    w, b = ln_affine(model.ln_final)
     direction = model.W_U[:, token] * (1 if w is None else w)  # [d_model]
     contributions = einops.einsum(centred / scale, direction, "component d_model, d_model -> component")
     constant = float(model.b_U[token] + (0 if b is None else b @ model.W_U[:, token]))

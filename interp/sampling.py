@@ -24,6 +24,8 @@ import torch.nn.functional as F
 from jaxtyping import Float, Int
 from torch import Tensor
 
+from interp.lens import ln_affine
+
 __all__ = [
     "Generation",
     "TemperatureSweep",
@@ -97,7 +99,7 @@ def sweep_metrics(probs: Float[Tensor, "temp d_vocab"], reference: Float[Tensor,
     """Entropy, effective vocabulary, top-k masses, KL from ``reference`` and the reference argmax's prob."""
     logp = probs.clamp_min(1e-300).log()
     entropy = (-(probs * logp).sum(-1)).clamp_min(0)
-    sorted_probs = probs.sort(-1, descending=True).values
+    sorted_probs = probs.topk(min(50, probs.shape[-1]), dim=-1).values  # the 50 largest, in order
     kl = (probs * (logp - reference.clamp_min(1e-300).log())).sum(-1).clamp_min(0)
     return {
         "entropy_nats": entropy,
@@ -154,16 +156,6 @@ def prompt_tokens(model, prompts: Sequence[str], *, max_new_tokens: int) -> list
 # ---------------------------------------------------------------------------------------------- fast forward
 
 
-def _ln_affine(ln) -> tuple[Tensor | None, Tensor | None]:
-    """A LayerNorm module's weight and bias, or None where weight processing folded them away."""
-    w, b = getattr(ln, "w", None), getattr(ln, "b", None)
-    if w is None:
-        params = dict(ln.named_parameters())
-        w = next((p for n, p in params.items() if n.endswith("weight")), None)
-        b = next((p for n, p in params.items() if n.endswith("bias")), None)
-    return (None if w is None else w.detach(), None if b is None else b.detach())
-
-
 @dataclass(frozen=True)
 class _Block:
     ln1: tuple[Tensor | None, Tensor | None]
@@ -202,12 +194,12 @@ class FastGPT2:
                               dim=1).contiguous()
             b_qkv = torch.cat([attn.b_Q.detach().flatten(), attn.b_K.detach().flatten(), attn.b_V.detach().flatten()])
             self.blocks.append(_Block(
-                _ln_affine(block.ln1), W_qkv, b_qkv,
+                ln_affine(block.ln1), W_qkv, b_qkv,
                 einops.rearrange(attn.W_O.detach(), "head d_head d_model -> (head d_head) d_model").contiguous(),
-                attn.b_O.detach(), _ln_affine(block.ln2),
+                attn.b_O.detach(), ln_affine(block.ln2),
                 block.mlp.W_in.detach().contiguous(), block.mlp.b_in.detach(),
                 block.mlp.W_out.detach().contiguous(), block.mlp.b_out.detach()))
-        self.ln_final = _ln_affine(model.ln_final)
+        self.ln_final = ln_affine(model.ln_final)
         self.W_U = model.W_U.detach().contiguous()
         self.b_U = model.b_U.detach()
         self.act = {"gelu_new": lambda x: F.gelu(x, approximate="tanh"), "gelu": F.gelu,
