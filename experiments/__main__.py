@@ -33,6 +33,7 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"error: --only {args.only!r}: choose from {', '.join(EXPERIMENTS)}")
     shared = ["--backend", args.backend, "--seed", str(args.seed), "--out", str(args.out)]
     shared += ["--no-images"] if args.no_images else []
+    shared += ["--svg"] if args.svg else []
     shared += ["--device", args.device] if args.device else []
     times: list[tuple[str, float, list]] = []
     run_start = time.perf_counter()
@@ -44,8 +45,13 @@ def main(argv: list[str] | None = None) -> int:
         model = common.resolve_model(args.model, backend=args.backend, device=args.device)
         label = common.model_info(model).label
         print(f"loaded {label} in {time.perf_counter() - start:.1f}s", file=sys.stderr, flush=True)
-    with (common.writer_for(model, args) if model is not None else
-          parameter_breakdown.FigureWriter(args.out, {}, formats=() if args.no_images else ("png",))) as writer:
+    if model is not None:
+        writer = common.writer_for(model, args)
+    else:  # only the architecture figure: no weights, no model
+        meta = common.RunMeta(args.model or "gpt2", args.model or "gpt2", "architecture only", "none", args.seed,
+                              common.command_line())
+        writer = parameter_breakdown.FigureWriter(args.out, meta.as_dict(), formats=common.image_formats(args))
+    with writer:
         for i, name in enumerate(only, start=1):
             print(f"\n[{i}/{len(only)}] {name}", file=sys.stderr, flush=True)
             start = time.perf_counter()

@@ -33,6 +33,7 @@ def add_common_args(parser: argparse.ArgumentParser, *, model_help: str | None =
     parser.add_argument("--seed", type=int, default=0, help="seed for torch, numpy and random (default: 0)")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="output folder (default: figures/)")
     parser.add_argument("--no-images", action="store_true", help="write HTML and JSON only, skip PNG export")
+    parser.add_argument("--svg", action="store_true", help="also export SVG (needs kaleido and Chromium)")
 
 
 def seed_everything(seed: int) -> None:
@@ -109,8 +110,12 @@ def title(text: str, label: str) -> str:
 
 def writer_for(model, args) -> FigureWriter:
     """The run's figure writer: into ``args.out``, recording this model and command in the manifest."""
-    return FigureWriter(args.out, run_meta(model, args.seed).as_dict(),
-                        formats=() if args.no_images else ("png",))
+    return FigureWriter(args.out, run_meta(model, args.seed).as_dict(), formats=image_formats(args))
+
+
+def image_formats(args) -> tuple[str, ...]:
+    """The image formats the CLI flags ask for, besides HTML."""
+    return () if args.no_images else ("png", "svg") if args.svg else ("png",)
 
 
 def standalone(build_parser, run, argv: list[str] | None, check=None) -> int:
