@@ -20,10 +20,10 @@ DEFAULT_OUT = Path(__file__).resolve().parent.parent / "figures"
 DEFAULT_MODEL = "gpt2"  # GPT-2 small; falls back to the bundled model when its weights can't be had
 
 
-def add_common_args(parser: argparse.ArgumentParser, *, model_help: str | None = None) -> None:
+def add_common_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--model", default=None, metavar="SPEC",
-        help=model_help or "model name, local GPT-2 checkpoint directory, or 'bundled' (default: GPT-2 small, "
+        help="model name, local GPT-2 checkpoint directory, or 'bundled' (default: GPT-2 small, "
         "falling back to the bundled offline model when GPT-2's weights can't be had; pass --model gpt2 to "
         "insist on GPT-2)",
     )
@@ -76,7 +76,6 @@ class RunMeta:
         from importlib.metadata import version
 
         import plotly
-        import transformer_lens  # noqa: F401
 
         import interp
 
