@@ -86,11 +86,11 @@ def plot_patterns(result: Result) -> go.Figure:
                                           "<extra></extra>")
     fig.update_xaxes(showticklabels=False)
     fig.update_yaxes(showticklabels=False, autorange="reversed")
-    size = 120 * n_heads
-    fig.update_layout(width=size + 160, height=int(size * len(layers) / n_heads) + 200,
+    panel = max(120, 560 // n_heads)  # small models get bigger panels
+    fig.update_layout(width=panel * n_heads + 260, height=panel * len(layers) + 200,
                       coloraxis=dict(colorscale="Blues", cmin=0, cmax=1, colorbar_title="attention"),
-                      title=common.title(f"Attention patterns on {result.config['prompt'][:70]!r}... "
-                                         "(rows: query, columns: key; hover for tokens)", result.model))
+                      title=common.title(f"Attention patterns on {result.config['prompt'][:40]!r}...<br>"
+                                         "rows: query, columns: key; hover for tokens", result.model))
     return fig
 
 
