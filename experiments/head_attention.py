@@ -87,7 +87,7 @@ def plot_patterns(result: Result) -> go.Figure:
     fig.update_xaxes(showticklabels=False)
     fig.update_yaxes(showticklabels=False, autorange="reversed")
     panel = max(120, 560 // n_heads)  # small models get bigger panels
-    fig.update_layout(width=panel * n_heads + 260, height=panel * len(layers) + 200,
+    fig.update_layout(width=panel * n_heads + 260, height=panel * len(layers) + 220, margin=dict(t=150),
                       coloraxis=dict(colorscale="Blues", cmin=0, cmax=1, colorbar_title="attention"),
                       title=common.title(f"Attention patterns on {result.config['prompt'][:40]!r}...<br>"
                                          "rows: query, columns: key; hover for tokens", result.model))
