@@ -30,7 +30,7 @@ def ln_affine(ln) -> tuple[Tensor | None, Tensor | None]:
     return (None if w is None else w.detach(), None if b is None else b.detach())
 
 
-def _apply_final_ln(model, resid: Float[Tensor, "... d_model"]) -> Float[Tensor, "... d_model"]:
+def apply_final_ln(model, resid: Float[Tensor, "... d_model"]) -> Float[Tensor, "... d_model"]:
     centred = resid - resid.mean(-1, keepdim=True)
     scaled = centred / (centred.pow(2).mean(-1, keepdim=True) + model.cfg.eps).sqrt()
     w, b = ln_affine(model.ln_final)
@@ -67,7 +67,7 @@ def logit_lens(model, tokens: Int[Tensor, "1 pos"], *, pos: int = -1, k: int = 5
         raise ValueError("logit_lens reads one prompt: tokens must have batch size 1")
     stack = residual_stream(model, tokens, kinds=("resid_pre", "resid_post"))
     resid = torch.cat([stack.resid_pre[:1], stack.resid_post])[:, 0, pos]  # [layer+1, d_model]
-    logits = _apply_final_ln(model, resid) @ model.W_U + model.b_U
+    logits = apply_final_ln(model, resid) @ model.W_U + model.b_U
     probs = logits.softmax(-1).topk(k)
     labels = ("embed",) + tuple(f"after L{i}" for i in range(model.cfg.n_layers))
     strings = tuple(tuple(model.tokenizer.decode([t]) for t in row.tolist()) for row in probs.indices)

@@ -24,7 +24,8 @@ import torch.nn.functional as F
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from interp.lens import ln_affine
+from interp.hooks import temporary_hooks
+from interp.lens import apply_final_ln, ln_affine
 
 __all__ = [
     "Generation",
@@ -113,6 +114,16 @@ def sweep_metrics(probs: Float[Tensor, "temp d_vocab"], reference: Float[Tensor,
     }
 
 
+def last_logits(model, tokens: Int[Tensor, "batch pos"]) -> Float[Tensor, "batch d_vocab"]:
+    """The logits at the last position only: the unembedding of one position instead of all of them
+    (TransformerLens's own unembedding also copies ``W_U.T`` on every call)."""
+    kept: list[Tensor] = []
+    with temporary_hooks(model, [(f"blocks.{model.cfg.n_layers - 1}.hook_resid_post",
+                                  lambda act, hook: kept.append(act[:, -1]))]):
+        model(tokens, return_type=None)
+    return apply_final_ln(model, kept[0]) @ model.W_U + model.b_U
+
+
 @torch.no_grad()
 def temperature_sweep(model, prompt: str, temperatures: Sequence[float], *, k: int = 10) -> TemperatureSweep:
     """Run ``model`` once on ``prompt`` and describe the next-token distribution at every temperature.
@@ -123,7 +134,7 @@ def temperature_sweep(model, prompt: str, temperatures: Sequence[float], *, k: i
     """
     temps = check_temperatures(temperatures)
     tokens = prompt_tokens(model, [prompt], max_new_tokens=0)[0].unsqueeze(0)
-    logits = model(tokens)[0, -1]
+    logits = last_logits(model, tokens)[0]
     probs = distributions(logits, temps)
     reference = distributions(logits, [1.0])[0]
     top = probs.topk(k, dim=-1)
