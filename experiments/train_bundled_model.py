@@ -197,11 +197,11 @@ def train(cfg: TrainConfig, out: Path) -> dict:
 
     model = new_model(cfg)
     trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-    embeds = ("wte" in n or "wpe" in n for n, _ in trainable)
-    groups = [[p for (n, p), e in zip(trainable, embeds) if p.ndim == 2 and not e], []]
-    groups[1] = [p for _, p in trainable if all(p is not q for q in groups[0])]
-    opt = torch.optim.AdamW([{"params": groups[0], "weight_decay": cfg.weight_decay},
-                             {"params": groups[1], "weight_decay": 0.0}], lr=cfg.lr, betas=(0.9, 0.95))
+    decays = [p.ndim == 2 and "wte" not in n and "wpe" not in n for n, p in trainable]  # matrices, not embeddings
+    opt = torch.optim.AdamW([{"params": [p for (_, p), d in zip(trainable, decays) if d],
+                              "weight_decay": cfg.weight_decay},
+                             {"params": [p for (_, p), d in zip(trainable, decays) if not d], "weight_decay": 0.0}],
+                            lr=cfg.lr, betas=(0.9, 0.95))
     log = []
     t_start = time.time()
 

@@ -70,7 +70,8 @@ def repeated_random_tokens(model, *, seq_len: int = 50, batch: int = 8, seed: in
     gen = torch.Generator().manual_seed(seed)
     bos = model.tokenizer.bos_token_id if model.tokenizer is not None else 0
     if token_pool is None:
-        token_pool = torch.tensor([t for t in range(model.cfg.d_vocab) if t != bos])
+        token_pool = torch.arange(model.cfg.d_vocab)
+        token_pool = token_pool[token_pool != bos]
     half = token_pool[torch.randint(len(token_pool), (batch, seq_len), generator=gen)]
     return torch.cat([torch.full((batch, 1), bos), half, half], dim=1).to(model.cfg.device)
 
