@@ -14,7 +14,7 @@ It logs the in-context loss (first copy against second copy of repeated random t
 measures the result with interp's own detectors and writes ``MODEL_CARD.md`` and ``model_card.json`` next to
 the weights. Run once; the weights are committed. CI never retrains::
 
-    python -m experiments.train_bundled_model            # ~35 minutes on 2 CPU cores
+    python -m experiments.train_bundled_model            # ~30 minutes on 2 CPU cores
     python -m experiments.train_bundled_model --card-only
 """
 
@@ -47,11 +47,12 @@ class TrainConfig:
     n_ctx: int = 256
     attn_only_layer0: bool = True  # layer 0's MLP is zero and frozen: a clean previous-token layer
     pos_scale: float = 0.03  # sinusoidal position init, at about the token embeddings' scale
+    dropout: float = 0.0  # GPT-2's default 0.1 kept layer 0 from ever forming a previous-token head (see the card)
     seed: int = 0
     # Phase 1, the induction curriculum: repeated random sequences only, with the softmax restricted to the
     # tokens they are drawn from. Without the 50257-way unembedding a step costs ~1/20, so the plateau
     # before induction can be crossed in minutes.
-    induction_steps: int = 3000
+    induction_steps: int = 2000
     induction_lr: float = 1e-3
     induction_batch: int = 32
     induction_ctx: int = 64
@@ -114,6 +115,7 @@ def new_model(cfg: TrainConfig):
     hf_cfg = GPT2Config(
         vocab_size=50257, n_positions=cfg.n_ctx, n_embd=cfg.n_embd, n_layer=cfg.n_layer, n_head=cfg.n_head,
         tie_word_embeddings=True, attn_implementation="eager",
+        attn_pdrop=cfg.dropout, resid_pdrop=cfg.dropout, embd_pdrop=cfg.dropout,
     )
     model = GPT2LMHeadModel(hf_cfg)
     with torch.no_grad():
@@ -416,9 +418,17 @@ def render_card(card: dict, log: list[dict]) -> str:
         "copying any earlier token. Mixing in rows where the next token is a fixed function of the token two "
         "back (a direct reward for attending to the previous token) did not form one either in 1000 steps "
         "(0.08)."),
-        ("- This run: 3000 steps of the restricted-softmax curriculum, then the language phase. It is what fitted "
-        "the session's time; the results above say whether it formed the heads, and the tests check exactly "
-        "that."),
+        ("- **Dropout was the blocker.** Every run above used GPT-2's default dropout of 0.1 (attention, "
+        "residual, embeddings) without meaning to. This script's curriculum, everything else equal: with "
+        "dropout 0 the train loss was 1.92 nats after 500 steps (this run's log); with `--dropout 0.1 "
+        "--induction-steps 1000 --steps 0` it was 5.26 after 1000 steps, with previous-token scores of at most "
+        "0.04 and induction scores of at most 0.02. A scratch sweep with a pool of 1000 random vocabulary ids "
+        "agreed: dropout 0 gave a previous-token head (0.59) and induction heads (0.97) by step 500; dropout "
+        "0.1 gave 0.11 and no induction by step 750."),
+        ("- This run: dropout 0, 2000 steps of the curriculum (about 4 minutes), then the language phase. The "
+        "log's probe draws from the 5000 most frequent tokens, mostly outside the curriculum's pool, so it "
+        "only moves in phase 2, once the full softmax trains those tokens. The weights were written to a "
+        "scratch directory (`--out`) and copied here."),
         "",
         "## Training log (every logged step)",
         "",
@@ -437,6 +447,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="phase 1 steps: repeated random sequences, pool-restricted softmax")
     parser.add_argument("--steps", type=int, default=TrainConfig.steps, help="phase 2 steps: corpus + repeats")
     parser.add_argument("--seed", type=int, default=TrainConfig.seed)
+    parser.add_argument("--dropout", type=float, default=TrainConfig.dropout,
+                        help="attention, residual and embedding dropout (GPT-2 uses 0.1)")
     parser.add_argument("--out", type=Path, default=BUNDLED_DIR, help="checkpoint directory (default: the bundled one)")
     parser.add_argument("--card-only", action="store_true", help="only (re)write the model card of --out")
     args = parser.parse_args(argv)
@@ -444,7 +456,7 @@ def main(argv: list[str] | None = None) -> int:
         write_model_card(args.out)
         print(f"wrote {args.out / 'MODEL_CARD.md'}")
         return 0
-    cfg = TrainConfig(induction_steps=args.induction_steps, steps=args.steps, seed=args.seed)
+    cfg = TrainConfig(induction_steps=args.induction_steps, steps=args.steps, seed=args.seed, dropout=args.dropout)
     summary = train(cfg, args.out)
     print(f"wrote {args.out} after {summary['steps']} steps; final {summary['final']}")
     write_model_card(args.out)
