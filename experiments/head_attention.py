@@ -108,10 +108,10 @@ def plot_scores(result: Result) -> go.Figure:
                         texttemplate="%{text}" if len(z) * len(z[0]) <= 48 else None,
                         hovertemplate=f"{titles[name]}<br>%{{y}} %{{x}}: %{{z:.3f}}<extra></extra>")
     fig.update_yaxes(autorange="reversed")
-    fig.update_layout(width=1050, height=850, coloraxis=dict(colorscale="Viridis", cmin=0, cmax=1,
+    fig.update_layout(width=1050, height=880, margin=dict(t=140), coloraxis=dict(colorscale="Viridis", cmin=0, cmax=1,
                                                              colorbar_title="mean attention"),
                       title=common.title(f"Head detector scores on repeated random tokens "
-                                         f"(2 x {result.config['seq_len']} tokens, batch {result.config['batch']}, "
+                                         f"(2 x {result.config['seq_len']} tokens, batch {result.config['batch']},<br>"
                                          f"drawn from {result.config['detector_tokens']})", result.model))
     return fig
 
