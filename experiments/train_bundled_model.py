@@ -286,6 +286,7 @@ def measure(checkpoint: Path) -> dict:
     """Everything the card reports about a checkpoint, measured with interp's own tools."""
     from experiments import temperature
     from interp.heads import SCORE_NAMES, head_scores, repeated_random_tokens
+    from interp.hooks import ablate_heads
     from interp.loading import detector_tokens, load_model
 
     model = load_model(checkpoint, device="cpu")
@@ -301,6 +302,16 @@ def measure(checkpoint: Path) -> dict:
             "first_copy_loss": float(nll[:, 1:50].mean()),  # predicting tokens 2..50 of the first copy
             "second_copy_loss": float(nll[:, 50:].mean()),
         }
+    # Causal check: the second copy's loss with each head zero-ablated, and with each layer's heads together.
+    tokens = repeated_random_tokens(model, seq_len=50, batch=16, seed=1, token_pool=pool)
+    cfg = model.cfg
+    ablations = {}
+    for heads in [[(layer, head)] for layer in range(cfg.n_layers) for head in range(cfg.n_heads)] + \
+            [[(layer, head) for head in range(cfg.n_heads)] for layer in range(cfg.n_layers)]:
+        with ablate_heads(model, heads), torch.no_grad():
+            nll = model(tokens, return_type="loss", loss_per_token=True)
+        ablations[" ".join(f"{layer}.{head}" for layer, head in heads)] = float(nll[:, 50:].mean())
+    found["frequent_tokens"]["second_copy_loss_ablated"] = ablations
     config = temperature.Config(temperatures=(0.1, 1.0, 10.0), samples=8, new_tokens=40)
     result = temperature.compute(model, config, progress=lambda line: None)
     temps = {t: {"distinct_2": temperature._mean(rows, "distinct_2"),
@@ -378,6 +389,17 @@ def render_card(card: dict, log: list[dict]) -> str:
     ]
     for name in ("previous_token", "induction", "duplicate_token", "first_token"):
         lines += [f"**{name}**", "", _table(det["frequent_tokens"]["scores"][name]), ""]
+    ablated = det["frequent_tokens"].get("second_copy_loss_ablated", {})
+    if ablated:
+        lines += [
+            ("Ablations (`interp.ablate_heads`, zero): the second copy's loss with the named heads' outputs "
+             f"removed; intact it is {det['frequent_tokens']['second_copy_loss']:.2f} nats:"),
+            "",
+            "| heads ablated | second-copy loss |",
+            "|---|---|",
+            *[f"| {heads} | {loss:.2f} |" for heads, loss in ablated.items()],
+            "",
+        ]
     lines += ["The same on tokens drawn from the whole vocabulary, most of which the corpus never uses:", ""]
     for name in ("previous_token", "induction"):
         lines += [f"**{name}** (any token)", "", _table(det["any_token"]["scores"][name]), ""]

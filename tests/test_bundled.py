@@ -13,6 +13,7 @@ import torch
 
 from experiments import common, temperature
 from interp.heads import head_scores, repeated_random_tokens
+from interp.hooks import ablate_heads
 from interp.loading import BUNDLED_DIR, detector_tokens, load_model, model_info
 
 pytestmark = pytest.mark.skipif(not (BUNDLED_DIR / "model_card.json").exists(),
@@ -76,6 +77,29 @@ def test_in_context_loss_matches_the_card(bundled, card):
     assert float(nll[:, 50:].mean()) == pytest.approx(measured["second_copy_loss"], abs=1e-3)
     drop = float(nll[:, 1:50].mean() - nll[:, 50:].mean())
     assert drop >= card["claims"]["thresholds"]["copy_loss_drop"], "induction should make the second copy easier"
+
+
+def test_the_cards_heads_are_the_copying_circuit(bundled, card, backend):
+    """Causal check: zero-ablating the flagged induction heads, or the flagged previous-token head, undoes the
+    second copy's advantage; ablating every other head leaves it."""
+    model = bundled[backend]
+    tokens = repeated_random_tokens(model, seq_len=50, batch=16, seed=1, token_pool=detector_tokens(model))
+
+    def second_copy_loss() -> float:
+        with torch.no_grad():
+            return float(model(tokens, return_type="loss", loss_per_token=True)[:, 50:].mean())
+
+    flagged = card["claims"]["flagged_heads"]
+    drop = card["claims"]["thresholds"]["copy_loss_drop"]
+    intact = second_copy_loss()
+    for name in ("induction", "previous_token"):
+        with ablate_heads(model, [tuple(h) for h in flagged[name]]):
+            assert second_copy_loss() >= intact + drop, name
+    circuit = {tuple(h) for name in ("induction", "previous_token") for h in flagged[name]}
+    others = [(layer, head) for layer in range(model.cfg.n_layers) for head in range(model.cfg.n_heads)
+              if (layer, head) not in circuit]
+    with ablate_heads(model, others):
+        assert second_copy_loss() < intact + drop
 
 
 def test_temperature_claims(bundled, card):
