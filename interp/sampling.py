@@ -377,13 +377,17 @@ def repeated_ngram_fraction(tokens: Sequence[int] | Tensor, n: int = 4) -> float
 
 
 @torch.no_grad()
+@torch.no_grad()
 def continuation_logprobs(model, generation: Generation) -> Float[Tensor, "batch new"]:
     """Log-probability of each generated token under the model at T=1, given everything before it: a
-    coherence proxy to plot against position."""
-    out = []
-    for ids, new in zip(generation.prompt_tokens, generation.tokens):
-        seq = torch.cat([ids, new]).unsqueeze(0).to(model.cfg.device)
-        logp = model(seq)[0].log_softmax(-1)  # (pos, d_vocab)
-        start = len(ids) - 1  # the logit at position p predicts token p+1
-        out.append(logp[start:start + len(new)].gather(-1, new.to(logp.device).unsqueeze(-1)).squeeze(-1))
-    return torch.stack(out).cpu()
+    coherence proxy to plot against position. One forward per distinct prompt length, so no padding."""
+    rows_by_length: dict[int, list[int]] = {}
+    for i, ids in enumerate(generation.prompt_tokens):
+        rows_by_length.setdefault(len(ids), []).append(i)
+    out = torch.empty(generation.tokens.shape)
+    for length, rows in rows_by_length.items():
+        new = generation.tokens[rows].to(model.cfg.device)  # (rows, new)
+        prompts = torch.stack([generation.prompt_tokens[i] for i in rows]).to(model.cfg.device)
+        logits = model(torch.cat([prompts, new], dim=1))[:, length - 1 : -1]  # the logit at p predicts p+1
+        out[rows] = logits.log_softmax(-1).gather(-1, new.unsqueeze(-1)).squeeze(-1).float().cpu()
+    return out

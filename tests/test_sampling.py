@@ -158,13 +158,16 @@ def test_prompt_plus_new_tokens_must_fit(tiny_model):
 
 
 def test_continuation_logprobs_match_the_model(tiny_model):
-    gen = generate(tiny_model, PROMPTS[:1], max_new_tokens=6, temperature=1.0, seed=5)
+    gen = generate(tiny_model, PROMPTS, max_new_tokens=6, temperature=1.0, seed=5)
+    assert len({len(ids) for ids in gen.prompt_tokens}) > 1  # batched by prompt length: cover several
     logprobs = continuation_logprobs(tiny_model, gen)
-    assert logprobs.shape == (1, 6) and (logprobs <= 0).all()
-    seq = torch.cat([gen.prompt_tokens[0], gen.tokens[0]]).unsqueeze(0)
-    with torch.no_grad():
-        expected = tiny_model(seq[:, :-1])[0, -1].log_softmax(-1)[gen.tokens[0, -1]]
-    assert logprobs[0, -1] == pytest.approx(float(expected), abs=1e-5)
+    assert logprobs.shape == (len(PROMPTS), 6) and (logprobs <= 0).all()
+    for row, (ids, new) in enumerate(zip(gen.prompt_tokens, gen.tokens)):
+        seq = torch.cat([ids, new]).unsqueeze(0)
+        for j in range(len(new)):
+            with torch.no_grad():
+                expected = tiny_model(seq[:, : len(ids) + j])[0, -1].log_softmax(-1)[new[j]]
+            assert logprobs[row, j] == pytest.approx(float(expected), abs=1e-5)
 
 
 @pytest.mark.parametrize(
