@@ -365,7 +365,8 @@ def render_card(card: dict, log: list[dict]) -> str:
         "file is validation)."),
         (f"- Shape: {cfg['n_layer']} layers, d_model {cfg['n_embd']}, {cfg['n_head']} heads (d_head "
         f"{cfg['n_embd'] // cfg['n_head']}), n_ctx {cfg['n_ctx']}; layer 0 is attention-only (its MLP weights "
-        "are zero and frozen, so the checkpoint stays a standard GPT-2); positions start as sinusoids."),
+        "are zero and frozen, so the checkpoint stays a standard GPT-2); positions start as sinusoids; "
+        f"dropout {cfg['dropout']}."),
         (f"- Phase 1, induction curriculum: {cfg['induction_steps']} steps of repeated random sequences "
         f"(batch {cfg['induction_batch']} x {cfg['induction_ctx']} tokens, period 8-24, tokens drawn from the "
         f"corpus's {cfg['induction_vocab']} most frequent), softmax restricted to those tokens, lr "
