@@ -475,6 +475,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=BUNDLED_DIR, help="checkpoint directory (default: the bundled one)")
     parser.add_argument("--card-only", action="store_true", help="only (re)write the model card of --out")
     args = parser.parse_args(argv)
+    if min(args.induction_steps, args.steps) < 0 or not 0 <= args.dropout < 1:
+        parser.error("steps must be >= 0 and dropout in [0, 1)")
+    if args.card_only and not (args.out / "training.json").exists():
+        parser.error(f"--card-only needs a trained checkpoint: {args.out / 'training.json'} does not exist")
     if args.card_only:
         write_model_card(args.out)
         print(f"wrote {args.out / 'MODEL_CARD.md'}")

@@ -11,7 +11,7 @@ import json
 import pytest
 import torch
 
-from experiments import common, temperature
+from experiments import common, temperature, train_bundled_model
 from interp.heads import head_scores, repeated_random_tokens
 from interp.hooks import ablate_heads
 from interp.loading import BUNDLED_DIR, detector_tokens, load_model, model_info
@@ -119,3 +119,10 @@ def test_default_model_falls_back_to_bundled_and_says_so(monkeypatch, capsys):
     model = common.resolve_model(None, device="cpu")
     assert model_info(model).spec == "bundled"
     assert "using the bundled offline model" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv", [["--steps", "-1"], ["--dropout", "1.5"], ["--card-only", "--out", "{tmp}"]])
+def test_trainer_rejects_bad_arguments_before_any_work(argv, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        train_bundled_model.main([a.replace("{tmp}", str(tmp_path)) for a in argv])
+    assert exit_info.value.code == 2 and "error:" in capsys.readouterr().err
