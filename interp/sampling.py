@@ -377,7 +377,6 @@ def repeated_ngram_fraction(tokens: Sequence[int] | Tensor, n: int = 4) -> float
 
 
 @torch.no_grad()
-@torch.no_grad()
 def continuation_logprobs(model, generation: Generation) -> Float[Tensor, "batch new"]:
     """Log-probability of each generated token under the model at T=1, given everything before it: a
     coherence proxy to plot against position. One forward per distinct prompt length, so no padding."""
