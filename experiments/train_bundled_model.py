@@ -305,9 +305,10 @@ def measure(checkpoint: Path) -> dict:
     # Causal check: the second copy's loss with each head zero-ablated, and with each layer's heads together.
     tokens = repeated_random_tokens(model, seq_len=50, batch=16, seed=1, token_pool=pool)
     cfg = model.cfg
+    single_heads = [[(layer, head)] for layer in range(cfg.n_layers) for head in range(cfg.n_heads)]
+    whole_layers = [[(layer, head) for head in range(cfg.n_heads)] for layer in range(cfg.n_layers)]
     ablations = {}
-    for heads in [[(layer, head)] for layer in range(cfg.n_layers) for head in range(cfg.n_heads)] + \
-            [[(layer, head) for head in range(cfg.n_heads)] for layer in range(cfg.n_layers)]:
+    for heads in single_heads + whole_layers:
         with ablate_heads(model, heads), torch.no_grad():
             nll = model(tokens, return_type="loss", loss_per_token=True)
         ablations[" ".join(f"{layer}.{head}" for layer, head in heads)] = float(nll[:, 50:].mean())
