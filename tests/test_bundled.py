@@ -47,15 +47,6 @@ def test_loads_offline_on_both_backends(bundled, tmp_path, monkeypatch):
                                    atol=1e-4, rtol=1e-4)
 
 
-@pytest.mark.parametrize("score", ["induction", "previous_token"])
-def test_the_model_has_a_clear_head(bundled, card, score):
-    """Issue 6: at least one clear induction head and one clear previous-token head, measured afresh."""
-    scores = head_scores(bundled["hooked"], seq_len=50, batch=16, seed=0,
-                         token_pool=detector_tokens(bundled["hooked"]))[score]
-    assert card["claims"]["flagged_heads"][score], f"the card claims no {score} head"
-    assert float(scores.max()) >= card["claims"]["thresholds"]["head_score"]
-
-
 @pytest.mark.parametrize("score", ["induction", "previous_token", "duplicate_token", "first_token"])
 def test_detectors_flag_exactly_the_cards_heads(bundled, card, backend, score):
     model = bundled[backend]
@@ -65,6 +56,8 @@ def test_detectors_flag_exactly_the_cards_heads(bundled, card, backend, score):
     flagged = [[layer, head] for layer in range(scores.shape[0]) for head in range(scores.shape[1])
                if scores[layer, head] >= threshold]
     assert flagged == claimed
+    if score in ("induction", "previous_token"):  # issue 6: at least one clear head of each kind
+        assert flagged, f"no {score} head scores >= {threshold}"
 
 
 def test_in_context_loss_matches_the_card(bundled, card):
