@@ -37,7 +37,7 @@ def _gpt2_config(spec):
     """A ``GPT2Config`` for a spec: a model name, a checkpoint directory, "bundled", or a loaded TL model."""
     from transformers import GPT2Config
 
-    from interp.loading import BUNDLED_DIR, CheckpointNotFoundError, NotGPT2CheckpointError, UnknownModelError
+    from interp.loading import BUNDLED_DIR, CheckpointNotFoundError, UnknownModelError, read_gpt2_config
 
     if hasattr(spec, "cfg"):  # a HookedTransformer or TransformerBridge
         cfg = spec.cfg
@@ -52,10 +52,7 @@ def _gpt2_config(spec):
         if path.exists() or os.sep in spec:
             raise CheckpointNotFoundError(f"no config.json in {path}")
         raise UnknownModelError(f"{spec!r}: architecture() takes 'gpt2', 'bundled' or a checkpoint directory")
-    config = GPT2Config.from_pretrained(path, local_files_only=True)
-    if config.model_type != "gpt2":
-        raise NotGPT2CheckpointError(f"{path} holds a {config.model_type!r} checkpoint, not GPT-2")
-    return config
+    return GPT2Config.from_dict(read_gpt2_config(path / "config.json"))
 
 
 def architecture(spec="gpt2"):

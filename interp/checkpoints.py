@@ -19,6 +19,9 @@ def write_random_checkpoint(out: str | Path, *, seed: int = 0, label: str | None
                             with_tokenizer: bool = False, **shape) -> Path:
     """Write a randomly initialised ``GPT2LMHeadModel`` to ``out`` (config.json + model.safetensors).
 
+    Every bias (attention, MLP, LayerNorm) is random and non-zero, and every LayerNorm gain is random, so a
+    test on these weights sees a bug that zero biases or unit gains would hide.
+
     Args:
         out: directory to create.
         seed: torch seed for the initialisation.
@@ -40,6 +43,12 @@ def write_random_checkpoint(out: str | Path, *, seed: int = 0, label: str | None
     torch.manual_seed(seed)
     config = GPT2Config(**shape, interp_label=label)
     model = GPT2LMHeadModel(config)
+    with torch.no_grad():  # HF initialises biases to 0 and LayerNorms to (1, 0): that hides bias bugs
+        for name, param in model.named_parameters():
+            if name.endswith(".bias"):
+                param.normal_(0.0, 0.1)
+            elif ".ln_" in name:  # LayerNorm gains: ln_1/ln_2/ln_f.weight
+                param.uniform_(0.5, 1.5)
     out = Path(out)
     with quiet_transformers():
         model.save_pretrained(out)

@@ -84,13 +84,34 @@ def check_heads(model, heads: Sequence[int] | None) -> tuple[int, ...]:
     return heads
 
 
-def _check_tokens(model, tokens) -> Int[Tensor, "batch pos"]:
+def check_tokens(model, tokens) -> Int[Tensor, "batch pos"]:
+    """Validate a ``[batch, pos]`` batch of token ids for ``model``, before anything runs.
+
+    Raises ``TypeError`` for anything but an integer tensor of shape [batch, pos], and ``ValueError`` for an
+    empty batch, more tokens than the context window, or an id outside ``0..d_vocab-1`` (TransformerLens
+    would wrap a negative id around to the end of the vocabulary, silently).
+    """
     if not isinstance(tokens, Tensor) or tokens.dtype not in (torch.int64, torch.int32) or tokens.ndim != 2:
         raise TypeError("tokens must be an integer tensor of shape [batch, pos] (use model.to_tokens(text))")
+    if 0 in tokens.shape:
+        raise ValueError(f"tokens is empty (shape {tuple(tokens.shape)}): give at least one token per row")
     if tokens.shape[1] > model.cfg.n_ctx:
         raise ValueError(f"{tokens.shape[1]} tokens is longer than the context window of {_model_name(model)} "
-                         f"(n_ctx {model.cfg.n_ctx})")
+                         f"(n_ctx {model.cfg.n_ctx}); cut the input to at most {model.cfg.n_ctx} tokens")
+    low, high = int(tokens.min()), int(tokens.max())
+    if low < 0 or high >= model.cfg.d_vocab:
+        bad = low if low < 0 else high
+        raise ValueError(f"token id {bad} is outside the vocabulary of {_model_name(model)} "
+                         f"(0..{model.cfg.d_vocab - 1})")
     return tokens
+
+
+def check_position(tokens: Tensor, pos: int) -> int:
+    """Validate a position index into ``tokens``' second axis (negative counts from the end); return it."""
+    n = tokens.shape[1]
+    if isinstance(pos, bool) or not isinstance(pos, int) or not -n <= pos < n:
+        raise ValueError(f"pos {pos!r} out of range: the prompt has {n} tokens (positions {-n}..{n - 1})")
+    return pos
 
 
 # ---------------------------------------------------------------------------------------------- hooks
@@ -126,11 +147,29 @@ def temporary_hooks(model, fwd_hooks: Sequence[tuple[str, Hook]]) -> Iterator[No
             point.remove_hooks("fwd", level=level)
 
 
+_LIBRARY_WIRING = ("transformer_lens.model_bridge", "transformers.utils.output_capturing")
+
+
 def attached_hooks(model) -> list[str]:
-    """Names of the hook points that currently have any hook attached (should be empty between runs)."""
-    return [name for name, hp in model.hook_dict.items()
-            if hp._forward_hooks or hp._backward_hooks or hp._forward_pre_hooks or getattr(hp, "fwd_hooks", None)
-            or getattr(hp, "bwd_hooks", None)]
+    """Names of the modules with a forward or backward hook attached: hook points (``model.hooks``,
+    ``add_hook``) and plain ``register_forward_hook`` alike, plus ``"<global>"`` for torch's global module
+    hooks. Empty between runs; ``generate`` uses it to decide whether the fast path may run.
+
+    The wiring TransformerBridge and transformers register on the wrapped Hugging Face modules (to feed the
+    bridge's hook points and to capture attention outputs) is not counted: it stays once set up, and changes
+    nothing the model computes.
+    """
+    from torch.nn.modules import module as torch_module
+
+    def foreign(hooks) -> bool:
+        return any(not getattr(fn, "__module__", "").startswith(_LIBRARY_WIRING) for fn in hooks.values())
+
+    names = [name or "<model>" for name, m in model.named_modules()
+             if any(foreign(h) for h in (m._forward_hooks, m._forward_pre_hooks, m._backward_hooks,
+                                         m._backward_pre_hooks))]
+    if torch_module._global_forward_hooks or torch_module._global_forward_pre_hooks:
+        names.append("<global>")
+    return names
 
 
 def _run(model, tokens, hooks: Sequence[tuple[str, Hook]]) -> None:
@@ -245,7 +284,7 @@ def cache_heads(model, tokens: Int[Tensor, "batch pos"], *, layers: Sequence[int
     """
     kinds = _check_kinds(kinds)
     layers, heads = check_layers(model, layers), check_heads(model, heads)
-    tokens = _check_tokens(model, tokens)
+    tokens = check_tokens(model, tokens)
     if on_budget not in ("raise", "warn"):
         raise ValueError(f"on_budget must be 'raise' or 'warn', got {on_budget!r}")
     if max_bytes is not None:
@@ -301,7 +340,7 @@ def residual_stream(model, tokens: Int[Tensor, "batch pos"], kinds: Sequence[str
     kinds = (kinds,) if isinstance(kinds, str) else tuple(kinds)
     if not kinds or any(k not in RESID_KINDS for k in kinds):
         raise ValueError(f"kinds must be a non-empty subset of {RESID_KINDS}, got {kinds}")
-    tokens = _check_tokens(model, tokens)
+    tokens = check_tokens(model, tokens)
     store: dict[str, list[Tensor]] = {k: [] for k in kinds}
 
     def keep(kind: str) -> Hook:
@@ -329,7 +368,7 @@ class ResidDecomposition:
 def decompose_resid(model, tokens: Int[Tensor, "batch pos"], *, per_head: bool = False) -> ResidDecomposition:
     """Decompose the final residual stream into embedding, positional embedding, each attention layer (or each
     head plus the layer's output bias) and each MLP."""
-    tokens = _check_tokens(model, tokens)
+    tokens = check_tokens(model, tokens)
     n = model.cfg.n_layers
     acts: dict[str, Tensor] = {}
 
@@ -414,24 +453,39 @@ def patch_activation(model, name: str, source: Tensor, *, positions: Sequence[in
     Args:
         name: a hook name, e.g. ``"blocks.3.hook_resid_pre"`` or ``"blocks.5.attn.hook_z"``.
         source: the activation to patch in, same shape as the one it replaces. It is never modified.
-        positions: only these positions (dim 1); default all.
+        positions: only these positions (dim 1); default all of the source's.
         heads: only these heads (dim 2, for per-head hooks such as hook_z); default all.
+
+    During ``generate`` the activation grows one position per step; the source's positions are patched at
+    every step and the generated ones are left alone.
     """
     source = source.detach()
+    if source.ndim < 2:
+        raise ValueError(f"source must be an activation [batch, pos, ...]; got shape {tuple(source.shape)}")
+    n_pos = source.shape[1]
+    if positions is not None:
+        positions = [int(p) for p in positions]
+        if not positions or not all(-n_pos <= p < n_pos for p in positions):
+            raise ValueError(f"positions {positions} out of range: the source has {n_pos} positions")
+    if heads is not None:
+        if source.ndim != 4:
+            raise ValueError(f"heads= needs a per-head activation [batch, pos, head, d_head]; the source has "
+                             f"shape {tuple(source.shape)}")
+        heads = list(check_heads(model, heads))
+    pos = slice(None) if positions is None else positions
 
     def hook(act: Tensor, hook) -> Tensor:
-        if act.shape != source.shape:
-            raise ValueError(f"cannot patch {name}: source shape {tuple(source.shape)} != "
-                             f"activation shape {tuple(act.shape)}")
+        # During generation the sequence grows past the source: the source's positions are patched, the
+        # new ones are left alone.
+        if act.shape[0] != source.shape[0] or act.shape[2:] != source.shape[2:] or act.shape[1] < n_pos:
+            raise ValueError(f"cannot patch {name}: source shape {tuple(source.shape)} does not fit activation "
+                             f"shape {tuple(act.shape)}")
         patched = act.clone()
-        pos = slice(None) if positions is None else list(positions)
         if heads is None:
-            patched[:, pos] = source[:, pos].to(act.dtype)
-            return patched
-        if act.ndim != 4:
-            raise ValueError(f"heads= needs a per-head activation [batch, pos, head, d_head]; {name} is not")
-        for head in heads:
-            patched[:, pos, head] = source[:, pos, head].to(act.dtype)
+            patched[:, :n_pos][:, pos] = source[:, pos].to(act.dtype)
+        else:
+            for head in heads:
+                patched[:, :n_pos, head][:, pos] = source[:, pos, head].to(act.dtype)
         return patched
 
     with temporary_hooks(model, [(name, hook)]):

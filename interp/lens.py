@@ -14,7 +14,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from interp.hooks import _check_tokens, decompose_resid, residual_stream
+from interp.hooks import check_position, check_tokens, decompose_resid, residual_stream
 
 __all__ = ["LogitAttribution", "LogitLens", "direct_logit_attribution", "logit_lens"]
 
@@ -62,9 +62,12 @@ def logit_lens(model, tokens: Int[Tensor, "1 pos"], *, pos: int = -1, k: int = 5
         tokens: ``[1, pos]``.
         pos: the position to read (default the last).
     """
-    tokens = _check_tokens(model, tokens)
+    tokens = check_tokens(model, tokens)
     if tokens.shape[0] != 1:
         raise ValueError("logit_lens reads one prompt: tokens must have batch size 1")
+    check_position(tokens, pos)
+    if not 1 <= k <= model.cfg.d_vocab:
+        raise ValueError(f"k must be in 1..{model.cfg.d_vocab}, got {k}")
     stack = residual_stream(model, tokens, kinds=("resid_pre", "resid_post"))
     resid = torch.cat([stack.resid_pre[:1], stack.resid_post])[:, 0, pos]  # [layer+1, d_model]
     logits = apply_final_ln(model, resid) @ model.W_U + model.b_U
@@ -97,11 +100,12 @@ def direct_logit_attribution(model, tokens: Int[Tensor, "1 pos"], token: int, *,
     Each component's write is centred and divided by the final residual's LayerNorm scale (the model divides
     the whole residual by it), then projected onto the token's unembedding direction.
     """
-    tokens = _check_tokens(model, tokens)
+    tokens = check_tokens(model, tokens)
     if tokens.shape[0] != 1:
         raise ValueError("direct_logit_attribution reads one prompt: tokens must have batch size 1")
     if not 0 <= token < model.cfg.d_vocab:
         raise ValueError(f"token {token} out of range: vocabulary is 0..{model.cfg.d_vocab - 1}")
+    check_position(tokens, pos)
     parts = decompose_resid(model, tokens, per_head=per_head)
     final = parts.final[0, pos]
     scale = ((final - final.mean()).pow(2).mean() + model.cfg.eps).sqrt()

@@ -78,7 +78,7 @@ class ModelInfo:
     backend: str
     label: str  # human name for titles, e.g. "GPT-2 small" or "bundled stdlib-GPT (2L)"
     checkpoint: str | None  # local directory, or None for a Hub model
-    weights_sha256: str | None  # of model.safetensors, None for Hub models (their revision pins them)
+    weights_sha256: str  # of the state dict the model runs with (after processing and casting)
 
 
 def detector_tokens(model) -> torch.Tensor | None:
@@ -116,12 +116,18 @@ def load_model(spec: str | os.PathLike = "gpt2", *, backend: str = "hooked", dev
             checkpoint directory (``config.json`` + ``model.safetensors``), or ``"bundled"``.
         backend: ``"hooked"`` (HookedTransformer) or ``"bridge"`` (TransformerBridge in compatibility mode).
         device: ``"cpu"``, ``"cuda"``...; default: cuda when available.
-        dtype: parameter dtype.
-        fold_ln, center_writing_weights, center_unembed: TransformerLens's standard weight processing.
-            Turn all three off for an unprocessed model whose weights equal the checkpoint's.
+        dtype: parameter dtype. float16 and bfloat16 models are processed in float32, then cast, so the
+            folding itself loses nothing to the lower precision.
+        fold_ln, center_writing_weights, center_unembed: TransformerLens's standard weight processing. None
+            of them changes what the model computes (up to float error) or what a head's z is. Turn all
+            three off for an unprocessed model whose weights equal the checkpoint's.
+
+    Value biases are never folded (TransformerLens's ``fold_value_biases``): folding moves each head's
+    constant output ``b_V @ W_O`` into the layer's ``b_O``, so a head's ``hook_z`` would no longer be all of
+    its output, and zeroing it (``ablate_heads``) would leave that constant behind.
 
     Returns:
-        The model, with ``model.interp_info`` (a ``ModelInfo``) attached.
+        The model in eval mode, with ``model.interp_info`` (a ``ModelInfo``) attached.
 
     Raises:
         ModelLoadError: a subclass saying what is wrong with the spec, and what to do.
@@ -133,21 +139,37 @@ def load_model(spec: str | os.PathLike = "gpt2", *, backend: str = "hooked", dev
     """
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    if dtype not in (torch.float32, torch.float64, torch.float16, torch.bfloat16):
+        raise ValueError(f"dtype must be a floating-point torch dtype (float32, float16, bfloat16...), got {dtype!r}")
     device = device or _default_device()
     processing = dict(fold_ln=fold_ln, center_writing_weights=center_writing_weights, center_unembed=center_unembed)
     spec_str = os.fspath(spec)
     path = BUNDLED_DIR if spec_str == "bundled" else Path(spec_str).expanduser()
+    # Weights are processed in float32 (or float64), then cast: processing at reduced precision loses accuracy.
+    process_dtype = dtype if dtype in (torch.float32, torch.float64) else torch.float32
     if spec_str == "bundled" or path.exists() or _looks_like_path(spec_str):
-        model, label, digest = _load_local(path, backend, device, dtype, processing)
+        model, label = _load_local(path, backend, device, process_dtype, processing)
         if spec_str == "bundled":
             label = "bundled stdlib-GPT (2 layers, trained in this repo)"
-        info = ModelInfo(spec_str, backend, label, str(path), digest)
+        checkpoint = str(path)
     else:
-        model = _load_named(spec_str, backend, device, dtype, processing)
-        info = ModelInfo(spec_str, backend, _NAMED_LABELS.get(spec_str, spec_str), None, None)
+        model = _load_named(spec_str, backend, device, process_dtype, processing)
+        label, checkpoint = _NAMED_LABELS.get(spec_str, spec_str), None
+    if dtype != process_dtype:
+        model.to(dtype, print_details=False)
     model.eval()
-    model.interp_info = info
+    model.interp_info = ModelInfo(spec_str, backend, label, checkpoint, weights_sha256(model))
     return model
+
+
+def weights_sha256(model) -> str:
+    """sha256 of the state dict the model runs with (names, dtypes, shapes and values), in name order."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        tensor = tensor.detach().contiguous().cpu()
+        digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
 
 
 _NAMED_LABELS = {"gpt2": "GPT-2 small", "gpt2-small": "GPT-2 small", "gpt2-medium": "GPT-2 medium",
@@ -162,24 +184,28 @@ def _looks_like_path(spec: str) -> bool:
 
 
 def _read_config(path: Path) -> dict:
+    """The checkpoint's config, after checking that its weights file is there too."""
     if not path.is_dir():
         raise CheckpointNotFoundError(f"no checkpoint directory at {path}")
-    config_file = path / "config.json"
-    weights = path / "model.safetensors"
-    missing = [f.name for f in (config_file, weights) if not f.exists()]
+    missing = [name for name in ("config.json", "model.safetensors") if not (path / name).exists()]
     if missing:
         raise CheckpointNotFoundError(
             f"{path} is not a Hugging Face GPT-2 checkpoint: missing {', '.join(missing)} "
             "(interp loads only safetensors weights)"
         )
+    return read_gpt2_config(path / "config.json")
+
+
+def read_gpt2_config(config_file: Path) -> dict:
+    """A GPT-2 ``config.json`` as a dict; ``CorruptCheckpointError`` or ``NotGPT2CheckpointError`` otherwise."""
     try:
         config = json.loads(config_file.read_text())
-    except json.JSONDecodeError as err:
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise CorruptCheckpointError(f"{config_file} is not valid JSON: {err}") from None
-    if config.get("model_type") != "gpt2":
+    if not isinstance(config, dict) or config.get("model_type") != "gpt2":
+        found = config.get("model_type") if isinstance(config, dict) else None
         raise NotGPT2CheckpointError(
-            f"{path} holds a {config.get('model_type')!r} checkpoint (config.json model_type); "
-            "interp loads GPT-2 checkpoints (model_type 'gpt2') only"
+            f"{config_file} says model_type {found!r}; interp loads GPT-2 checkpoints (model_type 'gpt2') only"
         )
     return config
 
@@ -198,21 +224,47 @@ def quiet_transformers():
             hf_logging.enable_progress_bar()
 
 
-def _hf_model(path: Path, dtype: torch.dtype):
-    """The checkpoint as a Hugging Face ``GPT2LMHeadModel``, from safetensors only, no Hub access."""
+def _hf_model(path: Path, dtype: torch.dtype, device: str):
+    """The checkpoint as a Hugging Face ``GPT2LMHeadModel``, from safetensors only, no Hub access.
+
+    Every tensor the model needs must be in the file, with its shape and finite values: transformers would
+    otherwise initialise a missing tensor at random, silently.
+    """
     from safetensors import SafetensorError
     from transformers import GPT2LMHeadModel
 
+    weights = path / "model.safetensors"
     try:
         with quiet_transformers():
-            return GPT2LMHeadModel.from_pretrained(
+            model, info = GPT2LMHeadModel.from_pretrained(
                 path, local_files_only=True, use_safetensors=True, dtype=dtype, attn_implementation="eager",
+                output_loading_info=True,
             )
     except (SafetensorError, OSError, RuntimeError, ValueError) as err:
         raise CorruptCheckpointError(
-            f"cannot read the weights in {path / 'model.safetensors'} (truncated or corrupt?): "
+            f"cannot read the weights in {weights} (truncated, corrupt or mis-shaped?): "
             f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
         ) from None
+    problems = []
+    for kind in ("missing_keys", "unexpected_keys", "mismatched_keys"):
+        names = sorted(str(k[0] if isinstance(k, tuple) else k) for k in info.get(kind) or ())
+        names = [n for n in names if not n.endswith(_IGNORED_BUFFERS)]
+        if names:
+            problems.append(f"{kind.replace('_', ' ')}: {_some(names)}")
+    non_finite = [name for name, t in model.state_dict().items() if not torch.isfinite(t).all()]
+    if non_finite:
+        problems.append(f"non-finite values (nan or inf) in {_some(non_finite)}")
+    if problems:
+        raise CorruptCheckpointError(f"{weights} does not hold a complete GPT-2: {'; '.join(problems)}. "
+                                     "Re-save it with save_pretrained, or re-download it")
+    return model.to(device)
+
+
+_IGNORED_BUFFERS = (".attn.bias", ".attn.masked_bias")  # causal-mask buffers older checkpoints carry
+
+
+def _some(names: list[str], n: int = 5) -> str:
+    return ", ".join(names[:n]) + (f" and {len(names) - n} more" if len(names) > n else "")
 
 
 def _local_tokenizer(path: Path):
@@ -251,7 +303,7 @@ def hooked_config(config: dict, device: str, dtype: torch.dtype):
 
 def _load_local(path: Path, backend: str, device: str, dtype: torch.dtype, processing: dict):
     config = _read_config(path)
-    hf_model = _hf_model(path, dtype)
+    hf_model = _hf_model(path, dtype, device)
     tokenizer = _local_tokenizer(path)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*deprecated", category=DeprecationWarning)
@@ -261,12 +313,12 @@ def _load_local(path: Path, backend: str, device: str, dtype: torch.dtype, proce
 
             cfg = hooked_config(config, device, dtype)
             model = HookedTransformer(cfg, tokenizer=tokenizer, move_to_device=False)
-            model.load_and_process_state_dict(convert_gpt2_weights(hf_model, cfg), **processing)
-            torch.nn.Module.to(model, device)  # HookedTransformer.to prints "Moving model to device"
+            model.load_and_process_state_dict(convert_gpt2_weights(hf_model, cfg), fold_value_biases=False,
+                                              **processing)
+            model.to(device, print_details=False)
         else:
             model = _bridge(str(path), device, dtype, processing, hf_model=hf_model, tokenizer=tokenizer)
-    label = config.get("interp_label") or path.name
-    return model, label, _sha256(path / "model.safetensors")
+    return model, config.get("interp_label") or path.name
 
 
 def _bridge(name: str, device: str, dtype: torch.dtype, processing: dict, **kwargs):
@@ -274,18 +326,10 @@ def _bridge(name: str, device: str, dtype: torch.dtype, processing: dict, **kwar
 
     bridge = TransformerBridge.boot_transformers(name, device=device, dtype=dtype, **kwargs)
     if any(processing.values()):
-        bridge.enable_compatibility_mode(disable_warnings=True, **processing)
+        bridge.enable_compatibility_mode(disable_warnings=True, fold_value_biases=False, **processing)
     else:
         bridge.enable_compatibility_mode(disable_warnings=True, no_processing=True)
     return bridge
-
-
-def _sha256(file: Path) -> str:
-    digest = hashlib.sha256()
-    with open(file, "rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 # ---------------------------------------------------------------------------------------------- named
@@ -337,7 +381,8 @@ def _load_named(spec: str, backend: str, device: str, dtype: torch.dtype, proces
             if backend == "hooked":
                 from transformer_lens import HookedTransformer
 
-                return HookedTransformer.from_pretrained(spec, device=device, dtype=dtype, **processing)
+                return HookedTransformer.from_pretrained(spec, device=device, dtype=dtype, fold_value_biases=False,
+                                                         **processing)
             return _bridge(official, device, dtype, processing)
         except OSError as err:
             raise WeightsUnavailableError(f"could not load {spec!r}: {err}. {_WAYS_OUT}") from None

@@ -7,14 +7,17 @@
 - ``distinct_n``, ``repeated_ngram_fraction``, ``continuation_logprobs``: how repetitive and how coherent
   the sampled text is.
 
-``generate`` runs its own lean GPT-2 forward on weights read once from the TransformerLens model (fused QKV,
-contiguous unembedding, logits only at the last position); ``use_kv_cache=False`` runs the model's own
-forward on the whole sequence every step instead, the reference the fast path is tested against.
+With no hook attached, ``generate`` runs its own lean GPT-2 forward on weights read once from the
+TransformerLens model (fused QKV, contiguous unembedding, logits only at the last position, a KV cache). With
+any hook attached, or ``use_kv_cache=False``, it runs the model's own forward on the whole sequence every
+step, so every hook fires and sees every position; that path is also the reference the fast one is tested
+against.
 """
 
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -24,7 +27,7 @@ import torch.nn.functional as F
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from interp.hooks import temporary_hooks
+from interp.hooks import attached_hooks, temporary_hooks
 from interp.lens import apply_final_ln, ln_affine
 
 __all__ = [
@@ -38,17 +41,22 @@ __all__ = [
 ]
 
 
+MIN_TEMPERATURE = 1e-4  # below this, logits / T overflows float32; T = 0 is exact greedy decoding
+
+
 def check_temperatures(temperatures: Sequence[float] | float) -> tuple[float, ...]:
-    """Validate temperatures: finite and >= 0 (0 means greedy). Raises ``ValueError`` otherwise."""
-    if isinstance(temperatures, int | float):
+    """Validate temperatures: real numbers, 0 (greedy) or in [1e-4, inf). Raises ``ValueError`` otherwise."""
+    if isinstance(temperatures, numbers.Real | str):
         temperatures = (temperatures,)
-    temps = tuple(float(t) for t in temperatures)
+    temps = tuple(temperatures)
     if not temps:
         raise ValueError("temperatures is empty: give at least one, e.g. [0.1, 1, 10]")
     for t in temps:
-        if math.isnan(t) or math.isinf(t) or t < 0:
-            raise ValueError(f"temperature must be a finite number >= 0 (0 = greedy), got {t}")
-    return temps
+        if isinstance(t, bool | str) or not isinstance(t, numbers.Real):
+            raise ValueError(f"temperature must be a number, got {t!r} ({type(t).__name__})")
+        if not math.isfinite(t) or t < 0 or 0 < t < MIN_TEMPERATURE:
+            raise ValueError(f"temperature must be 0 (greedy) or a finite number >= {MIN_TEMPERATURE:g}, got {t}")
+    return tuple(float(t) for t in temps)
 
 
 # ---------------------------------------------------------------------------------------------- sweep
@@ -155,11 +163,11 @@ def prompt_tokens(model, prompts: Sequence[str], *, max_new_tokens: int) -> list
     for prompt in prompts:
         if not isinstance(prompt, str) or not prompt:
             raise ValueError(f"prompt must be a non-empty string, got {prompt!r}")
-        tokens = model.to_tokens(prompt, prepend_bos=True)[0]
+        tokens = model.to_tokens(prompt, prepend_bos=True, truncate=False)[0]  # never cut silently
         room = model.cfg.n_ctx - max_new_tokens
         if len(tokens) > room:
             raise ValueError(f"prompt is {len(tokens)} tokens (with BOS); with {max_new_tokens} new tokens the "
-                             f"context window of {model.cfg.n_ctx} leaves room for {room}")
+                             f"context window of {model.cfg.n_ctx} leaves room for {room}: shorten the prompt")
         out.append(tokens)
     return out
 
@@ -289,19 +297,30 @@ def generate(model, prompts: str | Sequence[str], *, max_new_tokens: int = 40, t
              seeds: Sequence[int] | None = None, use_kv_cache: bool = True) -> Generation:
     """Sample ``max_new_tokens`` after each prompt.
 
+    Generation honours every hook attached to the model (``ablate_heads``, ``patch_activation``,
+    ``temporary_hooks``, ``model.hooks(...)``, a plain ``register_forward_hook``). With any hook attached it
+    runs the model's own forward on the whole sequence at every step, so a hook sees every position, just as
+    in ``model(tokens)``, and a position-indexed intervention means the same thing while generating. (This
+    differs on purpose from TransformerLens's KV-cached ``generate``, where hooks see only the new
+    positions, and a hook that indexes positions silently acts on the wrong ones.) With no hook attached it
+    runs a KV-cached forward on the same weights, which gives the same tokens, several times faster.
+
     Args:
         prompts: one prompt or a list; BOS is prepended; prompts of different lengths are left-padded.
         temperature: 0 is greedy; otherwise logits are divided by it before sampling.
         top_k, top_p: optional nucleus/top-k filtering, applied after the temperature.
         seed: prompt i uses seed ``seed + i`` unless ``seeds`` gives one per prompt. A prompt's continuation
-            depends only on its own seed, never on the rest of the batch.
-        use_kv_cache: False runs the model's own forward on the whole sequence each step (slow reference).
+            depends only on its own seed, never on the rest of the batch. Random streams live on the
+            model's device: the same seed gives the same text on the same device.
+        use_kv_cache: False always runs the model's own forward on the whole sequence (the slow reference).
 
     Example:
         >>> generate(model, ["The cat", "Once upon a time"], max_new_tokens=20, temperature=0.7).texts
+        >>> with ablate_heads(model, [(1, 0), (1, 1)]):
+        ...     generate(model, "def main():", temperature=0).texts   # the ablated model writes
     """
-    if max_new_tokens < 1:
-        raise ValueError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
+    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be an integer >= 1, got {max_new_tokens!r}")
     (temperature,) = check_temperatures(temperature)
     if top_k is not None and top_k < 1:
         raise ValueError(f"top_k must be >= 1, got {top_k}")
@@ -312,9 +331,20 @@ def generate(model, prompts: str | Sequence[str], *, max_new_tokens: int = 40, t
     seeds = tuple(seeds) if seeds is not None else tuple(seed + i for i in range(len(prompts)))
     if len(seeds) != len(prompts):
         raise ValueError(f"{len(seeds)} seeds for {len(prompts)} prompts")
-    generators = [torch.Generator(device="cpu").manual_seed(s) for s in seeds]
+    device = torch.device(model.cfg.device)
+    generators = [torch.Generator(device=device).manual_seed(s) for s in seeds]
+    if use_kv_cache and not attached_hooks(model):
+        new = _generate_cached(model, prompt_ids, max_new_tokens, temperature, generators, top_k, top_p)
+    else:
+        new = _generate_full(model, prompt_ids, max_new_tokens, temperature, generators, top_k, top_p)
+    texts = tuple(model.tokenizer.decode(row.tolist()) for row in new)
+    return Generation(prompts, tuple(prompt_ids), new.cpu(), texts, seeds)
+
+
+def _generate_cached(model, prompt_ids, max_new_tokens, temperature, generators, top_k, top_p) -> Tensor:
+    """The fast path: ``FastGPT2`` with a KV cache, prompts left-padded into one batch."""
     device = model.cfg.device
-    batch, longest = len(prompts), max(len(p) for p in prompt_ids)
+    batch, longest = len(prompt_ids), max(len(p) for p in prompt_ids)
     pad = model.tokenizer.pad_token_id or 0
     tokens = torch.full((batch, longest), pad, dtype=torch.long)
     key_mask = torch.zeros(batch, longest + max_new_tokens, dtype=torch.bool)
@@ -324,31 +354,40 @@ def generate(model, prompts: str | Sequence[str], *, max_new_tokens: int = 40, t
     tokens, key_mask = tokens.to(device), key_mask.to(device)
     positions = (key_mask[:, :longest].long().cumsum(-1) - 1).clamp_min(0)
     new = torch.empty(batch, max_new_tokens, dtype=torch.long, device=device)
+    fast = FastGPT2(model)
+    cfg = model.cfg
+    shape = (cfg.n_layers, batch, cfg.n_heads, longest + max_new_tokens, cfg.d_head)
+    cache_k = torch.empty(shape, dtype=fast.W_E.dtype, device=device)
+    cache_v = torch.empty_like(cache_k)
+    logits = fast.forward(tokens, positions, cache_k, cache_v, 0, key_mask)
+    next_pos = positions[:, -1:] + 1
+    for step in range(max_new_tokens):
+        new[:, step] = _sample(logits, temperature, generators, top_k, top_p)
+        key_mask[:, longest + step] = True
+        if step + 1 < max_new_tokens:
+            logits = fast.forward(new[:, step:step + 1], next_pos, cache_k, cache_v, longest + step, key_mask)
+            next_pos = next_pos + 1
+    return new
 
-    if use_kv_cache:
-        fast = FastGPT2(model)
-        cfg = model.cfg
-        shape = (cfg.n_layers, batch, cfg.n_heads, longest + max_new_tokens, cfg.d_head)
-        cache_k = torch.empty(shape, dtype=fast.W_E.dtype, device=device)
-        cache_v = torch.empty_like(cache_k)
-        logits = fast.forward(tokens, positions, cache_k, cache_v, 0, key_mask)
-        next_pos = positions[:, -1:] + 1
+
+def _generate_full(model, prompt_ids, max_new_tokens, temperature, generators, top_k, top_p) -> Tensor:
+    """The reference, and the path under hooks: the model's own forward on the whole sequence every step.
+
+    Prompts of equal length run as one batch, so there is never padding for a hook to see.
+    """
+    device = model.cfg.device
+    new = torch.empty(len(prompt_ids), max_new_tokens, dtype=torch.long, device=device)
+    rows_by_length: dict[int, list[int]] = {}
+    for i, ids in enumerate(prompt_ids):
+        rows_by_length.setdefault(len(ids), []).append(i)
+    for rows in rows_by_length.values():
+        seq = torch.stack([prompt_ids[i] for i in rows]).to(device)  # (rows, pos)
         for step in range(max_new_tokens):
-            new[:, step] = _sample(logits, temperature, generators, top_k, top_p).to(device)
-            key_mask[:, longest + step] = True
-            if step + 1 < max_new_tokens:
-                logits = fast.forward(new[:, step:step + 1], next_pos, cache_k, cache_v, longest + step, key_mask)
-                next_pos = next_pos + 1
-    else:  # reference: the model's own forward on everything so far, one prompt at a time (no padding)
-        for i, ids in enumerate(prompt_ids):
-            seq = ids.to(device).unsqueeze(0)
-            for step in range(max_new_tokens):
-                logits = model(seq)[:, -1]
-                token = _sample(logits, temperature, [generators[i]], top_k, top_p)
-                new[i, step] = token[0]
-                seq = torch.cat([seq, token.view(1, 1).to(device)], dim=1)
-    texts = tuple(model.tokenizer.decode(row.tolist()) for row in new)
-    return Generation(prompts, tuple(prompt_ids), new.cpu(), texts, seeds)
+            logits = model(seq)[:, -1]
+            token = _sample(logits, temperature, [generators[i] for i in rows], top_k, top_p)
+            new[rows, step] = token
+            seq = torch.cat([seq, token.unsqueeze(1)], dim=1)
+    return new
 
 
 # ---------------------------------------------------------------------------------------------- metrics

@@ -79,7 +79,7 @@ def test_bad_temperature_is_a_one_line_error_not_a_traceback():
         assert proc.returncode != 0
         assert "Traceback" not in proc.stderr
         assert proc.stderr.strip().splitlines() == [
-            (f"error: --temperatures {bad!r}: temperature must be a finite number >= 0 (0 = greedy), "
+            (f"error: --temperatures {bad!r}: temperature must be 0 (greedy) or a finite number >= 0.0001, "
             f"got {float(bad)}")]
 
 

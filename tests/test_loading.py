@@ -109,7 +109,7 @@ def test_wrong_model_type(tiny_checkpoint, tmp_path):
     bad = shutil.copytree(tiny_checkpoint, tmp_path / "llama")
     config = json.loads((bad / "config.json").read_text())
     (bad / "config.json").write_text(json.dumps({**config, "model_type": "llama"}))
-    with pytest.raises(NotGPT2CheckpointError, match="'llama' checkpoint"):
+    with pytest.raises(NotGPT2CheckpointError, match="model_type 'llama'"):
         load_model(bad)
 
 

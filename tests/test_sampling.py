@@ -139,7 +139,7 @@ def test_top_k_one_is_greedy(tiny_model):
     [
         ({"prompts": ""}, "non-empty string"),
         ({"prompts": "x " * 200}, "context window of 128"),
-        ({"prompts": "Hello", "max_new_tokens": 0}, "max_new_tokens must be at least 1"),
+        ({"prompts": "Hello", "max_new_tokens": 0}, "max_new_tokens must be an integer >= 1"),
         ({"prompts": "Hello", "top_p": 0}, "top_p"),
         ({"prompts": "Hello", "top_k": 0}, "top_k"),
         ({"prompts": ["a", "b"], "seeds": [1]}, "2 prompts"),
