@@ -3,7 +3,10 @@
 Runs on random weights in GPT-2 small's exact shape (timings do not depend on the weight values), so it
 needs no download. Prints a table and writes figures/benchmark.json.
 
-    python -m experiments.benchmark [--reps 5] [--quick]
+    python -m experiments.benchmark [--reps 5] [--quick] [--device cuda]
+
+On a GPU every timed call is bracketed by ``torch.cuda.synchronize()``, so a time is the work's, not the
+launch's.
 
 Goals (from the issues): cache_heads <= 1.05x a bare forward; a 50-temperature sweep <= 1.05x one forward;
 interp sampling >= 5x HookedTransformer.generate at batch 1 and >= 0.9x Hugging Face generate;
@@ -36,6 +39,11 @@ from interp.sampling import generate, temperature_sweep
 PROMPT = "The quick brown fox jumps over the lazy dog. " * 4
 
 
+def _sync() -> None:
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.synchronize()
+
+
 def interleaved(contenders: dict[str, Callable[[], object]], reps: int) -> dict[str, list[float]]:
     """Time each contender ``reps`` times, taking turns, after one untimed warm-up call each."""
     for fn in contenders.values():
@@ -43,8 +51,10 @@ def interleaved(contenders: dict[str, Callable[[], object]], reps: int) -> dict[
     times: dict[str, list[float]] = {name: [] for name in contenders}
     for _ in range(reps):
         for name, fn in contenders.items():
+            _sync()
             start = time.perf_counter()
             fn()
+            _sync()
             times[name].append(time.perf_counter() - start)
     return times
 
@@ -117,8 +127,9 @@ def bench_generate(model, hf, batch: int, new_tokens: int, reps: int, with_tl: b
 def roofline(model, reps: int) -> dict:
     """Best observed matmul rate against the best observed forward (minimum times: peak against peak,
     which a noisy shared machine distorts least)."""
-    a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
-    tokens = torch.randint(0, 50257, (4, 256))
+    device = model.cfg.device
+    a, b = torch.randn(2048, 2048, device=device), torch.randn(2048, 2048, device=device)
+    tokens = torch.randint(0, 50257, (4, 256), device=device)
     with torch.no_grad():
         times = interleaved({"mm": lambda: a @ b, "fwd": lambda: model(tokens)}, reps)
     gflops = 2 * 2048 ** 3 / min(times["mm"]) / 1e9
@@ -133,14 +144,16 @@ def roofline(model, reps: int) -> dict:
             "forward_gflops": achieved, "fraction_of_matmul_peak": achieved / gflops}
 
 
-def end_to_end(out: Path) -> dict:
+def end_to_end(out: Path, device: str) -> dict:
     start = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "experiments", "--model", "bundled", "--out", str(out)],
+    proc = subprocess.run([sys.executable, "-m", "experiments", "--model", "bundled", "--out", str(out),
+                           "--device", device],
                           capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
     seconds = time.perf_counter() - start
     if proc.returncode != 0:
         raise RuntimeError(f"python -m experiments failed:\n{proc.stderr[-2000:]}")
-    return {"command": "python -m experiments --model bundled", "seconds": seconds, "goal": "<= 180 s"}
+    return {"command": f"python -m experiments --model bundled --device {device}", "seconds": seconds,
+            "goal": "<= 180 s"}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -149,22 +162,29 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--reps", type=int, default=5, help="timed repetitions per contender (default: 5)")
     parser.add_argument("--quick", action="store_true", help="skip batch 16 and the end-to-end run")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="where benchmark.json goes")
+    parser.add_argument("--device", default="cpu", help="cpu (default) or cuda")
     args = parser.parse_args(argv)
+    if args.reps < 1:
+        parser.error(f"--reps must be >= 1, got {args.reps}")
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        parser.error("--device cuda: no CUDA device is visible")
     torch.manual_seed(0)
-    results: dict = {"command": command_line(), "torch_threads": torch.get_num_threads(), "rows": []}
+    device = args.device
+    results: dict = {"command": command_line(), "device": device, "torch_threads": torch.get_num_threads(),
+                     "gpu": torch.cuda.get_device_name() if device.startswith("cuda") else None, "rows": []}
     with tempfile.TemporaryDirectory() as tmp:
         print("writing a random checkpoint in GPT-2 small's shape ...", file=sys.stderr, flush=True)
         ckpt = write_random_checkpoint(Path(tmp) / "random-gpt2-small-shape", seed=0)
-        models = {b: load_model(ckpt, backend=b, device="cpu") for b in ("hooked", "bridge")}
+        models = {b: load_model(ckpt, backend=b, device=device) for b in ("hooked", "bridge")}
         from transformers import GPT2LMHeadModel
 
         with quiet_transformers():
-            hf = GPT2LMHeadModel.from_pretrained(ckpt, local_files_only=True).eval()
+            hf = GPT2LMHeadModel.from_pretrained(ckpt, local_files_only=True).eval().to(device)
         tokens = models["hooked"].to_tokens([PROMPT] * 4)
         steps = [
             ("cache_heads", lambda: results["rows"].extend(bench_cache_heads(models, tokens, args.reps))),
             ("cache_heads, 4 x 256 tokens", lambda: results["rows"].extend(
-                bench_cache_heads(models, torch.randint(0, 50257, (4, 256)), args.reps))),
+                bench_cache_heads(models, torch.randint(0, 50257, (4, 256), device=device), args.reps))),
             ("cache bytes", lambda: results.update(cache_bytes=cache_bytes(models["hooked"], tokens))),
             ("temperature sweep", lambda: results["rows"].append(bench_sweep(models["hooked"], args.reps))),
             ("sampling, batch 1", lambda: results["rows"].extend(
@@ -176,7 +196,7 @@ def main(argv: list[str] | None = None) -> int:
         steps.append(("roofline", lambda: results.update(roofline=roofline(models["hooked"], args.reps))))
         if not args.quick:
             steps.append(("python -m experiments end to end", lambda: results.update(
-                end_to_end=end_to_end(Path(tmp) / "figures"))))
+                end_to_end=end_to_end(Path(tmp) / "figures", device))))
         for name, step in steps:
             start = time.perf_counter()
             print(f"  {name} ...", file=sys.stderr, flush=True, end="")

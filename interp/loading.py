@@ -238,7 +238,7 @@ def _hf_model(path: Path, dtype: torch.dtype, device: str):
         with quiet_transformers():
             model, info = GPT2LMHeadModel.from_pretrained(
                 path, local_files_only=True, use_safetensors=True, dtype=dtype, attn_implementation="eager",
-                output_loading_info=True,
+                output_loading_info=True, ignore_mismatched_sizes=True,  # reported below, by name
             )
     except (SafetensorError, OSError, RuntimeError, ValueError) as err:
         raise CorruptCheckpointError(

@@ -24,7 +24,8 @@ def run_dirs(tiny_checkpoint, tmp_path_factory):
     dirs = []
     for name in ("first", "second"):
         out = tmp_path_factory.mktemp(name)
-        assert runner.main(["--model", str(tiny_checkpoint), "--out", str(out), "--no-images", "--seed", "3"]) == 0
+        assert runner.main(["--model", str(tiny_checkpoint), "--out", str(out), "--no-images", "--seed", "3",
+                            "--device", "cpu"]) == 0
         dirs.append(out)
     return dirs
 

@@ -183,6 +183,52 @@ def test_no_hook_left_after_an_exception(tiny_model, tokens, which):
     torch.testing.assert_close(_logits(tiny_model, tokens), before)
 
 
+EXCEPTION_SITES = {  # an error raised from inside our own code paths, with interventions attached
+    "cache_heads, bad kind after hooks": lambda m, t: cache_heads(m, t[:, :0]),
+    "generate under ablation, prompt too long": lambda m, t: _generate_in(m, ablate_heads(m, [(0, 0)]), "x " * 300),
+    "generate with a raising hook": lambda m, t: _generate_in(m, temporary_hooks(
+        m, [("blocks.1.hook_resid_pre", _raise)]), "Hello there"),
+    "patch with a source of the wrong shape": lambda m, t: _forward_in(m, patch_activation(
+        m, "blocks.0.hook_resid_pre", torch.zeros(1, 2, m.cfg.d_model)), t),
+    "ablation inside patch inside hooks, then a raising hook": lambda m, t: _nested(m, t),
+    "mean ablation with a too-long reference": lambda m, t: ablate_heads(
+        m, [(0, 0)], mode="mean", reference=torch.zeros(1, m.cfg.n_ctx + 1, dtype=torch.long)).__enter__(),
+}
+
+
+def _raise(act, hook):
+    raise Boom
+
+
+def _generate_in(model, intervention, prompt):
+    from interp.sampling import generate
+
+    with intervention:
+        generate(model, prompt, max_new_tokens=3, temperature=0)
+
+
+def _forward_in(model, intervention, tokens):
+    with intervention, torch.no_grad():
+        model(tokens)
+
+
+def _nested(model, tokens):
+    source = _full_cache(model, tokens, "hook_resid_pre")["blocks.1.hook_resid_pre"]
+    with temporary_hooks(model, [("blocks.0.hook_resid_post", lambda a, hook: a)]), \
+            patch_activation(model, "blocks.1.hook_resid_pre", source), ablate_heads(model, [(1, 1)]), \
+            temporary_hooks(model, [("blocks.1.hook_resid_post", _raise)]), torch.no_grad():
+        model(tokens)
+
+
+@pytest.mark.parametrize("site", list(EXCEPTION_SITES))
+def test_no_hook_left_after_an_error_anywhere(tiny_model, tokens, site):
+    before = _logits(tiny_model, tokens)
+    with pytest.raises((Boom, ValueError)):
+        EXCEPTION_SITES[site](tiny_model, tokens)
+    assert attached_hooks(tiny_model) == []
+    torch.testing.assert_close(_logits(tiny_model, tokens), before)
+
+
 def test_unknown_hook_name_attaches_nothing(tiny_model):
     hooks = [("blocks.0.hook_resid_post", lambda a, hook: a), ("blocks.0.hook_resid_pos", lambda a, hook: a)]
     with pytest.raises(KeyError, match="no hook point named 'blocks.0.hook_resid_pos'"), \

@@ -182,3 +182,26 @@ def test_repetition_metrics(tokens, d1, d2, rep4):
     assert distinct_n(tokens, 1) == pytest.approx(d1)
     assert distinct_n(tokens, 2) == pytest.approx(d2)
     assert repeated_ngram_fraction(tokens, 4) == pytest.approx(rep4)
+
+
+distinct_logits = st.lists(st.integers(-200, 200), min_size=2, max_size=40, unique=True).map(
+    lambda xs: torch.tensor(xs, dtype=torch.float64) / 10)  # distinct in float32 too
+
+
+@settings(max_examples=100, deadline=None)
+@given(distinct_logits, st.integers(1, 10), st.floats(0.05, 1.0), st.floats(0.1, 10), st.integers(0, 2**31 - 1))
+def test_top_k_and_top_p_never_sample_outside_the_allowed_set(logits, k, p, temperature, seed):
+    """The allowed set, computed here independently: the k largest logits, then the smallest prefix of the
+    sorted T-distribution whose mass reaches p. (Logits are distinct: a tie at the k-th value keeps all tied
+    tokens, as Hugging Face's top-k does.)"""
+    from interp.sampling import _sample
+
+    scaled = logits / temperature
+    order = scaled.argsort(descending=True)[:k]
+    probs = scaled[order].softmax(-1)
+    keep = int((probs.cumsum(-1) - probs < p).sum())
+    allowed = set(order[:keep].tolist())
+    gen = torch.Generator().manual_seed(seed)
+    batch = logits.unsqueeze(0).expand(20, -1)
+    drawn = _sample(batch, temperature, [gen] * 20, k, p)
+    assert set(drawn.tolist()) <= allowed
