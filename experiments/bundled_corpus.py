@@ -143,8 +143,11 @@ SOURCES = (
 )
 
 
-def build(tokenizer, sources: tuple[Source, ...] = SOURCES) -> list[SourceSplit]:
-    """Tokenize every source; every ``HOLD_OUT_EVERY``-th document (from the first) is held out."""
+def build(tokenizer, sources: tuple[Source, ...] = SOURCES, *, held_out_only: bool = False) -> list[SourceSplit]:
+    """Tokenize every source; every ``HOLD_OUT_EVERY``-th document (from the first) is held out.
+
+    ``held_out_only`` skips tokenizing the training documents (their tensors are then empty).
+    """
     eos = tokenizer.eos_token_id
     splits = []
     for source in sources:
@@ -154,6 +157,8 @@ def build(tokenizer, sources: tuple[Source, ...] = SOURCES) -> list[SourceSplit]
         n = 0
         for n, text in enumerate(source.documents(), start=1):
             sha.update(text.encode() + b"\0")
-            (val if (n - 1) % HOLD_OUT_EVERY == 0 else train).extend(tokenizer(text).input_ids + [eos])
+            held_out = (n - 1) % HOLD_OUT_EVERY == 0
+            if held_out or not held_out_only:
+                (val if held_out else train).extend(tokenizer(text).input_ids + [eos])
         splits.append(SourceSplit(source, torch.tensor(train), torch.tensor(val), n, sha.hexdigest()))
     return splits

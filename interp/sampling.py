@@ -53,7 +53,7 @@ def check_temperatures(temperatures: Sequence[float] | float) -> tuple[float, ..
         raise ValueError("temperatures is empty: give at least one, e.g. [0.1, 1, 10]")
     for t in temps:
         if isinstance(t, bool | str) or not isinstance(t, numbers.Real):
-            raise ValueError(f"temperature must be a number, got {t!r} ({type(t).__name__})")
+            raise ValueError(f"temperature must be a number, got {t!r} ({type(t).__name__})")  # noqa: TRY004
         if not math.isfinite(t) or t < 0 or 0 < t < MIN_TEMPERATURE:
             raise ValueError(f"temperature must be 0 (greedy) or a finite number >= {MIN_TEMPERATURE:g}, got {t}")
     return tuple(float(t) for t in temps)

@@ -11,9 +11,9 @@ import json
 
 import pytest
 import torch
+from conftest import BACKENDS
 
 import interp
-from conftest import BACKENDS
 from experiments import __main__ as runner
 from interp.hooks import ablate_heads, cache_heads, patch_activation
 from interp.loading import load_model

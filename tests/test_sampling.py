@@ -49,7 +49,7 @@ def test_entropy_is_non_decreasing_in_temperature(logits, t1, t2):
 @given(logit_vectors)
 def test_cold_limit_is_one_hot_on_the_argmax(logits):
     top_two = logits.topk(2).values
-    if top_two[0] - top_two[1] < 1e-3:  # a near-tie has no unique limit to tend to
+    if top_two[0] - top_two[1] < 2e-3:  # a near-tie: at T=1e-4 the runner-up keeps exp(-gap/T) of the mass
         return
     cold = distributions(logits, [1e-4])[0]
     assert cold[logits.argmax()] == pytest.approx(1.0, abs=1e-6)

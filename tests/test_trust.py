@@ -14,19 +14,17 @@ import logging
 import einops
 import pytest
 import torch
+from conftest import BACKENDS, TINY_SHAPE
 from safetensors.torch import load_file, save_file
 from transformers import GPT2LMHeadModel
 
 import interp
 from interp.architecture import architecture
 from interp.checkpoints import write_random_checkpoint
-from interp.heads import repeated_random_tokens
 from interp.hooks import ablate_heads, attached_hooks, cache_heads, patch_activation, temporary_hooks
 from interp.lens import direct_logit_attribution, ln_affine, logit_lens
 from interp.loading import CorruptCheckpointError, NotGPT2CheckpointError, load_model, weights_sha256
 from interp.sampling import generate, temperature_sweep
-
-from conftest import BACKENDS, TINY_SHAPE
 
 UNPROCESSED = dict(fold_ln=False, center_writing_weights=False, center_unembed=False)
 PROMPTS = ["When Mary and John went to the store, John gave a drink to",
