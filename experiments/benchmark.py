@@ -30,6 +30,7 @@ from pathlib import Path
 import torch
 
 from experiments.common import DEFAULT_OUT, command_line
+from interp.backends import BACKENDS
 from interp.checkpoints import write_random_checkpoint
 from interp.figures import atomic_write
 from interp.hooks import cache_heads
@@ -175,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         print("writing a random checkpoint in GPT-2 small's shape ...", file=sys.stderr, flush=True)
         ckpt = write_random_checkpoint(Path(tmp) / "random-gpt2-small-shape", seed=0)
-        models = {b: load_model(ckpt, backend=b, device=device) for b in ("hooked", "bridge")}
+        models = {b: load_model(ckpt, backend=b, device=device) for b in BACKENDS}
         from transformers import GPT2LMHeadModel
 
         with quiet_transformers():

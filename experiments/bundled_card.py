@@ -86,9 +86,9 @@ def _writing(model) -> dict:
 def measure(checkpoint: Path) -> dict:
     """Everything the card reports about a checkpoint, measured with interp's own tools."""
     from experiments import temperature
-    from interp.heads import SCORE_NAMES, head_scores, repeated_random_tokens
+    from interp.heads import DETECTORS, detector_tokens, head_scores, repeated_random_tokens
     from interp.hooks import ablate_heads
-    from interp.loading import detector_tokens, load_model
+    from interp.loading import load_model
 
     model = load_model(checkpoint, device="cpu")
     pool = detector_tokens(model)
@@ -99,7 +99,7 @@ def measure(checkpoint: Path) -> dict:
         with torch.no_grad():
             nll = model(tokens, return_type="loss", loss_per_token=True)  # (batch, pos-1)
         found[name] = {
-            "scores": {s: [[round(x, 4) for x in row] for row in scores[s].tolist()] for s in SCORE_NAMES},
+            "scores": {s: [[round(x, 4) for x in row] for row in scores[s].tolist()] for s in DETECTORS},
             "first_copy_loss": float(nll[:, 1:50].mean()),  # predicting tokens 2..50 of the first copy
             "second_copy_loss": float(nll[:, 50:].mean()),
         }
@@ -116,9 +116,9 @@ def measure(checkpoint: Path) -> dict:
     found["frequent_tokens"]["second_copy_loss_ablated"] = ablations
     config = temperature.Config(temperatures=TEMPERATURES, samples=8, new_tokens=NEW_TOKENS)
     result = temperature.compute(model, config, progress=lambda line: None)
-    temps = {t: {"distinct_2": temperature._mean(rows, "distinct_2"),
-                 "mean_logprob": temperature._mean(rows, "mean_logprob"),
-                 "repeated_4gram": temperature._mean(rows, "repeated_4gram")} for t, rows in result.samples.items()}
+    temps = {t: {"distinct_2": temperature.mean_of(rows, "distinct_2"),
+                 "mean_logprob": temperature.mean_of(rows, "mean_logprob"),
+                 "repeated_4gram": temperature.mean_of(rows, "repeated_4gram")} for t, rows in result.samples.items()}
     return {"detectors": found, "temperature": {"config": dataclasses.asdict(config), "by_T": temps},
             "held_out_loss": _held_out_losses(model), "writing": _writing(model)}
 

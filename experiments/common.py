@@ -1,5 +1,5 @@
-"""What every experiment script shares: the common CLI options, model resolution with the offline fallback,
-and the run metadata every figure's manifest entry records."""
+"""What every figure family shares: the common CLI options, model resolution with the offline fallback, the
+run metadata every figure's manifest entry records, and the ``Figure`` a family returns."""
 
 from __future__ import annotations
 
@@ -9,10 +9,12 @@ import shlex
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
 
+from interp.backends import BACKENDS
 from interp.figures import FigureWriter
 from interp.loading import ModelLoadError, WeightsUnavailableError, load_model, model_info
 
@@ -20,14 +22,23 @@ DEFAULT_OUT = Path(__file__).resolve().parent.parent / "figures"
 DEFAULT_MODEL = "gpt2"  # GPT-2 small; falls back to the bundled model when its weights can't be had
 
 
+class Figure(NamedTuple):
+    """What a family's ``figures(result)`` returns, one per figure: its file name, the plot, and its data."""
+
+    name: str
+    fig: object  # a plotly Figure
+    data: dict
+
+
 def add_common_args(parser: argparse.ArgumentParser) -> None:
+    """The options every run shares, whichever families it runs."""
     parser.add_argument(
         "--model", default=None, metavar="SPEC",
-        help="model name, local GPT-2 checkpoint directory, or 'bundled' (default: GPT-2 small, "
-        "falling back to the bundled offline model when GPT-2's weights can't be had; pass --model gpt2 to "
-        "insist on GPT-2)",
+        help="gpt2, gpt2-medium, gpt2-large, gpt2-xl, distilgpt2, 'bundled' or a local GPT-2 checkpoint "
+        "directory (default: GPT-2 small, falling back to the bundled offline model when GPT-2's weights can't "
+        "be had; pass --model gpt2 to insist on GPT-2)",
     )
-    parser.add_argument("--backend", choices=("hooked", "bridge"), default="hooked",
+    parser.add_argument("--backend", choices=BACKENDS, default="hooked",
                         help="HookedTransformer, or TransformerBridge in compatibility mode (default: hooked)")
     parser.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda if available)")
     parser.add_argument("--seed", type=int, default=0, help="seed for torch, numpy and random (default: 0)")
@@ -115,15 +126,3 @@ def writer_for(model, args) -> FigureWriter:
 def image_formats(args) -> tuple[str, ...]:
     """The image formats the CLI flags ask for, besides HTML."""
     return () if args.no_images else ("png", "svg") if args.svg else ("png",)
-
-
-def standalone(build_parser, run, argv: list[str] | None, check=None) -> int:
-    """``main()`` of an experiment run on its own: parse, validate, load the model, run, say where files went."""
-    args = build_parser().parse_args(argv)
-    if check is not None:
-        check(args)  # fail on bad input before loading anything
-    model = resolve_model(args.model, backend=args.backend, device=args.device)
-    with writer_for(model, args) as writer:
-        paths = run(model, args, writer)
-    print("wrote " + ", ".join(str(p) for p in paths), file=sys.stderr)
-    return 0

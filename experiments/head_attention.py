@@ -3,7 +3,7 @@
 Writes (each with its JSON data):
 
   head_attention_patterns    a grid of attention patterns (layers x heads) on the prompt, with token labels
-  head_scores                layer x head heatmaps: previous-token, induction, duplicate-token, first-token
+  head_scores                layer x head heatmaps, one per registered detector (interp.heads.DETECTORS)
   head_attention_explorer    an interactive viewer with a layer/head selector; plotly only, works offline
 
     python -m experiments.head_attention --prompt "When Mary and John went to the store, John gave a drink to"
@@ -11,30 +11,38 @@ Writes (each with its JSON data):
 
 from __future__ import annotations
 
-import argparse
-import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from experiments import common
-from interp.figures import FigureWriter
-from interp.heads import SCORE_NAMES, head_scores
+from experiments.common import Figure
+from interp.heads import DETECTORS, detector_tokens, head_scores
 from interp.hooks import cache_heads
-from interp.loading import detector_tokens, model_info
+from interp.loading import model_info
 
 DEFAULT_PROMPT = ("The cat sat on the mat. The dog sat on the log. The cat sat on the mat because the cat was "
                   "tired.")
 MAX_GRID_LAYERS = 12  # the grid shows at most this many layers x heads panels; the explorer shows all
+DESCRIPTION = "attention patterns of every head on a prompt, and every head's detector scores"
+NEEDS_WEIGHTS = True
 
 
 @dataclass(frozen=True)
 class Config:
-    prompt: str = DEFAULT_PROMPT  # repeats itself, so induction and duplicate-token heads have something to do
-    seq_len: int = 50  # repeated random tokens for the detectors: [BOS, 50 random, the same 50 again]
-    batch: int = 8
+    # Repeats itself, so induction and duplicate-token heads have something to do.
+    prompt: str = field(default=DEFAULT_PROMPT, metadata={"help": "prompt whose attention patterns are drawn"})
+    # Repeated random tokens for the detectors: [BOS, 50 random, the same 50 again] (capped by the context).
+    seq_len: int = field(default=50, metadata={"help": "length of each copy of the detectors' random tokens"})
+    batch: int = field(default=8, metadata={"help": "rows of random tokens the detector scores average over"})
     seed: int = 0
+
+    def __post_init__(self):
+        if not self.prompt:
+            raise ValueError("--prompt is empty")
+        if self.seq_len < 2 or self.batch < 1:
+            raise ValueError(f"--seq-len must be >= 2 and --batch >= 1, got {self.seq_len} and {self.batch}")
 
 
 @dataclass(frozen=True)
@@ -47,8 +55,8 @@ class Result:
     top: dict  # score name -> [(layer, head, score)] best five
 
 
-def compute(model, config: Config) -> Result:
-    tokens = model.to_tokens(config.prompt)
+def compute(model, config: Config, progress=None) -> Result:
+    tokens = model.to_tokens(config.prompt, truncate=False)  # a long prompt is an error, never cut
     if tokens.shape[1] > model.cfg.n_ctx:
         raise ValueError(f"the prompt is {tokens.shape[1]} tokens; the context window is {model.cfg.n_ctx}")
     pattern = cache_heads(model, tokens, kinds=("pattern",)).pattern[:, :, 0]  # [layer, head, query, key]
@@ -62,8 +70,8 @@ def compute(model, config: Config) -> Result:
                                  f"the {len(pool)} tokens the checkpoint's detector_tokens.json lists"},
         tokens=labels,
         patterns=[[[[round(x, 5) for x in row] for row in head] for head in layer] for layer in pattern.tolist()],
-        scores={name: [[round(x, 6) for x in row] for row in scores[name].tolist()] for name in SCORE_NAMES},
-        top={name: scores.top(name, 5) for name in SCORE_NAMES},
+        scores={name: [[round(x, 6) for x in row] for row in scores[name].tolist()] for name in scores.names},
+        top={name: scores.top(name, 5) for name in scores.names},
     )
 
 
@@ -95,21 +103,23 @@ def plot_patterns(result: Result) -> go.Figure:
 
 
 def plot_scores(result: Result) -> go.Figure:
-    titles = {"previous_token": "previous-token", "induction": "induction", "duplicate_token": "duplicate-token",
-              "first_token": "attention to first (BOS) token"}
-    fig = make_subplots(rows=2, cols=2, subplot_titles=[
-        f"{titles[n]} (best: {result.top[n][0][0]}.{result.top[n][0][1]} = {result.top[n][0][2]:.2f})"
-        for n in SCORE_NAMES], horizontal_spacing=0.1, vertical_spacing=0.14)
-    for i, name in enumerate(SCORE_NAMES):
+    """One heatmap per detector, captioned from the registry."""
+    names = list(result.scores)
+    cols = 2 if len(names) <= 4 else 3
+    rows = -(-len(names) // cols)
+    fig = make_subplots(rows=rows, cols=cols, subplot_titles=[
+        f"{DETECTORS[n].description}<br>(best: {result.top[n][0][0]}.{result.top[n][0][1]} = "
+        f"{result.top[n][0][2]:.2f})" for n in names], horizontal_spacing=0.1, vertical_spacing=0.16)
+    for i, name in enumerate(names):
         z = result.scores[name]
         fig.add_heatmap(z=z, x=[f"H{h}" for h in range(len(z[0]))], y=[f"L{layer}" for layer in range(len(z))],
-                        coloraxis="coloraxis", row=i // 2 + 1, col=i % 2 + 1,
+                        coloraxis="coloraxis", row=i // cols + 1, col=i % cols + 1,
                         text=[[f"{v:.2f}" for v in row] for row in z],
                         texttemplate="%{text}" if len(z) * len(z[0]) <= 48 else None,
-                        hovertemplate=f"{titles[name]}<br>%{{y}} %{{x}}: %{{z:.3f}}<extra></extra>")
+                        hovertemplate=f"{name}<br>%{{y}} %{{x}}: %{{z:.3f}}<extra></extra>")
     fig.update_yaxes(autorange="reversed")
-    fig.update_layout(width=1050, height=880, margin=dict(t=140), coloraxis=dict(colorscale="Viridis", cmin=0, cmax=1,
-                                                             colorbar_title="mean attention"),
+    fig.update_layout(width=525 * cols, height=150 + 380 * rows, margin=dict(t=150),
+                      coloraxis=dict(colorscale="Viridis", cmin=0, cmax=1, colorbar_title="mean attention"),
                       title=common.title(f"Head detector scores on repeated random tokens "
                                          f"(2 x {result.config['seq_len']} tokens, batch {result.config['batch']},<br>"
                                          f"drawn from {result.config['detector_tokens']})", result.model))
@@ -124,9 +134,8 @@ def plot_explorer(result: Result) -> go.Figure:
                                hovertemplate="query %{y}<br>key %{x}<br>attention %{z:.3f}<extra></extra>"))
 
     def caption(layer: int, head: int) -> str:
-        s = {n: result.scores[n][layer][head] for n in SCORE_NAMES}
-        return (f"L{layer}H{head}: previous-token {s['previous_token']:.2f}, induction {s['induction']:.2f}, "
-                f"duplicate {s['duplicate_token']:.2f}, first-token {s['first_token']:.2f}")
+        return f"L{layer}H{head}: " + ", ".join(f"{name.replace('_', '-')} {values[layer][head]:.2f}"
+                                                 for name, values in result.scores.items())
 
     buttons = [dict(label=f"L{layer}H{head}", method="update",
                     args=[{"z": [result.patterns[layer][head]]},
@@ -143,42 +152,24 @@ def plot_explorer(result: Result) -> go.Figure:
 
 def summary(result: Result) -> str:
     lines = [f"model: {result.model}"]
-    for name in SCORE_NAMES:
+    for name in result.scores:
         lines.append(f"{name:16s} top heads: " + ", ".join(f"{layer}.{head} ({s:.2f})"
                                                            for layer, head, s in result.top[name]))
     return "\n".join(lines)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m experiments.head_attention", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    common.add_common_args(parser)
-    parser.add_argument("--prompt", default=Config.prompt, help="prompt whose attention patterns are drawn")
-    return parser
-
-
-def run(model, args, writer: FigureWriter, progress=print) -> list:
-    config = Config(prompt=args.prompt, seed=args.seed)
-    common.seed_everything(config.seed)
-    start = time.perf_counter()
-    try:
-        result = compute(model, config)
-    except ValueError as err:
-        raise SystemExit(f"error: {err}") from None
-    elapsed = time.perf_counter() - start
-    print(summary(result))
+def figures(result: Result) -> list[Figure]:
     data = asdict(result)
-    paths = []
-    for name, fig in (("head_attention_patterns", plot_patterns(result)), ("head_scores", plot_scores(result)),
-                      ("head_attention_explorer", plot_explorer(result))):
-        keep = ("model", "config", "tokens", "patterns") if name != "head_scores" else ("model", "config", "scores",
-                                                                                         "top")
-        paths += writer.save(fig, name, {k: data[k] for k in keep}, params=asdict(config), wall_seconds=elapsed)
-    return paths
+    patterns = {k: data[k] for k in ("model", "config", "tokens", "patterns")}
+    return [Figure("head_attention_patterns", plot_patterns(result), patterns),
+            Figure("head_scores", plot_scores(result), {k: data[k] for k in ("model", "config", "scores", "top")}),
+            Figure("head_attention_explorer", plot_explorer(result), patterns)]
 
 
 def main(argv: list[str] | None = None) -> int:
-    return common.standalone(build_parser, run, argv)
+    from experiments.runner import main as run
+
+    return run(argv, only="head_attention")
 
 
 if __name__ == "__main__":

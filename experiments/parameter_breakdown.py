@@ -2,28 +2,31 @@
 
 Computed from a weightless skeleton of the architecture, so GPT-2 small's exact figures need no download::
 
-    python -m experiments.parameter_breakdown                      # GPT-2 small, from its config
-    python -m experiments.parameter_breakdown --model ./my-ckpt    # any local GPT-2 checkpoint's own numbers
+    python -m experiments.parameter_breakdown                        # GPT-2 small, from its config
+    python -m experiments.parameter_breakdown --model gpt2-medium    # any GPT-2 name, from its published config
+    python -m experiments.parameter_breakdown --model ./my-ckpt      # any local GPT-2 checkpoint's own numbers
 """
 
 from __future__ import annotations
 
-import argparse
-import time
 from dataclasses import dataclass
-from pathlib import Path
 
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from experiments.common import DEFAULT_OUT, RunMeta, command_line, title
-from interp.architecture import architecture, component_table, config_summary, parameter_listing
-from interp.figures import FigureWriter
+from experiments.common import Figure, title
+from interp.architecture import component_table, config_summary, parameter_listing
 
-NAME = "parameter_breakdown"
+DESCRIPTION = "where the parameters live, by component and layer, tied and untied totals (no weights needed)"
+NEEDS_WEIGHTS = False
 CATEGORIES = ("token embedding", "position embedding", "attention QKV", "attention output", "MLP in", "MLP out",
               "LayerNorms", "unembedding")
 LAYER_CATEGORIES = ("attention QKV", "attention output", "MLP in", "MLP out", "LayerNorms")
+
+
+@dataclass(frozen=True)
+class Config:
+    seed: int = 0  # nothing here is random; kept so every family's Config has the run's seed
 
 
 @dataclass(frozen=True)
@@ -39,9 +42,8 @@ class Result:
     table: list[dict]  # the component table, one dict per row
 
 
-def compute(spec: str = "gpt2") -> Result:
-    """Count every component of the architecture ``spec`` names; pure apart from reading its config."""
-    skeleton = architecture(spec)
+def compute(skeleton, config: Config, progress=None) -> Result:
+    """Count every component of a weightless skeleton (``interp.architecture(spec)``)."""
     table = component_table(skeleton)
     listing = parameter_listing(skeleton)
     assert table.total == listing.tied_total, "component rows must sum to the tied total"
@@ -51,10 +53,9 @@ def compute(spec: str = "gpt2") -> Result:
         if row.layer is not None:
             per_layer[row.category][row.layer] += row.count
     frame = table.to_frame()
-    label = {"gpt2": "GPT-2 small", "gpt2-small": "GPT-2 small"}.get(spec, spec)
     return Result(
-        spec=spec,
-        label=f"{label} (architecture from its config; no weights needed)",
+        spec=skeleton.interp_spec,
+        label=f"{skeleton.interp_label} (architecture from its config; no weights needed)",
         config=config_summary(skeleton),
         by_category=table.by_category(),
         per_layer=per_layer,
@@ -139,37 +140,14 @@ def summary(result: Result) -> str:
     return "\n".join(lines)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m experiments.parameter_breakdown", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default="gpt2", metavar="SPEC",
-                        help="'gpt2' (default, from its config alone), 'bundled', or a checkpoint directory")
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="output folder (default: figures/)")
-    parser.add_argument("--no-images", action="store_true", help="write HTML and JSON only")
-    return parser
-
-
-def run(spec: str, writer: FigureWriter) -> list[Path]:
-    """Count, print and save. Needs no loaded model: the architecture comes from ``spec``'s config."""
-    start = time.perf_counter()
-    try:
-        result = compute(spec)
-    except (ValueError, FileNotFoundError) as err:
-        raise SystemExit(f"error: {err}") from None
-    print(summary(result))
-    meta = {"model": {"spec": spec, "label": result.label, "weights": "architecture only"},
-            "backend": "none (weightless Hugging Face skeleton)"}
-    return writer.save(plot(result), NAME, result.__dict__, params={"spec": spec},
-                       wall_seconds=time.perf_counter() - start, meta=meta)
+def figures(result: Result) -> list[Figure]:
+    return [Figure("parameter_breakdown", plot(result), result.__dict__)]
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    meta = RunMeta(args.model, args.model, "architecture only", "none", 0, command_line())
-    with FigureWriter(args.out, meta.as_dict(), formats=() if args.no_images else ("png",)) as writer:
-        paths = run(args.model, writer)
-    print("wrote " + ", ".join(str(p) for p in paths))
-    return 0
+    from experiments.runner import main as run
+
+    return run(argv, only="parameter_breakdown")
 
 
 if __name__ == "__main__":

@@ -8,22 +8,21 @@ coherence decays over long continuations. Writes four figures (each with its JSO
   temperature_samples      sampled continuations per T, with distinct-2 and the repeated-4-gram fraction
   temperature_coherence    mean log-prob (under T=1) of each generated token against its position
 
-    python -m experiments.temperature --temperatures 0.1,0.5,1,2,10 --samples 4 --new-tokens 40
+    python -m experiments.temperature --temperatures 0.1 0.5 1 2 10 --samples 4 --new-tokens 40
 """
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from experiments import common
-from interp.figures import FigureWriter
+from experiments.common import Figure
 from interp.loading import model_info
 from interp.sampling import (
     check_temperatures,
@@ -35,42 +34,56 @@ from interp.sampling import (
 )
 
 DEFAULT_PROMPT = "The following example shows how to"
+DESCRIPTION = "what temperature does to the next-token distribution and to sampled text (the lecture's regimes)"
+NEEDS_WEIGHTS = True
 
 
 @dataclass(frozen=True)
 class Config:
-    prompt: str = DEFAULT_PROMPT
-    temperatures: tuple[float, ...] = (0.1, 0.5, 1.0, 2.0, 10.0)  # the lecture's regimes, and two in between
-    samples: int = 4  # continuations per temperature
-    new_tokens: int = 40  # long enough for loops (low T) and drift (high T) to show
-    top_k: int = 10  # tokens shown per temperature in the next-token figure
-    dense: int = 60  # points in the log-spaced sweep from 0.05 to 20
+    prompt: str = field(default=DEFAULT_PROMPT, metadata={"help": "prompt to continue"})
+    # The lecture's regimes, and two in between.
+    temperatures: tuple[float, ...] = field(default=(0.1, 0.5, 1.0, 2.0, 10.0),
+                                            metadata={"help": "temperatures to sample at, >= 0 (0 = greedy)"})
+    samples: int = field(default=4, metadata={"help": "continuations per temperature"})
+    # Long enough for loops (low T) and drift (high T) to show.
+    new_tokens: int = field(default=40, metadata={"help": "tokens per continuation"})
+    top_k: int = field(default=10, metadata={"help": "tokens shown per temperature in the next-token figure"})
+    dense: int = field(default=60, metadata={"help": "points in the log-spaced sweep from 0.05 to 20"})
     seed: int = 0
+
+    def __post_init__(self):  # the one place a temperature is checked on this path
+        object.__setattr__(self, "temperatures", check_temperatures(self.temperatures))
+        if not self.prompt:
+            raise ValueError("--prompt is empty")
+        for name in ("samples", "new_tokens", "top_k", "dense"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
 
 
 @dataclass(frozen=True)
 class Result:
     model: str
     config: dict
-    chosen: dict  # per chosen T: top tokens, probs, metrics
-    dense: dict  # T -> entropy_bits, effective_vocab, top1_mass, ...
-    samples: dict  # T -> list of {text, distinct_1, distinct_2, repeated_4gram, mean_logprob}
-    coherence: dict  # T -> mean log-prob per position (over samples)
+    chosen: dict[float, dict]  # per chosen T: top tokens, probs, metrics
+    dense: dict  # "T" and each metric -> a list over the dense sweep
+    samples: dict[float, list]  # T -> list of {text, distinct_1, distinct_2, repeated_4gram, mean_logprob}
+    coherence: dict[float, list]  # T -> mean log-prob per position (over samples)
 
 
 def dense_temperatures(n: int) -> list[float]:
     return [round(float(t), 6) for t in np.geomspace(0.05, 20, n)]
 
 
-def compute(model, config: Config, progress=print) -> Result:
-    chosen = check_temperatures(config.temperatures)
+def compute(model, config: Config, progress=None) -> Result:
+    progress = progress or (lambda line: None)
+    chosen = config.temperatures
     dense = dense_temperatures(config.dense)
     sweep = temperature_sweep(model, config.prompt, list(chosen) + dense, k=config.top_k)  # one forward pass
     frame = sweep.to_frame()
     metric_names = ["entropy_bits", "effective_vocab", "top1_mass", "top5_mass", "top50_mass", "kl_from_t1",
                     "greedy_prob"]
     chosen_out = {
-        str(t): {"top_tokens": list(sweep.top_strings[i]), "top_probs": sweep.top_probs[i].tolist(),
+        t: {"top_tokens": list(sweep.top_strings[i]), "top_probs": sweep.top_probs[i].tolist(),
                  **{m: float(frame[m][i]) for m in metric_names}}
         for i, t in enumerate(chosen)
     }
@@ -81,18 +94,18 @@ def compute(model, config: Config, progress=print) -> Result:
         gen = generate(model, [config.prompt] * config.samples, max_new_tokens=config.new_tokens, temperature=t,
                        seed=config.seed + 1000 * i)
         logprobs = continuation_logprobs(model, gen)  # (samples, new)
-        samples[str(t)] = [
+        samples[t] = [
             {"text": text, "distinct_1": distinct_n(tokens, 1), "distinct_2": distinct_n(tokens, 2),
              "repeated_4gram": repeated_ngram_fraction(tokens, 4), "mean_logprob": float(lp.mean())}
             for text, tokens, lp in zip(gen.texts, gen.tokens, logprobs)
         ]
-        coherence[str(t)] = logprobs.mean(0).tolist()
+        coherence[t] = logprobs.mean(0).tolist()
         progress(f"  T={t:g}: {config.samples} samples x {config.new_tokens} tokens "
                  f"({time.perf_counter() - start:.1f}s)")
     return Result(model_info(model).label, asdict(config), chosen_out, dense_out, samples, coherence)
 
 
-def _mean(rows: list[dict], key: str) -> float:
+def mean_of(rows: list[dict], key: str) -> float:
     return statistics.fmean(r[key] for r in rows)
 
 
@@ -120,7 +133,7 @@ def plot_entropy(result: Result) -> go.Figure:
     for row, key in enumerate(("entropy_bits", "effective_vocab", "top1_mass"), start=1):
         fig.add_scatter(x=d["T"], y=d[key], mode="lines", row=row, col=1, showlegend=False,
                         line_color="#4C78A8", hovertemplate=f"T=%{{x:.3g}}<br>{key}=%{{y:.4g}}<extra></extra>")
-        chosen_t = [float(t) for t in result.chosen]
+        chosen_t = list(result.chosen)
         fig.add_scatter(x=chosen_t, y=[result.chosen[t][key] for t in result.chosen], mode="markers+text",
                         text=[f"T={t}" for t in result.chosen], textposition="top left", row=row, col=1,
                         marker=dict(color="#E45756", size=9), showlegend=False, cliponaxis=False,
@@ -146,7 +159,7 @@ def plot_samples(result: Result) -> go.Figure:
                            [f"{s['repeated_4gram']:.2f}" for _, _, s in rows],
                            [f"{s['mean_logprob']:.2f}" for _, _, s in rows]], align="left", height=36),
     ))
-    summary = ", ".join(f"T={t}: distinct-2 {_mean(s, 'distinct_2'):.2f}" for t, s in result.samples.items())
+    summary = ", ".join(f"T={t}: distinct-2 {mean_of(s, 'distinct_2'):.2f}" for t, s in result.samples.items())
     fig.update_layout(width=1300, height=140 + 60 * len(rows), margin=dict(t=110), title=common.title(
         f"Sampled continuations ({summary})", result.model))
     return fig
@@ -167,71 +180,28 @@ def plot_coherence(result: Result) -> go.Figure:
 def summary(result: Result) -> str:
     lines = [f"prompt: {result.config['prompt']!r}   model: {result.model}"]
     for t, samples in result.samples.items():
-        lines.append(f"T={t}: distinct-2 {_mean(samples, 'distinct_2'):.2f}, repeated 4-grams "
-                     f"{_mean(samples, 'repeated_4gram'):.2f}, mean log p {_mean(samples, 'mean_logprob'):.2f}, "
+        lines.append(f"T={t}: distinct-2 {mean_of(samples, 'distinct_2'):.2f}, repeated 4-grams "
+                     f"{mean_of(samples, 'repeated_4gram'):.2f}, mean log p {mean_of(samples, 'mean_logprob'):.2f}, "
                      f"next-token entropy {result.chosen[t]['entropy_bits']:.2f} bits")
         for s in samples[:2]:
             lines.append("    " + repr(s["text"][:110]))
     return "\n".join(lines)
 
 
-# ---------------------------------------------------------------------------------------------- CLI
-
-
-def _temperatures(text: str) -> tuple[float, ...]:
-    try:
-        return check_temperatures([float(x) for x in text.split(",") if x.strip()])
-    except ValueError as err:
-        raise SystemExit(f"error: --temperatures {text!r}: {err}") from None
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m experiments.temperature", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    common.add_common_args(parser)
-    parser.add_argument("--prompt", default=Config.prompt, help=f"prompt (default: {Config.prompt!r})")
-    parser.add_argument("--temperatures", default=",".join(f"{t:g}" for t in Config.temperatures),
-                        help="comma-separated temperatures, >= 0 (0 = greedy) (default: %(default)s)")
-    parser.add_argument("--samples", type=int, default=Config.samples, help="continuations per temperature")
-    parser.add_argument("--new-tokens", type=int, default=Config.new_tokens, help="tokens per continuation")
-    return parser
-
-
-def config_from(args) -> Config:
-    if args.samples < 1 or args.new_tokens < 1:
-        raise SystemExit("error: --samples and --new-tokens must be at least 1")
-    return Config(prompt=args.prompt, temperatures=_temperatures(args.temperatures), samples=args.samples,
-                  new_tokens=args.new_tokens, seed=args.seed)
-
-
-def run(model, args, writer: FigureWriter, progress=print) -> list:
-    config = config_from(args)
-    common.seed_everything(config.seed)
-    start = time.perf_counter()
-    try:
-        result = compute(model, config, progress=progress)
-    except ValueError as err:  # e.g. a prompt too long for the context window
-        raise SystemExit(f"error: {err}") from None
-    elapsed = time.perf_counter() - start
-    print(summary(result))
-    params = asdict(config)
-    paths = []
-    for name, fig, data in (
-        ("temperature_next_token", plot_next_token(result), {"model": result.model, "config": result.config,
-                                                             "chosen": result.chosen}),
-        ("temperature_entropy", plot_entropy(result), {"model": result.model, "config": result.config,
-                                                       "dense": result.dense, "chosen": result.chosen}),
-        ("temperature_samples", plot_samples(result), {"model": result.model, "config": result.config,
-                                                       "samples": result.samples}),
-        ("temperature_coherence", plot_coherence(result), {"model": result.model, "config": result.config,
-                                                           "coherence": result.coherence}),
-    ):
-        paths += writer.save(fig, name, data, params=params, wall_seconds=elapsed)
-    return paths
+def figures(result: Result) -> list[Figure]:
+    head = {"model": result.model, "config": result.config}
+    return [
+        Figure("temperature_next_token", plot_next_token(result), head | {"chosen": result.chosen}),
+        Figure("temperature_entropy", plot_entropy(result), head | {"dense": result.dense, "chosen": result.chosen}),
+        Figure("temperature_samples", plot_samples(result), head | {"samples": result.samples}),
+        Figure("temperature_coherence", plot_coherence(result), head | {"coherence": result.coherence}),
+    ]
 
 
 def main(argv: list[str] | None = None) -> int:
-    return common.standalone(build_parser, run, argv, check=config_from)
+    from experiments.runner import main as run
+
+    return run(argv, only="temperature")
 
 
 if __name__ == "__main__":

@@ -11,9 +11,7 @@ Example:
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
-from pathlib import Path
 
 import einops
 import torch
@@ -33,41 +31,36 @@ __all__ = [
 ]
 
 
-def _gpt2_config(spec):
-    """A ``GPT2Config`` for a spec: a model name, a checkpoint directory, "bundled", or a loaded TL model."""
-    from transformers import GPT2Config
-
-    from interp.loading import BUNDLED_DIR, CheckpointNotFoundError, UnknownModelError, read_gpt2_config
-
-    if hasattr(spec, "cfg"):  # a HookedTransformer or TransformerBridge
-        cfg = spec.cfg
-        return GPT2Config(vocab_size=cfg.d_vocab, n_positions=cfg.n_ctx, n_embd=cfg.d_model, n_layer=cfg.n_layers,
-                          n_head=cfg.n_heads, n_inner=cfg.d_mlp, activation_function=cfg.act_fn)
-    spec = os.fspath(spec)
-    if spec in ("gpt2", "gpt2-small"):
-        # transformers' GPT2Config defaults are GPT-2 small's published configuration.
-        return GPT2Config()
-    path = BUNDLED_DIR if spec == "bundled" else Path(spec).expanduser()
-    if not (path / "config.json").exists():
-        if path.exists() or os.sep in spec:
-            raise CheckpointNotFoundError(f"no config.json in {path}")
-        raise UnknownModelError(f"{spec!r}: architecture() takes 'gpt2', 'bundled' or a checkpoint directory")
-    return GPT2Config.from_dict(read_gpt2_config(path / "config.json"))
-
-
 def architecture(spec="gpt2"):
     """A weightless ``GPT2LMHeadModel`` skeleton on the ``meta`` device, for counting and inspection.
 
     Args:
-        spec: ``"gpt2"`` (GPT-2 small, from its config alone), ``"bundled"``, a checkpoint directory, or a
-            loaded TransformerLens model (its config is used).
-    """
-    from transformers import GPT2LMHeadModel
+        spec: anything ``interp.specs.resolve`` takes (a GPT-2 family name, from its published config alone;
+            ``"bundled"``; a checkpoint directory), or a loaded TransformerLens model (its config is used).
 
-    config = _gpt2_config(spec)
+    The skeleton's ``interp_spec`` and ``interp_label`` name the model for figures.
+
+    Example:
+        >>> parameter_listing(architecture("gpt2-medium")).tied_total
+        354823168
+    """
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from interp.specs import resolve
+
+    if hasattr(spec, "cfg"):  # a HookedTransformer or TransformerBridge
+        cfg = spec.cfg
+        config = GPT2Config(vocab_size=cfg.d_vocab, n_positions=cfg.n_ctx, n_embd=cfg.d_model, n_layer=cfg.n_layers,
+                            n_head=cfg.n_heads, n_inner=cfg.d_mlp, activation_function=cfg.act_fn)
+        info = getattr(spec, "interp_info", None)
+        name, label = (info.spec, info.label) if info is not None else ("a loaded model", "this model")
+    else:
+        resolved = resolve(spec)
+        config, name, label = GPT2Config.from_dict(resolved.config()), resolved.spec, resolved.label
     with torch.device("meta"):
         model = GPT2LMHeadModel(config)
     model.tie_weights()
+    model.interp_spec, model.interp_label = name, label
     return model
 
 

@@ -1,55 +1,141 @@
-"""Score every attention head for the classic behaviours: previous-token, induction, duplicate-token, and
-attention to the first (BOS) token.
+"""Score every attention head for a behaviour, with an open set of detectors.
 
-All four come from one forward pass on repeated random tokens ``[BOS, r_1..r_n, r_1..r_n]``:
+A detector maps an attention pattern ``[layer, head, batch, query_pos, key_pos]`` and the tokens that made it
+``[batch, pos]`` to a ``[layer, head]`` score; it is registered under a name with ``@detector``. Everything
+downstream (``head_scores``, the head-score figure's grid and captions, the bundled model's card, the tests)
+reads the registry, so a new behaviour is one decorated function.
 
-- previous-token: attention from position i to i-1;
-- duplicate-token: from a token in the second copy to the same token in the first copy (i to i-n);
+The built-in detectors, on repeated random tokens ``[BOS, r_1..r_n, r_1..r_n]``:
+
+- previous_token: attention from position i to i-1;
 - induction: from a token in the second copy to the token *after* its earlier occurrence (i to i-n+1);
-- first-token: attention to position 0.
+- duplicate_token: from a token in the second copy to the same token in the first copy (i to i-n);
+- first_token: attention to position 0;
+- current_token: attention from each position to itself (any text, not only repeated tokens).
 
-The scores read the pattern and never write to it (TransformerLens's ``head_detector`` zeroes the caller's
+Scores read the pattern and never write to it (TransformerLens's ``head_detector`` zeroes the caller's
 pattern in place; we don't).
+
+Example:
+    >>> @detector("two_back", "attention from position i to i-2")
+    ... def two_back(pattern, tokens):
+    ...     q = torch.arange(2, pattern.shape[-1])
+    ...     return pattern[..., q, q - 2].mean(dim=(-2, -1))
+    >>> head_scores(model).top("two_back", 3)
 """
 
 from __future__ import annotations
 
+import json
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from interp.hooks import cache_heads
+from interp.hooks import cache_heads, check_tokens
 
-__all__ = ["HeadScores", "head_scores", "repeated_random_tokens", "scores_from_pattern"]
+__all__ = ["DETECTORS", "Detector", "HeadScores", "detector", "detector_tokens", "head_scores",
+           "repeated_random_tokens", "scores_from_pattern"]
 
-SCORE_NAMES = ("previous_token", "induction", "duplicate_token", "first_token")
+Pattern = Float[Tensor, "layer head batch query_pos key_pos"]
+
+
+@dataclass(frozen=True)
+class Detector:
+    name: str
+    description: str  # one line: the figure's caption and the docs say it
+    fn: Callable[[Pattern, Int[Tensor, "batch pos"]], Float[Tensor, "layer head"]]
+    repeated_tokens: bool  # True: needs [BOS, r, r] (repeated_random_tokens); False: any text
+
+
+DETECTORS: dict[str, Detector] = {}
+
+
+def detector(name: str, description: str, *, repeated_tokens: bool = True):
+    """Register ``fn(pattern, tokens) -> [layer, head]`` as the detector ``name``."""
+    def register(fn):
+        DETECTORS[name] = Detector(name, description, fn, repeated_tokens)
+        return fn
+    return register
+
+
+def _copy_length(tokens: Tensor) -> int:
+    """n for tokens ``[BOS, r_1..r_n, r_1..r_n]``; ``ValueError`` for anything else."""
+    n = (tokens.shape[1] - 1) // 2
+    if tokens.shape[1] != 2 * n + 1 or n < 1 or not torch.equal(tokens[:, 1:n + 1], tokens[:, n + 1:]):
+        raise ValueError("this detector needs repeated tokens [BOS, r_1..r_n, r_1..r_n] "
+                         "(interp.heads.repeated_random_tokens)")
+    return n
+
+
+def _mean_at(pattern: Pattern, queries: Tensor, keys: Tensor) -> Float[Tensor, "layer head"]:
+    return pattern[..., queries, keys].mean(dim=(-2, -1))
+
+
+@detector("previous_token", "attention from each token to the one before it", repeated_tokens=False)
+def previous_token(pattern: Pattern, tokens: Tensor) -> Tensor:
+    q = torch.arange(1, pattern.shape[-1])
+    return _mean_at(pattern, q, q - 1)
+
+
+@detector("induction", "attention from a repeated token to the token after its first occurrence")
+def induction(pattern: Pattern, tokens: Tensor) -> Tensor:
+    n = _copy_length(tokens)
+    q = torch.arange(n + 1, pattern.shape[-1])  # queries in the second copy
+    return _mean_at(pattern, q, q - n + 1)
+
+
+@detector("duplicate_token", "attention from a repeated token to its first occurrence")
+def duplicate_token(pattern: Pattern, tokens: Tensor) -> Tensor:
+    n = _copy_length(tokens)
+    q = torch.arange(n + 1, pattern.shape[-1])
+    return _mean_at(pattern, q, q - n)
+
+
+@detector("first_token", "attention to the first (BOS) position", repeated_tokens=False)
+def first_token(pattern: Pattern, tokens: Tensor) -> Tensor:
+    q = torch.arange(1, pattern.shape[-1])
+    return _mean_at(pattern, q, torch.zeros_like(q))
+
+
+@detector("current_token", "attention from each token to itself", repeated_tokens=False)
+def current_token(pattern: Pattern, tokens: Tensor) -> Tensor:
+    q = torch.arange(1, pattern.shape[-1])  # position 0 can only attend to itself
+    return _mean_at(pattern, q, q)
 
 
 @dataclass(frozen=True)
 class HeadScores:
-    """One ``[layer, head]`` tensor per behaviour; each score is a mean attention weight in [0, 1]."""
+    """One ``[layer, head]`` tensor per detector; ``scores["induction"]`` or ``scores.induction``."""
 
-    previous_token: Float[Tensor, "layer head"]
-    induction: Float[Tensor, "layer head"]
-    duplicate_token: Float[Tensor, "layer head"]
-    first_token: Float[Tensor, "layer head"]
+    scores: dict[str, Float[Tensor, "layer head"]]
 
     def __getitem__(self, name: str) -> Tensor:
-        if name not in SCORE_NAMES:
-            raise KeyError(f"unknown score {name!r}: choose from {SCORE_NAMES}")
-        return getattr(self, name)
+        if name not in self.scores:
+            raise KeyError(f"no score {name!r}: these were computed: {tuple(self.scores)}")
+        return self.scores[name]
+
+    def __getattr__(self, name: str) -> Tensor:
+        scores = self.__dict__.get("scores", {})
+        if name in scores:
+            return scores[name]
+        raise AttributeError(name)
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return tuple(self.scores)
 
     def to_frame(self):
         """A tidy DataFrame: one row per head, one column per score."""
         import pandas as pd
 
-        n_layers, n_heads = self.induction.shape
-        rows = [{"layer": layer, "head": head, "name": f"{layer}.{head}",
-                 **{s: float(self[s][layer, head]) for s in SCORE_NAMES}}
-                for layer in range(n_layers) for head in range(n_heads)]
-        return pd.DataFrame(rows)
+        n_layers, n_heads = next(iter(self.scores.values())).shape
+        return pd.DataFrame([{"layer": layer, "head": head, "name": f"{layer}.{head}",
+                              **{s: float(v[layer, head]) for s, v in self.scores.items()}}
+                             for layer in range(n_layers) for head in range(n_heads)])
 
     def top(self, name: str, k: int = 5) -> list[tuple[int, int, float]]:
         """The k highest-scoring heads for ``name`` as ``(layer, head, score)``."""
@@ -57,6 +143,25 @@ class HeadScores:
         flat = scores.flatten().topk(min(k, scores.numel()))
         n_heads = scores.shape[1]
         return [(int(i) // n_heads, int(i) % n_heads, float(v)) for v, i in zip(flat.values, flat.indices)]
+
+
+def _check_detectors(names: Sequence[str] | None, repeated: bool) -> tuple[str, ...]:
+    if names is None:
+        return tuple(n for n, d in DETECTORS.items() if repeated or not d.repeated_tokens)
+    names = (names,) if isinstance(names, str) else tuple(names)
+    unknown = [n for n in names if n not in DETECTORS]
+    if unknown or not names:
+        raise ValueError(f"unknown detectors {unknown}: choose from {tuple(DETECTORS)}")
+    return names
+
+
+def scores_from_pattern(pattern: Pattern, tokens: Int[Tensor, "batch pos"],
+                        detectors: Sequence[str] | None = None) -> HeadScores:
+    """Run the named detectors (default: every registered one) on a pattern and its tokens. Read-only."""
+    if pattern.shape[-1] != tokens.shape[1]:
+        raise ValueError(f"pattern has {pattern.shape[-1]} positions, tokens have {tokens.shape[1]}")
+    names = _check_detectors(detectors, repeated=True)
+    return HeadScores({name: DETECTORS[name].fn(pattern, tokens) for name in names})
 
 
 def repeated_random_tokens(model, *, seq_len: int = 50, batch: int = 8, seed: int = 0,
@@ -72,35 +177,44 @@ def repeated_random_tokens(model, *, seq_len: int = 50, batch: int = 8, seed: in
     if token_pool is None:
         token_pool = torch.arange(model.cfg.d_vocab)
         token_pool = token_pool[token_pool != bos]
+    token_pool = token_pool.cpu()
     half = token_pool[torch.randint(len(token_pool), (batch, seq_len), generator=gen)]
     return torch.cat([torch.full((batch, 1), bos), half, half], dim=1).to(model.cfg.device)
 
 
-def scores_from_pattern(pattern: Float[Tensor, "layer head batch query_pos key_pos"], seq_len: int) -> HeadScores:
-    """The four scores from attention patterns on ``repeated_random_tokens(seq_len=...)``. Read-only."""
-    n = seq_len
-    pos = pattern.shape[-1]
-    if pos != 2 * n + 1:
-        raise ValueError(f"pattern has {pos} positions; repeated tokens of seq_len {n} have {2 * n + 1}")
-    q_all = torch.arange(1, pos)
-    q_second = torch.arange(n + 1, pos)  # queries in the second copy
-    mean = lambda q, k: pattern[..., q, k].mean(dim=(-2, -1))
-    return HeadScores(
-        previous_token=mean(q_all, q_all - 1),
-        induction=mean(q_second, q_second - n + 1),
-        duplicate_token=mean(q_second, q_second - n),
-        first_token=mean(q_all, torch.zeros_like(q_all)),
-    )
-
-
-def head_scores(model, *, seq_len: int = 50, batch: int = 8, seed: int = 0,
+def head_scores(model, *, detectors: Sequence[str] | None = None, tokens: Int[Tensor, "batch pos"] | None = None,
+                seq_len: int = 50, batch: int = 8, seed: int = 0,
                 token_pool: Int[Tensor, " n"] | None = None) -> HeadScores:
-    """Score every head of ``model`` (see the module docstring), from one forward pass.
+    """Score every head of ``model`` with the named detectors (default: all that apply), in one forward pass.
+
+    Args:
+        detectors: names from ``DETECTORS``; default every detector (on your own ``tokens``: every one that
+            takes any text).
+        tokens: the text to score on; default ``repeated_random_tokens(model, seq_len, batch, seed,
+            token_pool)``.
 
     Example:
         >>> scores = head_scores(model)
         >>> scores.top("induction", 3)      # [(layer, head, score), ...]
+        >>> head_scores(model, detectors=["current_token"], tokens=model.to_tokens("any text at all"))
     """
-    tokens = repeated_random_tokens(model, seq_len=seq_len, batch=batch, seed=seed, token_pool=token_pool)
+    names = _check_detectors(detectors, repeated=tokens is None)
+    if tokens is None:
+        tokens = repeated_random_tokens(model, seq_len=seq_len, batch=batch, seed=seed, token_pool=token_pool)
+    else:
+        tokens = check_tokens(model, tokens)
     pattern = cache_heads(model, tokens, kinds=("pattern",)).pattern
-    return scores_from_pattern(pattern, seq_len)
+    return scores_from_pattern(pattern, tokens, names)
+
+
+def detector_tokens(model) -> Int[Tensor, " n"] | None:
+    """Token ids a checkpoint asks its repeated-random-token detectors to draw from, or None for any token.
+
+    A small model trained on a narrow corpus has never seen most of GPT-2's 50257 tokens; its checkpoint
+    directory can ship ``detector_tokens.json`` (a list of ids, e.g. its most frequent training tokens).
+    """
+    info = getattr(model, "interp_info", None)
+    path = Path(info.checkpoint) / "detector_tokens.json" if info is not None and info.checkpoint else None
+    if path is None or not path.exists():
+        return None
+    return torch.tensor(json.loads(path.read_text()), dtype=torch.long)

@@ -14,27 +14,10 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
+from interp.backends import final_layer_norm, ln_affine, unembed
 from interp.hooks import check_position, check_tokens, decompose_resid, residual_stream
 
 __all__ = ["LogitAttribution", "LogitLens", "direct_logit_attribution", "logit_lens"]
-
-
-def ln_affine(ln) -> tuple[Tensor | None, Tensor | None]:
-    """A LayerNorm's weight and bias (HookedTransformer's ``w``/``b`` or the bridge's ``weight``/``bias``),
-    or None where LN folding removed them."""
-    w, b = getattr(ln, "w", None), getattr(ln, "b", None)
-    if w is None:
-        params = dict(ln.named_parameters())
-        w = next((p for n, p in params.items() if n.endswith("weight")), None)
-        b = next((p for n, p in params.items() if n.endswith("bias")), None)
-    return (None if w is None else w.detach(), None if b is None else b.detach())
-
-
-def apply_final_ln(model, resid: Float[Tensor, "... d_model"]) -> Float[Tensor, "... d_model"]:
-    centred = resid - resid.mean(-1, keepdim=True)
-    scaled = centred / (centred.pow(2).mean(-1, keepdim=True) + model.cfg.eps).sqrt()
-    w, b = ln_affine(model.ln_final)
-    return scaled * (1 if w is None else w) + (0 if b is None else b)
 
 
 @dataclass(frozen=True)
@@ -70,7 +53,7 @@ def logit_lens(model, tokens: Int[Tensor, "1 pos"], *, pos: int = -1, k: int = 5
         raise ValueError(f"k must be in 1..{model.cfg.d_vocab}, got {k}")
     stack = residual_stream(model, tokens, kinds=("resid_pre", "resid_post"))
     resid = torch.cat([stack.resid_pre[:1], stack.resid_post])[:, 0, pos]  # [layer+1, d_model]
-    logits = apply_final_ln(model, resid) @ model.W_U + model.b_U
+    logits = unembed(model, final_layer_norm(model, resid))
     probs = logits.softmax(-1).topk(k)
     labels = ("embed",) + tuple(f"after L{i}" for i in range(model.cfg.n_layers))
     strings = tuple(tuple(model.tokenizer.decode([t]) for t in row.tolist()) for row in probs.indices)

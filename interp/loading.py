@@ -10,7 +10,6 @@ Both backends give the same hook names and numerics:
 from __future__ import annotations
 
 import contextlib
-import difflib
 import hashlib
 import json
 import os
@@ -21,6 +20,8 @@ from pathlib import Path
 
 import torch
 
+from interp.backends import check_backend
+from interp.specs import BUNDLED_DIR, resolve
 from interp.tokenizer import gpt2_tokenizer
 
 __all__ = [
@@ -32,13 +33,10 @@ __all__ = [
     "NotGPT2CheckpointError",
     "UnknownModelError",
     "WeightsUnavailableError",
-    "detector_tokens",
     "load_model",
     "model_info",
 ]
 
-BUNDLED_DIR = Path(__file__).parent / "bundled"
-BACKENDS = ("hooked", "bridge")
 _WAYS_OUT = (
     "Ways out: (1) connect to the internet once, so the weights land in the Hugging Face cache; "
     "(2) pass a local GPT-2 checkpoint directory (config.json + model.safetensors) as the spec; "
@@ -81,19 +79,6 @@ class ModelInfo:
     weights_sha256: str  # of the state dict the model runs with (after processing and casting)
 
 
-def detector_tokens(model) -> torch.Tensor | None:
-    """Token ids a checkpoint asks its repeated-random-token detectors to draw from, or None for any token.
-
-    A small model trained on a narrow corpus has never seen most of GPT-2's 50257 tokens; its checkpoint
-    directory can ship ``detector_tokens.json`` (a list of ids, e.g. its most frequent training tokens).
-    """
-    checkpoint = model_info(model).checkpoint if getattr(model, "interp_info", None) else None
-    path = Path(checkpoint) / "detector_tokens.json" if checkpoint else None
-    if path is None or not path.exists():
-        return None
-    return torch.tensor(json.loads(path.read_text()), dtype=torch.long)
-
-
 def model_info(model) -> ModelInfo:
     """The ``ModelInfo`` that ``load_model`` attached to ``model``."""
     info = getattr(model, "interp_info", None)
@@ -112,8 +97,9 @@ def load_model(spec: str | os.PathLike = "gpt2", *, backend: str = "hooked", dev
     """Load a GPT-2 model into TransformerLens.
 
     Args:
-        spec: a TransformerLens model name (``"gpt2"`` is GPT-2 small), a local Hugging Face GPT-2
-            checkpoint directory (``config.json`` + ``model.safetensors``), or ``"bundled"``.
+        spec: a GPT-2 family name (``"gpt2"`` is GPT-2 small; ``gpt2-medium``, ``gpt2-large``, ``gpt2-xl``,
+            ``distilgpt2``), a local Hugging Face GPT-2 checkpoint directory (``config.json`` +
+            ``model.safetensors``), or ``"bundled"`` (see ``interp.specs.resolve``).
         backend: ``"hooked"`` (HookedTransformer) or ``"bridge"`` (TransformerBridge in compatibility mode).
         device: ``"cpu"``, ``"cuda"``...; default: cuda when available.
         dtype: parameter dtype. float16 and bfloat16 models are processed in float32, then cast, so the
@@ -135,30 +121,25 @@ def load_model(spec: str | os.PathLike = "gpt2", *, backend: str = "hooked", dev
     Example:
         >>> model = load_model("bundled")
         >>> model.cfg.n_layers, model_info(model).label
-        (2, 'bundled stdlib-GPT (2 layers, trained in this repo)')
+        (2, 'bundled mini-GPT-2 (2 layers, trained in this repo)')
     """
-    if backend not in BACKENDS:
-        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    check_backend(backend)
     if dtype not in (torch.float32, torch.float64, torch.float16, torch.bfloat16):
         raise ValueError(f"dtype must be a floating-point torch dtype (float32, float16, bfloat16...), got {dtype!r}")
+    resolved = resolve(spec)
     device = device or _default_device()
     processing = dict(fold_ln=fold_ln, center_writing_weights=center_writing_weights, center_unembed=center_unembed)
-    spec_str = os.fspath(spec)
-    path = BUNDLED_DIR if spec_str == "bundled" else Path(spec_str).expanduser()
     # Weights are processed in float32 (or float64), then cast: processing at reduced precision loses accuracy.
     process_dtype = dtype if dtype in (torch.float32, torch.float64) else torch.float32
-    if spec_str == "bundled" or path.exists() or _looks_like_path(spec_str):
-        model, label = _load_local(path, backend, device, process_dtype, processing)
-        if spec_str == "bundled":
-            label = "bundled stdlib-GPT (2 layers, trained in this repo)"
-        checkpoint = str(path)
+    if resolved.kind == "local":
+        model = _load_local(resolved.path, backend, device, process_dtype, processing)
     else:
-        model = _load_named(spec_str, backend, device, process_dtype, processing)
-        label, checkpoint = _NAMED_LABELS.get(spec_str, spec_str), None
+        model = _load_named(resolved.name, backend, device, process_dtype, processing)
     if dtype != process_dtype:
         model.to(dtype, print_details=False)
     model.eval()
-    model.interp_info = ModelInfo(spec_str, backend, label, checkpoint, weights_sha256(model))
+    model.interp_info = ModelInfo(resolved.spec, backend, resolved.label,
+                                  str(resolved.path) if resolved.path else None, weights_sha256(model))
     return model
 
 
@@ -170,14 +151,6 @@ def weights_sha256(model) -> str:
         digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
         digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
     return digest.hexdigest()
-
-
-_NAMED_LABELS = {"gpt2": "GPT-2 small", "gpt2-small": "GPT-2 small", "gpt2-medium": "GPT-2 medium",
-                 "gpt2-large": "GPT-2 large", "gpt2-xl": "GPT-2 XL"}
-
-
-def _looks_like_path(spec: str) -> bool:
-    return spec.startswith((".", "/", "~")) or os.sep in spec and spec.count("/") != 1
 
 
 # ---------------------------------------------------------------------------------------------- local
@@ -318,7 +291,7 @@ def _load_local(path: Path, backend: str, device: str, dtype: torch.dtype, proce
             model.to(device, print_details=False)
         else:
             model = _bridge(str(path), device, dtype, processing, hf_model=hf_model, tokenizer=tokenizer)
-    return model, config.get("interp_label") or path.name
+    return model
 
 
 def _bridge(name: str, device: str, dtype: torch.dtype, processing: dict, **kwargs):
@@ -335,25 +308,13 @@ def _bridge(name: str, device: str, dtype: torch.dtype, processing: dict, **kwar
 # ---------------------------------------------------------------------------------------------- named
 
 
-def _official_name(spec: str) -> str:
-    from transformer_lens.loading_from_pretrained import OFFICIAL_MODEL_NAMES, get_official_model_name
-
-    try:
-        return get_official_model_name(spec)
-    except ValueError:
-        close = difflib.get_close_matches(spec, OFFICIAL_MODEL_NAMES + ["gpt2", "bundled"], n=3)
-        hint = f" Did you mean {', '.join(map(repr, close))}?" if close else ""
-        raise UnknownModelError(
-            f"{spec!r} is neither an existing path nor a model name TransformerLens knows.{hint}"
-        ) from None
-
-
-def _is_cached(official: str) -> bool:
+def weights_cached(name: str) -> bool:
+    """Whether a GPT-2 family model's weights are in the local Hugging Face cache (no network)."""
     from huggingface_hub import try_to_load_from_cache
 
     return any(
         isinstance(try_to_load_from_cache(repo, filename), str)
-        for repo in {official, official.split("/")[-1]}
+        for repo in {name, f"openai-community/{name}"}
         for filename in ("model.safetensors", "pytorch_model.bin")
     )
 
@@ -368,12 +329,11 @@ def _hub_reachable(timeout: float = 3.0) -> bool:
         return False
 
 
-def _load_named(spec: str, backend: str, device: str, dtype: torch.dtype, processing: dict):
-    official = _official_name(spec)
-    if not _is_cached(official) and not _hub_reachable():
+def _load_named(name: str, backend: str, device: str, dtype: torch.dtype, processing: dict):
+    if not weights_cached(name) and not _hub_reachable():
         raise WeightsUnavailableError(
-            f"the weights of {spec!r} ({official}) are not in the local Hugging Face cache and the Hub "
-            f"cannot be reached. {_WAYS_OUT}"
+            f"the weights of {name!r} are not in the local Hugging Face cache and the Hub cannot be reached. "
+            f"{_WAYS_OUT}"
         )
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*deprecated", category=DeprecationWarning)
@@ -381,8 +341,8 @@ def _load_named(spec: str, backend: str, device: str, dtype: torch.dtype, proces
             if backend == "hooked":
                 from transformer_lens import HookedTransformer
 
-                return HookedTransformer.from_pretrained(spec, device=device, dtype=dtype, fold_value_biases=False,
+                return HookedTransformer.from_pretrained(name, device=device, dtype=dtype, fold_value_biases=False,
                                                          **processing)
-            return _bridge(official, device, dtype, processing)
+            return _bridge(name, device, dtype, processing)
         except OSError as err:
-            raise WeightsUnavailableError(f"could not load {spec!r}: {err}. {_WAYS_OUT}") from None
+            raise WeightsUnavailableError(f"could not load {name!r}: {err}. {_WAYS_OUT}") from None

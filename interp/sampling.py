@@ -27,8 +27,8 @@ import torch.nn.functional as F
 from jaxtyping import Float, Int
 from torch import Tensor
 
+from interp.backends import final_layer_norm, gpt2_weights, layer_norm, unembed
 from interp.hooks import attached_hooks, temporary_hooks
-from interp.lens import apply_final_ln, ln_affine
 
 __all__ = [
     "Generation",
@@ -95,8 +95,9 @@ class TemperatureSweep:
 
 
 def distributions(logits: Float[Tensor, " d_vocab"], temperatures: Sequence[float]) -> Float[Tensor, "temp d_vocab"]:
-    """``softmax(logits / T)`` for each T, in float64; T = 0 gives the one-hot argmax (greedy)."""
-    temps = check_temperatures(temperatures)
+    """``softmax(logits / T)`` for each T, in float64; T = 0 gives the one-hot argmax (greedy). Trusts its
+    caller to pass checked temperatures (``check_temperatures``)."""
+    temps = tuple(temperatures)
     logits = logits.detach().to(torch.float64)
     t = torch.tensor(temps, dtype=torch.float64, device=logits.device).unsqueeze(1)  # (temp, 1)
     probs = (logits / t.clamp_min(1e-300)).softmax(-1)  # T=0 rows are replaced below
@@ -129,7 +130,7 @@ def last_logits(model, tokens: Int[Tensor, "batch pos"]) -> Float[Tensor, "batch
     with temporary_hooks(model, [(f"blocks.{model.cfg.n_layers - 1}.hook_resid_post",
                                   lambda act, hook: kept.append(act[:, -1]))]):
         model(tokens, return_type=None)
-    return apply_final_ln(model, kept[0]) @ model.W_U + model.b_U
+    return unembed(model, final_layer_norm(model, kept[0]))
 
 
 @torch.no_grad()
@@ -175,20 +176,6 @@ def prompt_tokens(model, prompts: Sequence[str], *, max_new_tokens: int) -> list
 # ---------------------------------------------------------------------------------------------- fast forward
 
 
-@dataclass(frozen=True)
-class _Block:
-    ln1: tuple[Tensor | None, Tensor | None]
-    W_qkv: Float[Tensor, "d_model three_d_model"]
-    b_qkv: Float[Tensor, " three_d_model"]
-    W_O: Float[Tensor, "d_model d_model"]
-    b_O: Float[Tensor, " d_model"]
-    ln2: tuple[Tensor | None, Tensor | None]
-    W_in: Float[Tensor, "d_model d_mlp"]
-    b_in: Float[Tensor, " d_mlp"]
-    W_out: Float[Tensor, "d_mlp d_model"]
-    b_out: Float[Tensor, " d_model"]
-
-
 class FastGPT2:
     """GPT-2's forward with a KV cache, on weights laid out once for speed. Numerically the model's own.
 
@@ -196,41 +183,8 @@ class FastGPT2:
     """
 
     def __init__(self, model):
-        cfg = model.cfg
-        if cfg.positional_embedding_type != "standard" or cfg.normalization_type not in ("LN", "LNPre"):
-            raise ValueError("FastGPT2 supports GPT-2-style models (learned positions, LayerNorm)")
-        self.cfg, self.eps = cfg, cfg.eps
-        self.n_heads, self.d_head = cfg.n_heads, cfg.d_head
-        self.W_E = model.W_E.detach()
-        self.W_pos = model.pos_embed.W_pos.detach() if hasattr(model.pos_embed, "W_pos") else \
-            model.pos_embed.weight.detach()
-        self.blocks = []
-        for block in model.blocks:
-            attn = block.attn
-            W_qkv = torch.cat([einops.rearrange(attn.W_Q.detach(), "head d_model d_head -> d_model (head d_head)"),
-                               einops.rearrange(attn.W_K.detach(), "head d_model d_head -> d_model (head d_head)"),
-                               einops.rearrange(attn.W_V.detach(), "head d_model d_head -> d_model (head d_head)")],
-                              dim=1).contiguous()
-            b_qkv = torch.cat([attn.b_Q.detach().flatten(), attn.b_K.detach().flatten(), attn.b_V.detach().flatten()])
-            self.blocks.append(_Block(
-                ln_affine(block.ln1), W_qkv, b_qkv,
-                einops.rearrange(attn.W_O.detach(), "head d_head d_model -> (head d_head) d_model").contiguous(),
-                attn.b_O.detach(), ln_affine(block.ln2),
-                block.mlp.W_in.detach().contiguous(), block.mlp.b_in.detach(),
-                block.mlp.W_out.detach().contiguous(), block.mlp.b_out.detach()))
-        self.ln_final = ln_affine(model.ln_final)
-        self.W_U = model.W_U.detach().contiguous()
-        self.b_U = model.b_U.detach()
-        self.act = {"gelu_new": lambda x: F.gelu(x, approximate="tanh"), "gelu": F.gelu,
-                    "relu": F.relu}.get(cfg.act_fn)
-        if self.act is None:
-            raise ValueError(f"unsupported activation {cfg.act_fn!r}")
-
-    def _ln(self, x: Tensor, affine) -> Tensor:
-        w, b = affine
-        x = x - x.mean(-1, keepdim=True)
-        x = x / (x.pow(2).mean(-1, keepdim=True) + self.eps).sqrt()
-        return x if w is None else x * w + b
+        self.w = gpt2_weights(model)
+        self.eps, self.n_heads = model.cfg.eps, model.cfg.n_heads
 
     def forward(self, tokens: Int[Tensor, "batch pos"], positions: Int[Tensor, "batch pos"],
                 cache_k: Tensor, cache_v: Tensor, start: int, key_mask: Tensor) -> Float[Tensor, "batch d_vocab"]:
@@ -241,14 +195,15 @@ class FastGPT2:
         """
         _batch, pos = tokens.shape
         end = start + pos
-        x = self.W_E[tokens] + self.W_pos[positions]  # (batch, pos, d_model)
+        w = self.w
+        x = w.W_E[tokens] + w.W_pos[positions]  # (batch, pos, d_model)
         causal = torch.ones(pos, end, dtype=torch.bool, device=tokens.device).tril(start)
         allowed = causal.unsqueeze(0) & key_mask[:, None, :end]  # (batch, pos, end)
         eye = torch.zeros_like(allowed)
         eye[:, :, start:end] = torch.eye(pos, dtype=torch.bool, device=tokens.device)
         allowed = (allowed | eye).unsqueeze(1)  # a padding query sees itself, never an empty row
-        for layer, blk in enumerate(self.blocks):
-            qkv = self._ln(x, blk.ln1) @ blk.W_qkv + blk.b_qkv
+        for layer, blk in enumerate(w.blocks):
+            qkv = layer_norm(x, blk.ln1, self.eps) @ blk.W_qkv + blk.b_qkv
             q, k, v = einops.rearrange(qkv, "batch pos (three head d_head) -> three batch head pos d_head",
                                        three=3, head=self.n_heads)
             cache_k[layer, :, :, start:end] = k
@@ -256,8 +211,8 @@ class FastGPT2:
             z = F.scaled_dot_product_attention(q, cache_k[layer, :, :, :end], cache_v[layer, :, :, :end],
                                                attn_mask=allowed)
             x = x + einops.rearrange(z, "batch head pos d_head -> batch pos (head d_head)") @ blk.W_O + blk.b_O
-            x = x + self.act(self._ln(x, blk.ln2) @ blk.W_in + blk.b_in) @ blk.W_out + blk.b_out
-        return self._ln(x[:, -1], self.ln_final) @ self.W_U + self.b_U
+            x = x + w.act(layer_norm(x, blk.ln2, self.eps) @ blk.W_in + blk.b_in) @ blk.W_out + blk.b_out
+        return layer_norm(x[:, -1], w.ln_final, self.eps) @ w.W_U + w.b_U
 
 
 # ---------------------------------------------------------------------------------------------- generate
@@ -284,7 +239,10 @@ def _filter(logits: Float[Tensor, "batch d_vocab"], top_k: int | None, top_p: fl
     return logits
 
 
-def _sample(logits: Tensor, temperature: float, generators: list[torch.Generator], top_k, top_p) -> Tensor:
+def sample_next(logits: Float[Tensor, "batch d_vocab"], temperature: float, generators: list[torch.Generator],
+                top_k: int | None, top_p: float | None) -> Int[Tensor, " batch"]:
+    """One token per row: argmax at T = 0, else a draw from ``softmax(filter(logits / T))`` with that row's
+    generator. Trusts its caller (``generate`` validated everything)."""
     if temperature == 0:
         return logits.argmax(-1)
     probs = _filter(logits.float() / temperature, top_k, top_p).softmax(-1)
@@ -357,12 +315,12 @@ def _generate_cached(model, prompt_ids, max_new_tokens, temperature, generators,
     fast = FastGPT2(model)
     cfg = model.cfg
     shape = (cfg.n_layers, batch, cfg.n_heads, longest + max_new_tokens, cfg.d_head)
-    cache_k = torch.empty(shape, dtype=fast.W_E.dtype, device=device)
+    cache_k = torch.empty(shape, dtype=fast.w.W_E.dtype, device=device)
     cache_v = torch.empty_like(cache_k)
     logits = fast.forward(tokens, positions, cache_k, cache_v, 0, key_mask)
     next_pos = positions[:, -1:] + 1
     for step in range(max_new_tokens):
-        new[:, step] = _sample(logits, temperature, generators, top_k, top_p)
+        new[:, step] = sample_next(logits, temperature, generators, top_k, top_p)
         key_mask[:, longest + step] = True
         if step + 1 < max_new_tokens:
             logits = fast.forward(new[:, step:step + 1], next_pos, cache_k, cache_v, longest + step, key_mask)
@@ -384,7 +342,7 @@ def _generate_full(model, prompt_ids, max_new_tokens, temperature, generators, t
         seq = torch.stack([prompt_ids[i] for i in rows]).to(device)  # (rows, pos)
         for step in range(max_new_tokens):
             logits = model(seq)[:, -1]
-            token = _sample(logits, temperature, [generators[i] for i in rows], top_k, top_p)
+            token = sample_next(logits, temperature, [generators[i] for i in rows], top_k, top_p)
             new[rows, step] = token
             seq = torch.cat([seq, token.unsqueeze(1)], dim=1)
     return new

@@ -14,10 +14,10 @@ import numpy as np
 import pytest
 import torch
 
+from interp.backends import BACKENDS
 from interp.checkpoints import write_random_checkpoint
 from interp.loading import load_model
 
-BACKENDS = ("hooked", "bridge")
 TINY_SHAPE = dict(n_layer=2, n_embd=64, n_head=4, n_positions=128)
 
 
@@ -91,9 +91,9 @@ def full_models(full_checkpoint):
 
 
 def gpt2_cached() -> bool:
-    from interp.loading import _is_cached
+    from interp.loading import weights_cached
 
-    return _is_cached("gpt2")
+    return weights_cached("gpt2")
 
 
 @pytest.fixture(scope="session")

@@ -12,9 +12,10 @@ import pytest
 import torch
 
 from experiments import common, temperature, train_bundled_model
-from interp.heads import head_scores, repeated_random_tokens
+from interp.backends import BACKENDS
+from interp.heads import DETECTORS, detector_tokens, head_scores, repeated_random_tokens
 from interp.hooks import ablate_heads
-from interp.loading import BUNDLED_DIR, detector_tokens, load_model, model_info
+from interp.loading import BUNDLED_DIR, load_model, model_info
 
 pytestmark = pytest.mark.skipif(not (BUNDLED_DIR / "model_card.json").exists(),
                                 reason="the bundled model has not been trained yet")
@@ -27,7 +28,7 @@ def card():
 
 @pytest.fixture(scope="module")
 def bundled():
-    return {b: load_model("bundled", backend=b, device="cpu") for b in ("hooked", "bridge")}
+    return {b: load_model("bundled", backend=b, device="cpu") for b in BACKENDS}
 
 
 def test_small_standard_checkpoint_with_the_real_tokenizer():
@@ -47,7 +48,7 @@ def test_loads_offline_on_both_backends(bundled, tmp_path, monkeypatch):
                                    atol=1e-4, rtol=1e-4)
 
 
-@pytest.mark.parametrize("score", ["induction", "previous_token", "duplicate_token", "first_token"])
+@pytest.mark.parametrize("score", list(DETECTORS))
 def test_detectors_flag_exactly_the_cards_heads(bundled, card, backend, score):
     model = bundled[backend]
     threshold = card["claims"]["thresholds"]["head_score"]
@@ -99,11 +100,11 @@ def test_temperature_claims(bundled, card):
     config = temperature.Config(**{**card["measured"]["temperature"]["config"],
                                    "temperatures": tuple(card["measured"]["temperature"]["config"]["temperatures"])})
     result = temperature.compute(bundled["hooked"], config, progress=lambda line: None)
-    d2 = {t: temperature._mean(rows, "distinct_2") for t, rows in result.samples.items()}
-    logp = {t: temperature._mean(rows, "mean_logprob") for t, rows in result.samples.items()}
+    d2 = {t: temperature.mean_of(rows, "distinct_2") for t, rows in result.samples.items()}
+    logp = {t: temperature.mean_of(rows, "mean_logprob") for t, rows in result.samples.items()}
     thresholds = card["claims"]["thresholds"]
-    assert d2["0.1"] <= d2["1.0"] - thresholds["distinct2_gap"]
-    assert logp["10.0"] <= logp["1.0"] - thresholds["logprob_gap"]
+    assert d2[0.1] <= d2[1.0] - thresholds["distinct2_gap"]
+    assert logp[10.0] <= logp[1.0] - thresholds["logprob_gap"]
 
 
 def test_default_model_falls_back_to_bundled_and_says_so(monkeypatch, capsys):

@@ -3,6 +3,7 @@ rendering in headless Chromium, and clean CLI errors."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 import subprocess
@@ -11,8 +12,8 @@ import tempfile
 
 import pytest
 
-from experiments import __main__ as runner
-from experiments import temperature
+from experiments import parameter_breakdown, runner, temperature
+from experiments.registry import FAMILY_NAMES, families
 
 FIGURES = ("parameter_breakdown", "head_attention_patterns", "head_scores", "head_attention_explorer",
            "temperature_next_token", "temperature_entropy", "temperature_samples", "temperature_coherence")
@@ -34,6 +35,7 @@ def test_every_figure_is_written_with_its_data_and_manifest(run_dirs, tiny_check
     out = run_dirs[0]
     manifest = json.loads((out / "manifest.json").read_text())["figures"]
     assert set(manifest) == set(FIGURES)
+    assert {entry["family"] for entry in manifest.values()} == set(FAMILY_NAMES), "every registered family ran"
     for name in FIGURES:
         assert (out / f"{name}.html").exists() and (out / f"{name}.json").exists()
         entry = manifest[name]
@@ -80,8 +82,7 @@ def test_bad_temperature_is_a_one_line_error_not_a_traceback():
         assert proc.returncode != 0
         assert "Traceback" not in proc.stderr
         assert proc.stderr.strip().splitlines() == [
-            (f"error: --temperatures {bad!r}: temperature must be 0 (greedy) or a finite number >= 0.0001, "
-            f"got {float(bad)}")]
+            f"error: temperature: temperature must be 0 (greedy) or a finite number >= 0.0001, got {float(bad)}"]
 
 
 def test_named_model_that_cannot_load_fails_before_any_work(tmp_path, monkeypatch):
@@ -92,11 +93,56 @@ def test_named_model_that_cannot_load_fails_before_any_work(tmp_path, monkeypatc
     assert not (tmp_path / "figs").exists()
 
 
-def test_unknown_experiment_name(tmp_path):
+def test_unknown_family(tmp_path):
     with pytest.raises(SystemExit, match="choose from parameter_breakdown"):
-        runner.main(["--only", "temprature", "--out", str(tmp_path)])
+        runner.main(["temprature", "--out", str(tmp_path)])
 
 
-def test_temperature_cli_rejects_bad_counts(tmp_path):
+def test_bad_counts_fail_before_any_model_loads(tmp_path):
     with pytest.raises(SystemExit, match="at least 1"):
-        temperature.main(["--samples", "0", "--out", str(tmp_path)])
+        temperature.main(["--samples", "0", "--model", "gpt2", "--out", str(tmp_path)])
+    assert not tmp_path.joinpath("manifest.json").exists()
+
+
+def test_list_names_every_family(capsys):
+    assert runner.main(["--list"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert [line.split()[0] for line in lines] == list(FAMILY_NAMES)
+    assert all(len(line.split(maxsplit=1)) == 2 for line in lines), "each family has a description"
+
+
+def test_every_family_declares_the_contract():
+    for name, family in families().items():
+        assert isinstance(family.DESCRIPTION, str) and isinstance(family.NEEDS_WEIGHTS, bool), name
+        config = family.Config()
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            config.seed = 1
+        for attr in ("compute", "figures", "summary", "main"):
+            assert callable(getattr(family, attr)), (name, attr)
+
+
+@pytest.mark.parametrize("order", ["family first", "shared first"])
+def test_family_options_pass_through_the_runner(tiny_checkpoint, tmp_path, order):
+    family_args = ["temperature", "--temperatures", "0.5", "1", "2", "--samples", "1", "--new-tokens", "3"]
+    shared = ["--model", str(tiny_checkpoint), "--out", str(tmp_path), "--no-images", "--device", "cpu"]
+    assert runner.main(family_args + shared if order == "family first" else shared + family_args) == 0
+    manifest = json.loads((tmp_path / "manifest.json").read_text())["figures"]
+    assert set(manifest) == {"temperature_next_token", "temperature_entropy", "temperature_samples",
+                             "temperature_coherence"}
+    assert manifest["temperature_samples"]["params"]["temperatures"] == [0.5, 1.0, 2.0]
+    data = json.loads((tmp_path / "temperature_samples.json").read_text())
+    assert list(data["samples"]) == ["0.5", "1.0", "2.0"]
+
+
+def test_an_option_no_selected_family_takes_is_an_error(tmp_path):
+    with pytest.raises(SystemExit, match="--temperatures: no selected family"):
+        runner.main(["head_attention", "--temperatures", "1", "--out", str(tmp_path)])
+
+
+def test_runner_and_standalone_draw_the_same_breakdown(tmp_path):
+    """For the same --model, with no weights: gpt2-medium's published config."""
+    assert runner.main(["parameter_breakdown", "--model", "gpt2-medium", "--out", str(tmp_path / "a"),
+                        "--no-images"]) == 0
+    assert parameter_breakdown.main(["--model", "gpt2-medium", "--out", str(tmp_path / "b"), "--no-images"]) == 0
+    a, b = (json.loads((tmp_path / d / "parameter_breakdown.json").read_text()) for d in "ab")
+    assert a == b and a["tied_total"] == 354_823_168 and a["spec"] == "gpt2-medium"

@@ -11,10 +11,10 @@ import json
 
 import pytest
 import torch
-from conftest import BACKENDS
 
 import interp
 from experiments import __main__ as runner
+from interp.backends import BACKENDS
 from interp.hooks import ablate_heads, cache_heads, patch_activation
 from interp.loading import load_model
 from interp.sampling import continuation_logprobs, generate, temperature_sweep
@@ -53,7 +53,7 @@ FUNCTIONS = {
     "decompose_resid": lambda m: interp.decompose_resid(m, _tokens(m), per_head=True).components,
     "direct_logit_attribution": lambda m: interp.direct_logit_attribution(m, _tokens(m)[:1], 42).contributions,
     "logit_lens": lambda m: interp.logit_lens(m, _tokens(m)[:1]).top_probs,
-    "head_scores": lambda m: list(vars(interp.head_scores(m, seq_len=20, batch=2)).values()),
+    "head_scores": lambda m: list(interp.head_scores(m, seq_len=20, batch=2).scores.values()),
     "ablate_heads": lambda m: _under(m, ablate_heads(m, [(0, 1), (1, 2)])),
     "mean_ablation": lambda m: _under(m, ablate_heads(m, [(1, 0)], mode="mean", reference=_tokens(m))),
     "patch_activation": lambda m: _under(m, patch_activation(

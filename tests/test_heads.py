@@ -8,7 +8,8 @@ import pytest
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel
 
-from interp.heads import head_scores, repeated_random_tokens, scores_from_pattern
+from interp.backends import BACKENDS
+from interp.heads import DETECTORS, detector, head_scores, repeated_random_tokens, scores_from_pattern
 from interp.hooks import cache_heads
 from interp.loading import load_model
 
@@ -58,7 +59,7 @@ def _planted_previous_token_checkpoint(out):
 @pytest.fixture(scope="module")
 def planted_models(tmp_path_factory):
     path = _planted_previous_token_checkpoint(tmp_path_factory.mktemp("planted") / "planted-prev-token")
-    return {b: load_model(path, backend=b, device="cpu") for b in ("hooked", "bridge")}
+    return {b: load_model(path, backend=b, device="cpu") for b in BACKENDS}
 
 
 def test_detector_finds_the_planted_previous_token_head_and_only_it(planted_models, backend):
@@ -87,7 +88,9 @@ def test_scores_on_hand_made_patterns():
     first = torch.zeros(pos, pos)
     first[:, 0] = 1
     pattern = torch.stack([prev, induction, first]).view(1, 3, 1, pos, pos)
-    scores = scores_from_pattern(pattern, n)
+    half = torch.arange(10, 10 + n)
+    tokens = torch.cat([torch.tensor([50256]), half, half]).unsqueeze(0)  # [BOS, r, r]: pos 2n+1
+    scores = scores_from_pattern(pattern, tokens)
     assert scores.previous_token[0, 0] == 1 and scores.induction[0, 1] == 1 and scores.first_token[0, 2] == 1
     assert scores.induction[0, 0] == 0 and scores.previous_token[0, 2] < 0.2
 
@@ -96,7 +99,7 @@ def test_scores_do_not_mutate_the_pattern(tiny_model):
     tokens = repeated_random_tokens(tiny_model, seq_len=10, batch=2)
     pattern = cache_heads(tiny_model, tokens, kinds=("pattern",)).pattern
     before = pattern.clone()
-    scores_from_pattern(pattern, 10)
+    scores_from_pattern(pattern, tokens)
     assert torch.equal(pattern, before)
 
 
@@ -107,3 +110,42 @@ def test_repeated_random_tokens(tiny_model):
     assert torch.equal(tokens, repeated_random_tokens(tiny_model, seq_len=7, batch=3, seed=4))
     with pytest.raises(ValueError, match="exceeds the context window"):
         repeated_random_tokens(tiny_model, seq_len=64)
+
+
+@pytest.mark.parametrize("name", list(DETECTORS))
+def test_every_detector_is_a_read_only_layer_by_head_score_in_0_1(tiny_model, name):
+    tokens = repeated_random_tokens(tiny_model, seq_len=10, batch=2)
+    pattern = cache_heads(tiny_model, tokens, kinds=("pattern",)).pattern
+    before = pattern.clone()
+    score = DETECTORS[name].fn(pattern, tokens)
+    assert score.shape == (tiny_model.cfg.n_layers, tiny_model.cfg.n_heads)
+    assert ((score >= 0) & (score <= 1 + 1e-6)).all() and torch.equal(pattern, before)
+    assert DETECTORS[name].description
+
+
+def test_current_token_detector_on_hand_made_patterns_and_any_text(tiny_model):
+    pos = 9
+    self_attention = torch.eye(pos)
+    uniform = torch.tril(torch.ones(pos, pos))
+    uniform = uniform / uniform.sum(-1, keepdim=True)
+    pattern = torch.stack([self_attention, uniform]).view(1, 2, 1, pos, pos)
+    scores = scores_from_pattern(pattern, torch.arange(pos).unsqueeze(0), ["current_token", "previous_token"])
+    assert scores.current_token[0, 0] == 1 and scores.previous_token[0, 0] == 0
+    assert scores.current_token[0, 1] == pytest.approx(float(uniform.diagonal()[1:].mean()))
+    text = tiny_model.to_tokens("Any text at all, with no repeats in it.")
+    on_text = head_scores(tiny_model, tokens=text)
+    assert set(on_text.names) == {n for n, d in DETECTORS.items() if not d.repeated_tokens}
+    with pytest.raises(ValueError, match="needs repeated tokens"):
+        head_scores(tiny_model, tokens=text, detectors=["induction"])
+
+
+def test_a_detector_registered_from_outside_runs_in_head_scores(tiny_model):
+    @detector("two_back_test", "attention from position i to i-2")
+    def two_back(pattern, tokens):
+        q = torch.arange(2, pattern.shape[-1])
+        return pattern[..., q, q - 2].mean(dim=(-2, -1))
+    try:
+        scores = head_scores(tiny_model, seq_len=8, batch=2)
+        assert "two_back_test" in scores.names and scores["two_back_test"].shape == (2, 4)
+    finally:
+        del DETECTORS["two_back_test"]

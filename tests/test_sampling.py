@@ -194,7 +194,7 @@ def test_top_k_and_top_p_never_sample_outside_the_allowed_set(logits, k, p, temp
     """The allowed set, computed here independently: the k largest logits, then the smallest prefix of the
     sorted T-distribution whose mass reaches p. (Logits are distinct: a tie at the k-th value keeps all tied
     tokens, as Hugging Face's top-k does.)"""
-    from interp.sampling import _sample
+    from interp.sampling import sample_next
 
     scaled = logits / temperature
     order = scaled.argsort(descending=True)[:k]
@@ -203,5 +203,5 @@ def test_top_k_and_top_p_never_sample_outside_the_allowed_set(logits, k, p, temp
     allowed = set(order[:keep].tolist())
     gen = torch.Generator().manual_seed(seed)
     batch = logits.unsqueeze(0).expand(20, -1)
-    drawn = _sample(batch, temperature, [gen] * 20, k, p)
+    drawn = sample_next(batch, temperature, [gen] * 20, k, p)
     assert set(drawn.tolist()) <= allowed

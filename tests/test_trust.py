@@ -14,15 +14,16 @@ import logging
 import einops
 import pytest
 import torch
-from conftest import BACKENDS, TINY_SHAPE
+from conftest import TINY_SHAPE
 from safetensors.torch import load_file, save_file
 from transformers import GPT2LMHeadModel
 
 import interp
 from interp.architecture import architecture
+from interp.backends import BACKENDS, ln_affine
 from interp.checkpoints import write_random_checkpoint
 from interp.hooks import ablate_heads, attached_hooks, cache_heads, patch_activation, temporary_hooks
-from interp.lens import direct_logit_attribution, ln_affine, logit_lens
+from interp.lens import direct_logit_attribution, logit_lens
 from interp.loading import CorruptCheckpointError, NotGPT2CheckpointError, load_model, weights_sha256
 from interp.sampling import generate, temperature_sweep
 
@@ -249,7 +250,7 @@ def test_detectors_agree_with_transformer_lens_detect_head(tiny_models, ours, th
     tokens = model.to_tokens(words * 2)
     n = len(words.split())
     assert tokens.shape[1] == 2 * n + 1, "each word must be one token"
-    scores = interp.heads.scores_from_pattern(cache_heads(model, tokens, kinds=("pattern",)).pattern, n)
+    scores = interp.heads.scores_from_pattern(cache_heads(model, tokens, kinds=("pattern",)).pattern, tokens)
     tl = detect_head(model, words * 2, theirs, exclude_bos=False, exclude_current_token=False, error_measure="mul")
     torch.testing.assert_close(scores[ours] * rows(n) / (2 * n + 1), tl.to(torch.float32),
                                rtol=1e-4, atol=1e-5)
