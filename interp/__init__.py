@@ -1,8 +1,8 @@
 """interp: inspect GPT-2 small with TransformerLens.
 
 The names a researcher types in IPython; everything else lives in the topic modules
-(``interp.loading``, ``interp.architecture``, ``interp.hooks``, ``interp.heads``, ``interp.lens``,
-``interp.sampling``, ``interp.figures``).
+(``interp.specs``, ``interp.loading``, ``interp.backends``, ``interp.architecture``, ``interp.hooks``,
+``interp.heads``, ``interp.lens``, ``interp.patching``, ``interp.sampling``, ``interp.figures``).
 """
 
 from interp.architecture import (
@@ -24,12 +24,15 @@ from interp.hooks import (
 )
 from interp.lens import direct_logit_attribution, logit_lens
 from interp.loading import load_model, model_info
+from interp.patching import activation_patching, attribution_patching, steer, steering_vector
 from interp.tokenizer import gpt2_tokenizer
 
 __version__ = "0.1.0"
 
 __all__ = [
     "ablate_heads",
+    "activation_patching",
+    "attribution_patching",
     "architecture",
     "cache_heads",
     "component_table",
@@ -46,5 +49,7 @@ __all__ = [
     "patch_activation",
     "residual_stream",
     "split_attention",
+    "steer",
+    "steering_vector",
     "temporary_hooks",
 ]

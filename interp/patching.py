@@ -1,0 +1,241 @@
+"""Activation patching, attribution patching and steering: one engine for "what if this activation were that".
+
+- ``activation_patching``: run the corrupted input with one activation (a layer x position, or a layer x
+  head) taken from the clean run, for every cell; the metric of each patched run is the cell's score.
+- ``attribution_patching``: the first-order approximation of the same scores, ``(clean - corrupted) ·
+  d metric / d activation``, from two forwards and one backward.
+- ``steer`` and ``steering_vector``: activation addition (ActAdd): add a vector to the residual stream.
+
+Every hook lives inside a ``with`` and is removed in ``finally``, as everywhere in interp.
+
+Example:
+    >>> clean, corrupt = model.to_tokens("The Eiffel Tower is in Paris"), model.to_tokens("The Colosseum is in Paris")
+    >>> paris = model.to_single_token(" Paris")
+    >>> result = activation_patching(model, clean, corrupt, lambda logits: logits[0, -1, paris])
+    >>> result.scores.shape        # [layer, pos]
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor
+
+from interp.hooks import check_layers, check_tokens, temporary_hooks
+
+__all__ = ["PatchingResult", "activation_patching", "attribution_patching", "steer", "steering_vector"]
+
+POSITION_HOOKS = ("resid_pre", "resid_mid", "resid_post", "attn_out", "mlp_out")
+HEAD_HOOKS = ("z",)
+Metric = Callable[[Float[Tensor, "batch pos d_vocab"]], Tensor]
+
+
+@dataclass(frozen=True)
+class PatchingResult:
+    """``scores[layer, pos]`` (``by="position"``) or ``scores[layer, head]`` (``by="head"``)."""
+
+    scores: Float[Tensor, "layer cell"]
+    hook: str
+    by: str
+    clean_metric: float  # the metric of the clean run, unpatched
+    corrupted_metric: float  # the metric of the corrupted run, unpatched
+
+    def to_frame(self):
+        import pandas as pd
+
+        column = "pos" if self.by == "position" else "head"
+        return pd.DataFrame([{"layer": layer, column: cell, "score": float(v)}
+                             for layer, row in enumerate(self.scores) for cell, v in enumerate(row)])
+
+
+def _hook_name(layer: int, hook: str) -> str:
+    return f"blocks.{layer}.attn.hook_{hook}" if hook in HEAD_HOOKS else f"blocks.{layer}.hook_{hook}"
+
+
+def _check(model, clean_tokens, corrupted_tokens, hook: str, by: str) -> None:
+    check_tokens(model, clean_tokens)
+    check_tokens(model, corrupted_tokens)
+    if clean_tokens.shape != corrupted_tokens.shape:
+        raise ValueError(f"clean and corrupted tokens must have the same shape, got {tuple(clean_tokens.shape)} "
+                         f"and {tuple(corrupted_tokens.shape)}")
+    if by not in ("position", "head"):
+        raise ValueError(f"by must be 'position' or 'head', got {by!r}")
+    allowed = POSITION_HOOKS + HEAD_HOOKS if by == "position" else HEAD_HOOKS
+    if hook not in allowed:
+        raise ValueError(f"hook {hook!r} with by={by!r}: choose from {allowed}")
+
+
+def _metric(metric: Metric, logits: Tensor) -> float:
+    value = metric(logits)
+    if not isinstance(value, Tensor) or value.numel() != 1:
+        raise ValueError("metric must map logits to a scalar tensor")
+    return float(value)
+
+
+def _cache(model, tokens: Tensor, hook: str) -> tuple[dict[int, Tensor], Tensor]:
+    """The hook's activation at every layer, and the logits, from one run."""
+    acts: dict[int, Tensor] = {}
+
+    def keep(layer: int):
+        def fn(act, hook):
+            acts[layer] = act.detach().clone()
+        return fn
+
+    with torch.no_grad(), temporary_hooks(model, [(_hook_name(layer, hook), keep(layer))
+                                                  for layer in range(model.cfg.n_layers)]):
+        logits = model(tokens)
+    return acts, logits
+
+
+@torch.no_grad()
+def activation_patching(model, clean_tokens: Int[Tensor, "batch pos"], corrupted_tokens: Int[Tensor, "batch pos"],
+                        metric: Metric, *, hook: str = "resid_pre", by: str = "position",
+                        cells_per_forward: int = 16) -> PatchingResult:
+    """For every layer x position (or layer x head), the metric of the corrupted run with that one activation
+    patched in from the clean run.
+
+    Args:
+        metric: maps the logits ``[batch, pos, d_vocab]`` of a run to a scalar tensor.
+        hook: ``resid_pre``, ``resid_mid``, ``resid_post``, ``attn_out`` or ``mlp_out`` (by position), or
+            ``z`` (by position, or by head).
+        cells_per_forward: how many cells share one batched forward (memory against speed); the cost is
+            one cached clean run plus one forward's work per cell.
+
+    Returns:
+        ``PatchingResult`` with ``scores[layer, pos]`` or ``scores[layer, head]``.
+    """
+    _check(model, clean_tokens, corrupted_tokens, hook, by)
+    if cells_per_forward < 1:
+        raise ValueError(f"cells_per_forward must be >= 1, got {cells_per_forward}")
+    clean, clean_logits = _cache(model, clean_tokens, hook)
+    n_layers, batch, n_pos = model.cfg.n_layers, *corrupted_tokens.shape
+    width = n_pos if by == "position" else model.cfg.n_heads
+    cells = [(layer, i) for layer in range(n_layers) for i in range(width)]
+    scores = torch.empty(n_layers, width)
+    for start in range(0, len(cells), cells_per_forward):
+        chunk = cells[start:start + cells_per_forward]
+
+        def patch(layer: int):
+            def fn(act, hook):  # act [len(chunk)·batch, pos, ...]: copy c of the batch gets cell c
+                act = act.clone()
+                for c, (cell_layer, i) in enumerate(chunk):
+                    if cell_layer != layer:
+                        continue
+                    rows = slice(c * batch, (c + 1) * batch)
+                    if by == "position":
+                        act[rows, i] = clean[layer][:, i]
+                    else:
+                        act[rows, :, i] = clean[layer][:, :, i]
+                return act
+            return fn
+
+        layers = sorted({layer for layer, _ in chunk})
+        with temporary_hooks(model, [(_hook_name(layer, hook), patch(layer)) for layer in layers]):
+            logits = model(corrupted_tokens.repeat(len(chunk), 1))
+        for c, (layer, i) in enumerate(chunk):
+            scores[layer, i] = _metric(metric, logits[c * batch:(c + 1) * batch])
+    corrupted_logits = model(corrupted_tokens)
+    return PatchingResult(scores, hook, by, _metric(metric, clean_logits), _metric(metric, corrupted_logits))
+
+
+def attribution_patching(model, clean_tokens: Int[Tensor, "batch pos"], corrupted_tokens: Int[Tensor, "batch pos"],
+                         metric: Metric, *, hook: str = "resid_pre", by: str = "position") -> PatchingResult:
+    """The linear approximation of ``activation_patching``'s scores: ``metric(corrupted) + (clean - corrupted)
+    · grad``, with the gradient of the metric at the corrupted run. Two forwards and one backward in all.
+
+    Scores are in the same units and shape as ``activation_patching``'s (the patched metric, estimated).
+    """
+    _check(model, clean_tokens, corrupted_tokens, hook, by)
+    clean, clean_logits = _cache(model, clean_tokens, hook)
+    corrupted: dict[int, Tensor] = {}
+
+    def leaf(act, hook):  # the graph starts here, so gradients exist even if no parameter requires them
+        return act.detach().requires_grad_(True)
+
+    def keep(layer: int):
+        def fn(act, hook):
+            corrupted[layer] = act
+            return act  # returned, so this very tensor flows on (the bridge passes hooks a copy otherwise)
+        return fn
+
+    hooks = [("hook_embed", leaf)] + [(_hook_name(layer, hook), keep(layer)) for layer in range(model.cfg.n_layers)]
+    with torch.enable_grad(), temporary_hooks(model, hooks):
+        logits = model(corrupted_tokens)
+        value = metric(logits)
+        if not isinstance(value, Tensor) or value.numel() != 1:
+            raise ValueError("metric must map logits to a scalar tensor")
+        layers = sorted(corrupted)
+        grads = torch.autograd.grad(value.sum(), [corrupted[layer] for layer in layers], allow_unused=True)
+    rows = []
+    for layer, grad in zip(layers, grads):
+        delta = clean[layer] - corrupted[layer].detach()
+        product = delta * (torch.zeros_like(delta) if grad is None else grad)  # [batch, pos, ...]
+        if by == "position":
+            rows.append(product.flatten(2).sum(-1).sum(0))  # [pos]
+        else:
+            rows.append(product.sum(dim=(0, 1, 3)))  # [head]
+    base = float(value.detach())
+    return PatchingResult(torch.stack(rows).cpu() + base, hook, by, _metric(metric, clean_logits), base)
+
+
+@contextlib.contextmanager
+def steer(model, vector: Float[Tensor, "... d_model"], *, layer: int, coeff: float = 1.0, hook: str = "resid_pre",
+          positions: list[int] | None = None) -> Iterator[None]:
+    """Inside the block, add ``coeff * vector`` to ``blocks.{layer}.hook_{hook}``.
+
+    Args:
+        vector: ``[d_model]``, added at every position (or at ``positions``); or ``[n, d_model]`` (what
+            ``steering_vector`` returns), added at positions ``0..n-1`` (or at ``positions``, one row each).
+        hook: ``resid_pre``, ``resid_mid`` or ``resid_post``.
+
+    Under ``generate`` the model's own forward runs on the whole sequence at every step, so every step is
+    steered the same way.
+
+    Example:
+        >>> with steer(model, steering_vector(model, " Love", " Hate", layer=6), layer=6, coeff=5):
+        ...     generate(model, "I think you are", temperature=0).texts
+    """
+    check_layers(model, [layer])
+    if hook not in ("resid_pre", "resid_mid", "resid_post"):
+        raise ValueError(f"hook must be resid_pre, resid_mid or resid_post, got {hook!r}")
+    if vector.ndim not in (1, 2) or vector.shape[-1] != model.cfg.d_model:
+        raise ValueError(f"vector must be [d_model] or [n, d_model] with d_model {model.cfg.d_model}, "
+                         f"got shape {tuple(vector.shape)}")
+    if positions is not None and vector.ndim == 2 and len(positions) != len(vector):
+        raise ValueError(f"{len(positions)} positions for a vector of {len(vector)} rows")
+    added = (coeff * vector.detach()).to(model.cfg.device)
+    rows = list(range(len(added))) if vector.ndim == 2 and positions is None else positions
+
+    def fn(act, hook):
+        act = act.clone()
+        delta = added.to(act.dtype)
+        if rows is None:
+            return act + delta
+        usable = [(r, p) for r, p in enumerate(rows) if -act.shape[1] <= p < act.shape[1]]
+        for r, p in usable:
+            act[:, p] += delta[r] if delta.ndim == 2 else delta
+        return act
+
+    with temporary_hooks(model, [(f"blocks.{layer}.hook_{hook}", fn)]):
+        yield
+
+
+@torch.no_grad()
+def steering_vector(model, prompt_a: str, prompt_b: str, *, layer: int,
+                    hook: str = "resid_pre") -> Float[Tensor, "pos d_model"]:
+    """ActAdd's steering vector: the residual stream of ``prompt_a`` minus that of ``prompt_b`` at ``layer``,
+    position by position, the shorter prompt padded with spaces (as in Turner et al., 2023). Use it with
+    ``steer``."""
+    check_layers(model, [layer])
+    if hook not in ("resid_pre", "resid_mid", "resid_post"):
+        raise ValueError(f"hook must be resid_pre, resid_mid or resid_post, got {hook!r}")
+    a, b = (model.to_tokens(p, truncate=False) for p in (prompt_a, prompt_b))
+    space = model.to_single_token(" ")
+    n = max(a.shape[1], b.shape[1])
+    a, b = (torch.cat([t, torch.full((1, n - t.shape[1]), space, device=t.device)], dim=1) for t in (a, b))
+    acts, _ = _cache(model, torch.cat([a, b]), hook)
+    return acts[layer][0] - acts[layer][1]

@@ -1,0 +1,118 @@
+"""Activation patching against hand-rolled ``patch_activation`` runs, attribution patching against exact
+patching on the bundled model's copying task, and steering."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import interp
+from interp.backends import BACKENDS
+from interp.heads import detector_tokens, repeated_random_tokens
+from interp.hooks import attached_hooks, patch_activation
+from interp.loading import load_model
+from interp.sampling import generate
+
+
+def _last_token_logit(token: int):
+    return lambda logits: logits[:, -1, token].mean()
+
+
+@pytest.fixture(scope="module")
+def bundled():
+    return {b: load_model("bundled", backend=b, device="cpu") for b in BACKENDS}
+
+
+@pytest.mark.parametrize("hook, by", [("resid_pre", "position"), ("attn_out", "position"), ("z", "head")])
+def test_every_cell_equals_a_hand_rolled_patch(tiny_model, hook, by):
+    clean = tiny_model.to_tokens(["When Mary and John went to the store, John gave"])
+    corrupted = tiny_model.to_tokens(["When Anna and Tom walked to the park, Tom handed"])
+    assert clean.shape == corrupted.shape
+    metric = _last_token_logit(42)
+    result = interp.activation_patching(tiny_model, clean, corrupted, metric, hook=hook, by=by, cells_per_forward=5)
+    name = (lambda layer: f"blocks.{layer}.attn.hook_z") if hook == "z" else \
+        (lambda layer: f"blocks.{layer}.hook_{hook}")
+    with torch.no_grad():
+        _, cache = tiny_model.run_with_cache(clean)
+        for layer in range(tiny_model.cfg.n_layers):
+            for i in range(result.scores.shape[1]):
+                kwargs = {"positions": [i]} if by == "position" else {"heads": [i]}
+                with patch_activation(tiny_model, name(layer), cache[name(layer)], **kwargs):
+                    expected = float(metric(tiny_model(corrupted)))
+                assert result.scores[layer, i] == pytest.approx(expected, abs=1e-4), (layer, i)
+        assert result.clean_metric == pytest.approx(float(metric(tiny_model(clean))), abs=1e-4)
+        assert result.corrupted_metric == pytest.approx(float(metric(tiny_model(corrupted))), abs=1e-4)
+    assert attached_hooks(tiny_model) == []
+    assert len(result.to_frame()) == result.scores.numel()
+
+
+def test_patching_validates_before_running(tiny_model):
+    a, b = tiny_model.to_tokens("one two three"), tiny_model.to_tokens("one two")
+    with pytest.raises(ValueError, match="same shape"):
+        interp.activation_patching(tiny_model, a, b, _last_token_logit(1))
+    with pytest.raises(ValueError, match="by='head'"):
+        interp.activation_patching(tiny_model, a, a, _last_token_logit(1), hook="resid_pre", by="head")
+    with pytest.raises(ValueError, match="scalar"):
+        interp.activation_patching(tiny_model, a, a, lambda logits: logits[0, -1])
+
+
+def _copying_task(model):
+    """Clean: [BOS, r, r] cut before its last token; corrupted: the first copy replaced by other random
+    tokens. The metric is the log-prob of the clean next token (r's last) at the last position: only copying
+    from the first copy predicts it."""
+    pool = detector_tokens(model)
+    clean = repeated_random_tokens(model, seq_len=12, batch=1, seed=3, token_pool=pool)
+    corrupted = clean.clone()
+    corrupted[0, 1:13] = repeated_random_tokens(model, seq_len=12, batch=1, seed=9, token_pool=pool)[0, 1:13]
+    target = int(clean[0, -1])
+    return clean[:, :-1], corrupted[:, :-1], lambda logits: logits[0, -1].log_softmax(-1)[target]
+
+
+@pytest.mark.parametrize("hook, by", [("resid_pre", "position"), ("z", "head")])
+def test_attribution_tracks_exact_patching_on_the_copying_task(bundled, backend, hook, by):
+    """Threshold 0.7 (Pearson, over every cell): attribution patching is a first-order approximation, and on
+    this 2-layer model the patched-in differences are large (an attention head switching its target), so
+    it cannot be exact; 0.7 still requires it to rank the cells that matter as exact patching does."""
+    model = bundled[backend]
+    clean, corrupted, metric = _copying_task(model)
+    exact = interp.activation_patching(model, clean, corrupted, metric, hook=hook, by=by)
+    approx = interp.attribution_patching(model, clean, corrupted, metric, hook=hook, by=by)
+    assert approx.scores.shape == exact.scores.shape
+    assert approx.corrupted_metric == pytest.approx(exact.corrupted_metric, abs=1e-4)
+    assert exact.clean_metric - exact.corrupted_metric > 1.0, "the task must depend on the patched tokens"
+    correlation = torch.corrcoef(torch.stack([exact.scores.flatten(), approx.scores.flatten()]))[0, 1]
+    assert correlation > 0.7, f"Pearson r = {correlation:.2f}"
+    assert attached_hooks(model) == []
+
+
+def test_steering_along_a_tokens_embedding_raises_its_logit(bundled, backend):
+    model = bundled[backend]
+    token = model.to_single_token(" Elizabeth")
+    tokens = model.to_tokens("The weather today is")
+    direction = model.W_E[token].detach()
+    with torch.no_grad():
+        before = model(tokens)[0, -1, token]
+        with interp.steer(model, direction, layer=1, coeff=8.0):
+            after = model(tokens)[0, -1, token]
+    assert after > before + 1.0
+    assert attached_hooks(model) == []
+
+
+def test_generation_under_steering_differs_and_matches_the_models_own_forward(bundled, backend):
+    model = bundled[backend]
+    vector = interp.steering_vector(model, " Elizabeth", " import", layer=1)
+    assert vector.shape == (2, model.cfg.d_model)  # BOS + one token, both prompts
+    plain = generate(model, "She said that", max_new_tokens=10, temperature=0).tokens
+    with interp.steer(model, vector[-1], layer=1, coeff=10.0):  # the last position's difference, everywhere
+        steered = generate(model, "She said that", max_new_tokens=10, temperature=0).tokens
+        reference = generate(model, "She said that", max_new_tokens=10, temperature=0, use_kv_cache=False).tokens
+    assert torch.equal(steered, reference)
+    assert not torch.equal(steered, plain)
+
+
+def test_steer_rejects_bad_vectors(tiny_model):
+    with pytest.raises(ValueError, match="d_model"):
+        interp.steer(tiny_model, torch.zeros(3), layer=0).__enter__()
+    with pytest.raises(ValueError, match="layer 9 out of range"):
+        interp.steer(tiny_model, torch.zeros(tiny_model.cfg.d_model), layer=9).__enter__()
+    assert attached_hooks(tiny_model) == []
