@@ -21,6 +21,7 @@ FAMILY_NAMES = (
     "parameter_breakdown",
     "head_attention",
     "temperature",
+    "mechanisms",
 )
 
 

@@ -338,10 +338,14 @@ def _generate_full(model, prompt_ids, max_new_tokens, temperature, generators, t
     rows_by_length: dict[int, list[int]] = {}
     for i, ids in enumerate(prompt_ids):
         rows_by_length.setdefault(len(ids), []).append(i)
+    # Only the last position is unembedded: the unembedding's input is cut to it, after every other hook
+    # there has run (ours is attached last), so the 50257-wide matmul runs on one position, not all.
+    last_only = [("unembed.hook_in", lambda act, hook: act[:, -1:])]
     for rows in rows_by_length.values():
         seq = torch.stack([prompt_ids[i] for i in rows]).to(device)  # (rows, pos)
         for step in range(max_new_tokens):
-            logits = model(seq)[:, -1]
+            with temporary_hooks(model, last_only):
+                logits = model(seq)[:, -1]
             token = sample_next(logits, temperature, [generators[i] for i in rows], top_k, top_p)
             new[rows, step] = token
             seq = torch.cat([seq, token.unsqueeze(1)], dim=1)
@@ -385,5 +389,6 @@ def continuation_logprobs(model, generation: Generation) -> Float[Tensor, "batch
         new = generation.tokens[rows].to(model.cfg.device)  # (rows, new)
         prompts = torch.stack([generation.prompt_tokens[i] for i in rows]).to(model.cfg.device)
         logits = model(torch.cat([prompts, new], dim=1))[:, length - 1 : -1]  # the logit at p predicts p+1
-        out[rows] = logits.log_softmax(-1).gather(-1, new.unsqueeze(-1)).squeeze(-1).float().cpu()
+        picked = logits.gather(-1, new.unsqueeze(-1)).squeeze(-1)  # log-softmax at the sampled token only
+        out[rows] = (picked - logits.float().logsumexp(-1)).float().cpu()
     return out

@@ -16,7 +16,8 @@ from experiments import parameter_breakdown, runner, temperature
 from experiments.registry import FAMILY_NAMES, families
 
 FIGURES = ("parameter_breakdown", "head_attention_patterns", "head_scores", "head_attention_explorer",
-           "temperature_next_token", "temperature_entropy", "temperature_samples", "temperature_coherence")
+           "temperature_next_token", "temperature_entropy", "temperature_samples", "temperature_coherence",
+           "mechanisms_repetition", "mechanisms_patching", "mechanisms_steering")
 
 
 @pytest.fixture(scope="module")
