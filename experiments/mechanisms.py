@@ -32,7 +32,13 @@ from interp.heads import detector_tokens, head_scores, repeated_random_tokens
 from interp.hooks import ablate_heads
 from interp.loading import model_info
 from interp.patching import activation_patching, attribution_patching, steer, steering_vector
-from interp.sampling import check_temperatures, continuation_logprobs, distinct_n, generate, repeated_ngram_fraction
+from interp.sampling import (
+    check_temperatures,
+    continuation_logprobs,
+    distinct_n,
+    generate,
+    repeated_ngram_fraction,
+)
 
 DESCRIPTION = "why low temperature repeats: repetition vs T with the induction heads ablated, patching, steering"
 NEEDS_WEIGHTS = True
@@ -252,8 +258,9 @@ def figures(result: Result) -> list[Figure]:
 
 
 def summary(result: Result) -> str:
-    lines = [f"model: {result.model}", f"induction heads: {result.heads['induction heads ablated']} "
-             f"({result.heads['how_chosen']}); control: {result.heads['as many other heads ablated']}"]
+    heads = result.heads
+    lines = [f"model: {result.model}", (f"induction heads: {heads['induction heads ablated']} "
+                                        f"({heads['how_chosen']}); control: {heads['as many other heads ablated']}")]
     for condition in CONDITIONS:
         d = result.repetition[condition]["repetitive"]["repeated_4gram"]
         lines.append(f"{condition:28s} repeated 4-grams on repetitive prompts by T: "

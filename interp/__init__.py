@@ -32,8 +32,8 @@ __version__ = "0.1.0"
 __all__ = [
     "ablate_heads",
     "activation_patching",
-    "attribution_patching",
     "architecture",
+    "attribution_patching",
     "cache_heads",
     "component_table",
     "config_summary",
