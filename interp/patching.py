@@ -119,7 +119,7 @@ def activation_patching(model, clean_tokens: Int[Tensor, "batch pos"], corrupted
     for start in range(0, len(cells), cells_per_forward):
         chunk = cells[start:start + cells_per_forward]
 
-        def patch(layer: int):
+        def patch(layer: int, chunk: list = chunk):
             def fn(act, hook):  # act [len(chunk)·batch, pos, ...]: copy c of the batch gets cell c
                 act = act.clone()
                 for c, (cell_layer, i) in enumerate(chunk):
