@@ -9,7 +9,7 @@ BIN    := $(VENV)/bin
 TORCH  ?= torch==2.13.0
 ARGS   ?=
 
-.PHONY: setup figures test benchmark train-bundled clean
+.PHONY: setup figures test benchmark notebook train-bundled clean
 setup: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml
@@ -27,6 +27,12 @@ test: setup
 
 benchmark: setup
 	$(BIN)/python -m experiments.benchmark $(ARGS)
+
+# Re-execute the walkthrough in place, with its outputs (offline it uses the bundled model and says so).
+notebook: setup
+	$(BIN)/python -c "import nbclient, nbformat; p = 'notebooks/gpt2_walkthrough.ipynb'; \
+	nb = nbformat.read(p, as_version=4); nbclient.NotebookClient(nb, timeout=600, kernel_name='python3', \
+	resources={'metadata': {'path': 'notebooks'}}).execute(); nbformat.write(nb, p)"
 
 train-bundled: setup
 	$(BIN)/python -m experiments.train_bundled_model $(ARGS)

@@ -16,10 +16,10 @@ import torch
 
 from interp.backends import BACKENDS
 from interp.figures import FigureWriter
-from interp.loading import ModelLoadError, WeightsUnavailableError, load_model, model_info
+from interp.loading import ModelLoadError, load_gpt2_or_bundled, load_model, model_info
 
 DEFAULT_OUT = Path(__file__).resolve().parent.parent / "figures"
-DEFAULT_MODEL = "gpt2"  # GPT-2 small; falls back to the bundled model when its weights can't be had
+DEFAULT_MODEL = "gpt2"  # GPT-2 small; with no --model it falls back to the bundled model (load_gpt2_or_bundled)
 
 
 class Figure(NamedTuple):
@@ -61,12 +61,7 @@ def resolve_model(spec: str | None, *, backend: str = "hooked", device: str | No
     """
     try:
         if spec is None:
-            try:
-                return load_model(DEFAULT_MODEL, backend=backend, device=device)
-            except WeightsUnavailableError:
-                print("GPT-2 small's weights are not cached and cannot be downloaded: using the bundled offline "
-                      "model instead (pass --model gpt2 to insist on GPT-2).", file=sys.stderr)
-                return load_model("bundled", backend=backend, device=device)
+            return load_gpt2_or_bundled(backend=backend, device=device)
         return load_model(spec, backend=backend, device=device)
     except ModelLoadError as err:
         raise SystemExit(f"error: {err}") from None

@@ -222,11 +222,11 @@ def split_attention(model, layer: int) -> SplitAttention:
     These equal TransformerLens's ``W_Q/W_K/W_V/W_O`` only on an *unprocessed* load. ``load_model``'s default
     processing changes them without changing the function the model computes: folding LayerNorm multiplies
     ln_1's scale into W_Q/W_K/W_V (and its bias into b_Q/b_K/b_V); centring writing weights subtracts each
-    output direction's mean from W_O (LayerNorm ignores the mean of the residual); and the value bias is
-    folded into b_O.
+    output direction's mean from W_O (LayerNorm ignores the mean of the residual). The value bias stays in
+    b_V: ``load_model`` never folds it into b_O.
 
     Args:
-        model: a ``GPT2LMHeadModel`` with weights.
+        model: a ``GPT2LMHeadModel``, with weights or a weightless skeleton (``architecture``) for shapes.
         layer: block index, 0..n_layer-1.
 
     Example:

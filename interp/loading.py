@@ -14,6 +14,7 @@ import hashlib
 import json
 import os
 import socket
+import sys
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +34,7 @@ __all__ = [
     "NotGPT2CheckpointError",
     "UnknownModelError",
     "WeightsUnavailableError",
+    "load_gpt2_or_bundled",
     "load_model",
     "model_info",
 ]
@@ -141,6 +143,24 @@ def load_model(spec: str | os.PathLike = "gpt2", *, backend: str = "hooked", dev
     model.interp_info = ModelInfo(resolved.spec, backend, resolved.label,
                                   str(resolved.path) if resolved.path else None, weights_sha256(model))
     return model
+
+
+FALLBACK_MESSAGE = ("GPT-2 small's weights are not cached and cannot be downloaded: using the bundled offline "
+                    "model instead (pass --model gpt2 to insist on GPT-2).")
+
+
+def load_gpt2_or_bundled(**kwargs):
+    """GPT-2 small, or, when its weights are neither cached nor downloadable, the bundled model, saying so in
+    one line on stderr (``FALLBACK_MESSAGE``). What ``make figures`` and the notebook load by default.
+
+    Example:
+        >>> model = load_gpt2_or_bundled(device="cpu")
+    """
+    try:
+        return load_model("gpt2", **kwargs)
+    except WeightsUnavailableError:
+        print(FALLBACK_MESSAGE, file=sys.stderr)
+        return load_model("bundled", **kwargs)
 
 
 def weights_sha256(model) -> str:
