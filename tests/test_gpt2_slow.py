@@ -40,3 +40,29 @@ def test_previous_token_head_4_11(gpt2_scores):
 @pytest.mark.parametrize("layer,head", [(0, 1), (0, 10), (3, 0)])
 def test_known_duplicate_token_heads(gpt2_scores, layer, head):
     assert _rank_of(gpt2_scores.duplicate_token, layer, head) < 10
+
+
+def test_ablating_the_known_induction_heads_reduces_copying(gpt2_model):
+    from interp.heads import repeated_random_tokens
+    from interp.hooks import ablate_heads
+
+    tokens = repeated_random_tokens(gpt2_model, seq_len=50, batch=8, seed=1)
+
+    def second_copy_loss():
+        with torch.no_grad():
+            return float(gpt2_model(tokens, return_type="loss", loss_per_token=True)[:, 50:].mean())
+
+    intact = second_copy_loss()
+    with ablate_heads(gpt2_model, [(5, 1), (5, 5), (6, 9), (7, 2), (7, 10)]):
+        ablated = second_copy_loss()
+    assert ablated > intact + 0.5
+
+
+def test_generation_under_ablation_matches_the_models_own_forward(gpt2_model):
+    from interp.hooks import ablate_heads
+    from interp.sampling import generate
+
+    with ablate_heads(gpt2_model, [(5, 1), (5, 5), (6, 9), (7, 2), (7, 10)]):
+        fast = generate(gpt2_model, "The quick brown fox", max_new_tokens=8, temperature=0).tokens
+        slow = generate(gpt2_model, "The quick brown fox", max_new_tokens=8, temperature=0, use_kv_cache=False).tokens
+    assert torch.equal(fast, slow)
