@@ -35,6 +35,7 @@ from interp.checkpoints import write_random_checkpoint
 from interp.figures import atomic_write
 from interp.hooks import cache_heads
 from interp.loading import load_model, quiet_transformers
+from interp.patching import activation_patching, attribution_patching
 from interp.sampling import generate, temperature_sweep
 
 PROMPT = "The quick brown fox jumps over the lazy dog. " * 4
@@ -125,6 +126,41 @@ def bench_generate(model, hf, batch: int, new_tokens: int, reps: int, with_tl: b
     return rows
 
 
+def bench_patching(model, reps: int) -> list[dict]:
+    """Activation patching over every layer x position, per cell, and attribution patching, against a bare
+    forward of the same tokens (the metric reads one logit)."""
+    clean = model.to_tokens(PROMPT[:60])
+    corrupted = model.to_tokens(PROMPT[:60].replace("fox", "cat"))
+    n = min(clean.shape[1], corrupted.shape[1])
+    clean, corrupted = clean[:, :n], corrupted[:, :n]
+    cells = model.cfg.n_layers * n
+
+    def metric(logits):
+        return logits[0, -1, 42]
+
+    with torch.no_grad():
+        times = interleaved({"forward": lambda: model(corrupted),
+                             "activation_patching": lambda: activation_patching(model, clean, corrupted, metric),
+                             "attribution_patching": lambda: attribution_patching(model, clean, corrupted, metric)},
+                            reps)
+    per_cell = {**times, "activation_patching": [t / cells for t in times["activation_patching"]]}
+    return [row(f"activation patching, {model.cfg.n_layers} layers x {n} positions, per cell, vs one forward",
+                per_cell, "activation_patching", "forward", "<= 1x (one forward per cell)"),
+            row("attribution patching (2 forwards + 1 backward) vs one forward", times, "attribution_patching",
+                "forward", "<= 3x")]
+
+
+def mechanisms_end_to_end(out: Path, device: str) -> dict:
+    start = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-m", "experiments", "mechanisms", "--model", "bundled", "--out", str(out),
+                           "--device", device, "--no-images"],
+                          capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    if proc.returncode != 0:
+        raise RuntimeError(f"python -m experiments mechanisms failed:\n{proc.stderr[-2000:]}")
+    return {"command": f"python -m experiments mechanisms --model bundled --device {device} --no-images",
+            "seconds": time.perf_counter() - start, "goal": "<= 60 s"}
+
+
 def roofline(model, reps: int) -> dict:
     """Best observed matmul rate against the best observed forward (minimum times: peak against peak,
     which a noisy shared machine distorts least)."""
@@ -194,10 +230,13 @@ def main(argv: list[str] | None = None) -> int:
         if not args.quick:
             steps.append(("sampling, batch 16", lambda: results["rows"].extend(
                 bench_generate(models["hooked"], hf, 16, 64, max(2, args.reps // 2), with_tl=True))))
+        steps.append(("patching", lambda: results["rows"].extend(bench_patching(models["hooked"], max(2, args.reps // 2)))))
         steps.append(("roofline", lambda: results.update(roofline=roofline(models["hooked"], args.reps))))
         if not args.quick:
             steps.append(("python -m experiments end to end", lambda: results.update(
                 end_to_end=end_to_end(Path(tmp) / "figures", device))))
+            steps.append(("mechanisms family end to end", lambda: results.update(
+                mechanisms=mechanisms_end_to_end(Path(tmp) / "mechanisms", device))))
         for name, step in steps:
             start = time.perf_counter()
             print(f"  {name} ...", file=sys.stderr, flush=True, end="")
@@ -213,8 +252,9 @@ def main(argv: list[str] | None = None) -> int:
     rl = results["roofline"]
     print(f"matmul {rl['matmul_gflops']:.0f} GFLOP/s; forward {rl['forward_tokens_per_s']:.0f} tokens/s = "
           f"{rl['forward_gflops']:.0f} GFLOP/s = {100 * rl['fraction_of_matmul_peak']:.0f}% of the matmul rate")
-    if "end_to_end" in results:
-        print(f"python -m experiments --model bundled: {results['end_to_end']['seconds']:.0f}s end to end")
+    for key in ("end_to_end", "mechanisms"):
+        if key in results:
+            print(f"{results[key]['command']}: {results[key]['seconds']:.0f}s end to end (goal {results[key]['goal']})")
     atomic_write(args.out / "benchmark.json", json.dumps(results, indent=1) + "\n")
     print(f"wrote {args.out / 'benchmark.json'}", file=sys.stderr)
     return 0
