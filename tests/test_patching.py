@@ -68,21 +68,55 @@ def _copying_task(model):
     return clean[:, :-1], corrupted[:, :-1], lambda logits: logits[0, -1].log_softmax(-1)[target]
 
 
-@pytest.mark.parametrize("hook, by", [("resid_pre", "position"), ("z", "head")])
-def test_attribution_tracks_exact_patching_on_the_copying_task(bundled, backend, hook, by):
-    """Threshold 0.7 (Pearson, over every cell): attribution patching is a first-order approximation, and on
-    this 2-layer model the patched-in differences are large (an attention head switching its target), so
-    it cannot be exact; 0.7 still requires it to rank the cells that matter as exact patching does."""
+def test_attribution_by_head_finds_the_heads_exact_patching_finds(bundled, backend):
+    """On the head grid the copying task hinges on the induction head; attribution must rank the same head
+    first and correlate with exact patching at r > 0.7 (measured: 0.98)."""
     model = bundled[backend]
     clean, corrupted, metric = _copying_task(model)
-    exact = interp.activation_patching(model, clean, corrupted, metric, hook=hook, by=by)
-    approx = interp.attribution_patching(model, clean, corrupted, metric, hook=hook, by=by)
-    assert approx.scores.shape == exact.scores.shape
-    assert approx.corrupted_metric == pytest.approx(exact.corrupted_metric, abs=1e-4)
+    exact = interp.activation_patching(model, clean, corrupted, metric, hook="z", by="head")
+    approx = interp.attribution_patching(model, clean, corrupted, metric, hook="z", by="head")
     assert exact.clean_metric - exact.corrupted_metric > 1.0, "the task must depend on the patched tokens"
+    assert approx.corrupted_metric == pytest.approx(exact.corrupted_metric, abs=1e-4)
+    assert int(approx.scores.argmax()) == int(exact.scores.argmax())
     correlation = torch.corrcoef(torch.stack([exact.scores.flatten(), approx.scores.flatten()]))[0, 1]
     assert correlation > 0.7, f"Pearson r = {correlation:.2f}"
     assert attached_hooks(model) == []
+
+
+@pytest.mark.parametrize("hook, by", [("resid_pre", "position"), ("z", "head")])
+def test_attribution_is_the_first_order_term_of_patching(bundled, backend, hook, by):
+    """Attribution is exact to first order: patching in eps of the clean-minus-corrupted difference moves the
+    metric by eps times (attribution - corrupted metric), for small eps (central differences in float64 would
+    be tighter; float32 with eps = 1e-2 agrees to a few percent). Large patches can leave the linear regime:
+    on this task, by position, exact and attribution patching correlate at only r = 0.08, because restoring
+    the one decisive cell flips the induction head's attention."""
+    model = bundled[backend]
+    clean, corrupted, metric = _copying_task(model)
+    approx = interp.attribution_patching(model, clean, corrupted, metric, hook=hook, by=by)
+    name = (lambda layer: f"blocks.{layer}.attn.hook_z") if hook == "z" else \
+        (lambda layer: f"blocks.{layer}.hook_{hook}")
+    eps = 1e-2
+    with torch.no_grad():
+        _, clean_cache = model.run_with_cache(clean)
+        _, corrupt_cache = model.run_with_cache(corrupted)
+        base = float(metric(model(corrupted)))
+        slopes = approx.scores - base
+        cells = torch.topk(slopes.abs().flatten(), 3).indices.tolist()
+        for cell in cells:
+            layer, i = divmod(cell, slopes.shape[1])
+            delta = clean_cache[name(layer)] - corrupt_cache[name(layer)]
+
+            def nudge(act, hook, layer=layer, i=i, delta=delta):
+                act = act.clone()
+                if by == "position":
+                    act[:, i] += eps * delta[:, i]
+                else:
+                    act[:, :, i] += eps * delta[:, :, i]
+                return act
+
+            with model.hooks(fwd_hooks=[(name(layer), nudge)]):
+                moved = (float(metric(model(corrupted))) - base) / eps
+            assert moved == pytest.approx(float(slopes[layer, i]), rel=0.05, abs=2e-2), (layer, i)
 
 
 def test_steering_along_a_tokens_embedding_raises_its_logit(bundled, backend):

@@ -96,7 +96,7 @@ def test_generation_honours_every_intervention(bundled, backend, which, temperat
 def test_a_plain_torch_hook_also_reaches_generation(bundled):
     model = bundled["hooked"]
     plain = generate(model, PROMPTS[1], max_new_tokens=10, temperature=0).texts
-    handle = model.blocks[1].mlp.register_forward_hook(lambda module, args, out: out * 0)
+    handle = model.blocks[0].register_forward_hook(lambda module, args, out: -out)  # LayerNorm keeps signs
     try:
         hooked = generate(model, PROMPTS[1], max_new_tokens=10, temperature=0).texts
     finally:
