@@ -34,7 +34,9 @@ notebook: setup
 	nb = nbformat.read(p, as_version=4); nbclient.NotebookClient(nb, timeout=600, kernel_name='python3', \
 	resources={'metadata': {'path': 'notebooks'}}).execute(); nbformat.write(nb, p)"
 
+# Needs the corpus packages: apt-get install bible-kjv python3.11-doc r-cran-janeaustenr (see bundled_corpus.py).
 train-bundled: setup
+	$(BIN)/python -m pip install --quiet -e ".[train]"
 	$(BIN)/python -m experiments.train_bundled_model $(ARGS)
 
 clean:
