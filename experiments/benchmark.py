@@ -150,17 +150,6 @@ def bench_patching(model, reps: int) -> list[dict]:
                 "forward", "<= 3x")]
 
 
-def mechanisms_end_to_end(out: Path, device: str) -> dict:
-    start = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "experiments", "mechanisms", "--model", "bundled", "--out", str(out),
-                           "--device", device, "--no-images"],
-                          capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
-    if proc.returncode != 0:
-        raise RuntimeError(f"python -m experiments mechanisms failed:\n{proc.stderr[-2000:]}")
-    return {"command": f"python -m experiments mechanisms --model bundled --device {device} --no-images",
-            "seconds": time.perf_counter() - start, "goal": "<= 60 s"}
-
-
 def roofline(model, reps: int) -> dict:
     """Best observed matmul rate against the best observed forward (minimum times: peak against peak,
     which a noisy shared machine distorts least)."""
@@ -181,16 +170,15 @@ def roofline(model, reps: int) -> dict:
             "forward_gflops": achieved, "fraction_of_matmul_peak": achieved / gflops}
 
 
-def end_to_end(out: Path, device: str) -> dict:
+def end_to_end(args: list[str], goal: str) -> dict:
+    """Wall time of ``python -m experiments ARGS`` with the bundled model, offline."""
+    command = [sys.executable, "-m", "experiments", *args]
     start = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "experiments", "--model", "bundled", "--out", str(out),
-                           "--device", device],
-                          capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
-    seconds = time.perf_counter() - start
+    proc = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
     if proc.returncode != 0:
-        raise RuntimeError(f"python -m experiments failed:\n{proc.stderr[-2000:]}")
-    return {"command": f"python -m experiments --model bundled --device {device}", "seconds": seconds,
-            "goal": "<= 180 s"}
+        raise RuntimeError(f"python -m experiments {' '.join(args)} failed:\n{proc.stderr[-2000:]}")
+    return {"command": "python -m experiments " + " ".join(args), "seconds": time.perf_counter() - start,
+            "goal": goal}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -233,10 +221,11 @@ def main(argv: list[str] | None = None) -> int:
         steps.append(("patching", lambda: results["rows"].extend(bench_patching(models["hooked"], max(2, args.reps // 2)))))
         steps.append(("roofline", lambda: results.update(roofline=roofline(models["hooked"], args.reps))))
         if not args.quick:
-            steps.append(("python -m experiments end to end", lambda: results.update(
-                end_to_end=end_to_end(Path(tmp) / "figures", device))))
-            steps.append(("mechanisms family end to end", lambda: results.update(
-                mechanisms=mechanisms_end_to_end(Path(tmp) / "mechanisms", device))))
+            bundled = ["--model", "bundled", "--device", device]
+            steps.append(("python -m experiments end to end", lambda: results.update(end_to_end=end_to_end(
+                [*bundled, "--out", str(Path(tmp) / "figures")], "<= 180 s"))))
+            steps.append(("mechanisms family end to end", lambda: results.update(mechanisms=end_to_end(
+                ["mechanisms", *bundled, "--no-images", "--out", str(Path(tmp) / "mechanisms")], "<= 60 s"))))
         for name, step in steps:
             start = time.perf_counter()
             print(f"  {name} ...", file=sys.stderr, flush=True, end="")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from pathlib import Path
 
 import torch
@@ -169,6 +170,11 @@ def render(card: dict, log: list[dict]) -> str:
     loss = m["held_out_loss"]
     writing = m["writing"]["by_T"]
     mix = dict(cfg["mix"])
+
+    def flagged_text(name: str) -> str:
+        heads = c["flagged_heads"][name]
+        return ", ".join(f"{layer}.{head}" for layer, head in heads) or "none"
+
     sources = "\n".join(
         f"| {name} | {src['description']} | {src['licence']} | {src['documents']} | {src['train_tokens']:,} | "
         f"{src['val_tokens']:,} | {mix.get(name, 0):.0%} | `{src['sha256'][:16]}…` |"
@@ -176,15 +182,16 @@ def render(card: dict, log: list[dict]) -> str:
     lines = [
         "# Model card: bundled mini-GPT-2",
         "",
-        ("A 2-layer GPT-2 (Hugging Face `GPT2LMHeadModel`, tied embeddings, the real GPT-2 tokenizer with vocab "
-         "50257) trained in this repository, so that every figure, detector and intervention has a real model "
-         "to show offline, on Jane Austen, the King James Bible and Python. It has a previous-token head and an "
-         "induction head. It is **not GPT-2 small**: figures made with it say so in their titles."),
+        (f"A {cfg['n_layer']}-layer GPT-2 (Hugging Face `GPT2LMHeadModel`, tied embeddings, the real GPT-2 "
+         "tokenizer with vocab 50257) trained in this repository, so that every figure, detector and "
+         "intervention has a real model to show offline, on Jane Austen, the King James Bible and Python. "
+         f"Heads the detectors flag: previous-token {flagged_text('previous_token')}, induction "
+         f"{flagged_text('induction')}. It is **not GPT-2 small**: figures made with it say so in their titles."),
         "",
-        ("**Limits.** At about 4.6 nats/token on held-out Austen (perplexity ~100), its T=1 samples are locally "
-         "plausible only for a few tokens at a time, then drift into word salad; and some fall into single-token "
-         "loops (` we we we`), the induction head reinforcing any repetition. The targets below say which "
-         "writing goals it meets."),
+        (f"**Limits.** At {loss['austen']:.2f} nats/token on held-out Austen (perplexity "
+         f"{math.exp(loss['austen']):.0f}), its T=1 samples are locally plausible only for a few tokens at a "
+         f"time, then drift into word salad; {1 - writing['1.0']['unlooped']:.0%} of them fall into loops, the "
+         "induction head reinforcing any repetition. The targets below say which writing goals it meets."),
         "",
         "## Training",
         "",

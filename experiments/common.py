@@ -15,7 +15,6 @@ import numpy as np
 import torch
 
 from interp.backends import BACKENDS
-from interp.figures import FigureWriter
 from interp.loading import ModelLoadError, load_gpt2_or_bundled, load_model, model_info
 
 DEFAULT_OUT = Path(__file__).resolve().parent.parent / "figures"
@@ -73,7 +72,7 @@ class RunMeta:
 
     model_spec: str
     model_label: str
-    weights: str  # sha256 of model.safetensors, a Hub name, or "architecture only"
+    weights: str  # sha256 of the state dict the model runs with, or "architecture only"
     backend: str
     seed: int
     command: str
@@ -104,18 +103,12 @@ def command_line() -> str:
 
 def run_meta(model, seed: int, command: str | None = None) -> RunMeta:
     info = model_info(model)
-    weights = info.weights_sha256 or f"Hugging Face Hub: {info.spec}"
-    return RunMeta(info.spec, info.label, weights, info.backend, seed, command or command_line())
+    return RunMeta(info.spec, info.label, info.weights_sha256, info.backend, seed, command or command_line())
 
 
 def title(text: str, label: str) -> str:
     """A figure title that names the model that made it."""
     return f"{text}<br><sup>model: {label}</sup>"
-
-
-def writer_for(model, args) -> FigureWriter:
-    """The run's figure writer: into ``args.out``, recording this model and command in the manifest."""
-    return FigureWriter(args.out, run_meta(model, args.seed).as_dict(), formats=image_formats(args))
 
 
 def image_formats(args) -> tuple[str, ...]:

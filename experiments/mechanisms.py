@@ -85,7 +85,7 @@ class Result:
     steering: dict  # coefficient -> top tokens, probs, greedy text
 
 
-def _heads(model, config: Config, scores) -> dict:
+def _heads(config: Config, scores) -> dict:
     induction = scores["induction"]
     n_layers, n_heads = induction.shape
     flagged = [(layer, head) for layer in range(n_layers) for head in range(n_heads)
@@ -128,20 +128,31 @@ def _repetition(model, config: Config, heads: dict, progress) -> dict:
     return out
 
 
-def _patching(model, config: Config) -> dict:
-    """The copying task: clean [BOS, r, r] cut before its last token; corrupted: the first copy replaced."""
+def copying_task(model, *, seq_len: int = 12, seed: int = 0):
+    """A clean/corrupted pair that only in-context copying solves, and its metric.
+
+    Clean: ``[BOS, r, r]`` cut before its last token; corrupted: the first copy replaced by other random
+    tokens. The metric is the log-prob of the clean next token (r's last) at the last position.
+
+    Returns:
+        ``(clean, corrupted, metric)``: two ``[1, 2·seq_len]`` token tensors and ``metric(logits) -> scalar``.
+    """
     pool = detector_tokens(model)
-    n = min(12, (model.cfg.n_ctx - 1) // 2)
-    clean = repeated_random_tokens(model, seq_len=n, batch=1, seed=config.seed + 3, token_pool=pool)
+    n = min(seq_len, (model.cfg.n_ctx - 1) // 2)
+    clean = repeated_random_tokens(model, seq_len=n, batch=1, seed=seed + 3, token_pool=pool)
     corrupted = clean.clone()
-    corrupted[0, 1:n + 1] = repeated_random_tokens(model, seq_len=n, batch=1, seed=config.seed + 9,
+    corrupted[0, 1:n + 1] = repeated_random_tokens(model, seq_len=n, batch=1, seed=seed + 9,
                                                    token_pool=pool)[0, 1:n + 1]
     target = int(clean[0, -1])
-    clean, corrupted = clean[:, :-1], corrupted[:, :-1]
 
     def metric(logits):
         return logits[0, -1].log_softmax(-1)[target]
 
+    return clean[:, :-1], corrupted[:, :-1], metric
+
+
+def _patching(model, config: Config) -> dict:
+    clean, corrupted, metric = copying_task(model, seed=config.seed)
     out = {"tokens": [model.tokenizer.decode([t]) for t in clean[0].tolist()],
            "metric": "log-prob of the clean next token at the last position"}
     for by, hook in (("position", "resid_pre"), ("head", "z")):
@@ -174,7 +185,7 @@ def compute(model, config: Config, progress=None) -> Result:
     start = time.perf_counter()
     scores = head_scores(model, detectors=["induction"], seq_len=min(50, (model.cfg.n_ctx - 1) // 2), batch=8,
                          seed=config.seed, token_pool=detector_tokens(model))
-    heads = _heads(model, config, scores)
+    heads = _heads(config, scores)
     progress(f"  induction heads: {heads['induction heads ablated']} ({heads['how_chosen']}); control: "
              f"{heads['as many other heads ablated']}")
     repetition = _repetition(model, config, heads, progress)

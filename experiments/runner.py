@@ -88,8 +88,8 @@ def _configs(selected: dict[str, ModuleType], args, given: set[str]) -> dict[str
     return configs
 
 
-def _weightless_meta(spec: str) -> dict:
-    return {"model": {"spec": spec, "label": resolve(spec).label, "weights": "architecture only"},
+def _weightless_meta(spec) -> dict:
+    return {"model": {"spec": spec.spec, "label": spec.label, "weights": "architecture only"},
             "backend": "none (weightless Hugging Face skeleton)"}
 
 
@@ -140,7 +140,7 @@ def main(argv: list[str] | None = None, *, only: str | None = None) -> int:
                 raise SystemExit(f"error: {name}: {err}") from None
             elapsed = time.perf_counter() - start
             print(family.summary(result))
-            figure_meta = {"family": name} | ({} if family.NEEDS_WEIGHTS else _weightless_meta(spec.spec))
+            figure_meta = {"family": name} | ({} if family.NEEDS_WEIGHTS else _weightless_meta(spec))
             paths = []
             for figure in family.figures(result):
                 paths += writer.save(figure.fig, figure.name, figure.data, params=dataclasses.asdict(configs[name]),

@@ -77,18 +77,11 @@ def _metric(metric: Metric, logits: Tensor) -> float:
 
 
 def _cache(model, tokens: Tensor, hook: str) -> tuple[dict[int, Tensor], Tensor]:
-    """The hook's activation at every layer, and the logits, from one run."""
-    acts: dict[int, Tensor] = {}
-
-    def keep(layer: int):
-        def fn(act, hook):
-            acts[layer] = act.detach().clone()
-        return fn
-
-    with torch.no_grad(), temporary_hooks(model, [(_hook_name(layer, hook), keep(layer))
-                                                  for layer in range(model.cfg.n_layers)]):
-        logits = model(tokens)
-    return acts, logits
+    """The hook's activation at every layer, and the logits, from one ``run_with_cache``."""
+    names = [_hook_name(layer, hook) for layer in range(model.cfg.n_layers)]
+    with torch.no_grad():
+        logits, cache = model.run_with_cache(tokens, names_filter=names)
+    return {layer: cache[name] for layer, name in enumerate(names)}, logits
 
 
 @torch.no_grad()

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 import interp
+from experiments.mechanisms import copying_task
 from interp.backends import BACKENDS
-from interp.heads import detector_tokens, repeated_random_tokens
 from interp.hooks import attached_hooks, patch_activation
 from interp.loading import load_model
 from interp.sampling import generate
@@ -57,15 +57,7 @@ def test_patching_validates_before_running(tiny_model):
 
 
 def _copying_task(model):
-    """Clean: [BOS, r, r] cut before its last token; corrupted: the first copy replaced by other random
-    tokens. The metric is the log-prob of the clean next token (r's last) at the last position: only copying
-    from the first copy predicts it."""
-    pool = detector_tokens(model)
-    clean = repeated_random_tokens(model, seq_len=12, batch=1, seed=3, token_pool=pool)
-    corrupted = clean.clone()
-    corrupted[0, 1:13] = repeated_random_tokens(model, seq_len=12, batch=1, seed=9, token_pool=pool)[0, 1:13]
-    target = int(clean[0, -1])
-    return clean[:, :-1], corrupted[:, :-1], lambda logits: logits[0, -1].log_softmax(-1)[target]
+    return copying_task(model, seed=0)  # the mechanisms figure's task
 
 
 def test_attribution_by_head_finds_the_heads_exact_patching_finds(bundled, backend):
