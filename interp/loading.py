@@ -217,8 +217,8 @@ def quiet_transformers():
             hf_logging.enable_progress_bar()
 
 
-def _hf_model(path: Path, dtype: torch.dtype, device: str):
-    """The checkpoint as a Hugging Face ``GPT2LMHeadModel``, from safetensors only, no Hub access.
+def _hf_model(path: Path, dtype: torch.dtype):
+    """The checkpoint as a Hugging Face ``GPT2LMHeadModel`` on the CPU, from safetensors only, no Hub access.
 
     Every tensor the model needs must be in the file, with its shape and finite values: transformers would
     otherwise initialise a missing tensor at random, silently.
@@ -250,7 +250,7 @@ def _hf_model(path: Path, dtype: torch.dtype, device: str):
     if problems:
         raise CorruptCheckpointError(f"{weights} does not hold a complete GPT-2: {'; '.join(problems)}. "
                                      "Re-save it with save_pretrained, or re-download it")
-    return model.to(device)
+    return model
 
 
 _IGNORED_BUFFERS = (".attn.bias", ".attn.masked_bias")  # causal-mask buffers older checkpoints carry
@@ -296,7 +296,7 @@ def hooked_config(config: dict, device: str, dtype: torch.dtype):
 
 def _load_local(path: Path, backend: str, device: str, dtype: torch.dtype, processing: dict):
     config = _read_config(path)
-    hf_model = _hf_model(path, dtype, device)
+    hf_model = _hf_model(path, dtype)
     tokenizer = _local_tokenizer(path)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*deprecated", category=DeprecationWarning)
@@ -305,12 +305,14 @@ def _load_local(path: Path, backend: str, device: str, dtype: torch.dtype, proce
             from transformer_lens.pretrained.weight_conversions import convert_gpt2_weights
 
             cfg = hooked_config(config, device, dtype)
+            # Processed on the CPU, where the model is built, then moved: TransformerLens creates the tensors it
+            # adds (the unembedding bias) on the model's device, and mixed devices crash its folding.
             model = HookedTransformer(cfg, tokenizer=tokenizer, move_to_device=False)
             model.load_and_process_state_dict(convert_gpt2_weights(hf_model, cfg), fold_value_biases=False,
                                               **processing)
             model.to(device, print_details=False)
         else:
-            model = _bridge(str(path), device, dtype, processing, hf_model=hf_model, tokenizer=tokenizer)
+            model = _bridge(str(path), device, dtype, processing, hf_model=hf_model.to(device), tokenizer=tokenizer)
     return model
 
 
