@@ -11,7 +11,7 @@ import json
 import pytest
 import torch
 
-from experiments import common, temperature, train_bundled_model
+from experiments import bundled_card, bundled_corpus, common, temperature, train_bundled_model
 from interp.backends import BACKENDS
 from interp.heads import DETECTORS, detector_tokens, head_scores, repeated_random_tokens
 from interp.hooks import ablate_heads
@@ -105,6 +105,39 @@ def test_temperature_claims(bundled, card):
     thresholds = card["claims"]["thresholds"]
     assert d2[0.1] <= d2[1.0] - thresholds["distinct2_gap"]
     assert logp[10.0] <= logp[1.0] - thresholds["logprob_gap"]
+
+
+def test_writing_matches_the_card(bundled, card):
+    """The card's writing numbers (everyday prompts at T = 0.1, 1 and 10) are what the shipped model does, and
+    its targets met follow from its own numbers. 0.02 is about one sample of the 64 per temperature."""
+    measured = bundled_card.writing(bundled["hooked"])
+    for t, row in card["measured"]["writing"]["by_T"].items():
+        for key in ("distinct_2", "repeated_4gram", "unlooped"):
+            assert measured["by_T"][t][key] == pytest.approx(row[key], abs=0.02), (t, key)
+    assert bundled_card.claims(card["measured"]) == card["claims"]
+
+
+def test_held_out_loss_matches_the_card(bundled, card):
+    try:
+        measured = bundled_card.held_out_losses(bundled["hooked"])
+    except bundled_corpus.CorpusError as err:
+        pytest.skip(f"the corpus packages are not installed: {err}")
+    assert measured == pytest.approx(card["measured"]["held_out_loss"], abs=1e-3)
+
+
+def test_training_rows_start_like_prompts_and_copy_once():
+    gen = torch.Generator().manual_seed(0)
+    text = torch.arange(1000, 3000)
+    rows = train_bundled_model.corpus_rows(text, 3, 64, gen, bos=50256)
+    assert rows.shape == (3, 64) and (rows[:, 0] == 50256).all() and (rows[:, 2:] - rows[:, 1:-1] == 1).all()
+    copies, counted = train_bundled_model.copy_rows(4, 64, (5, 9), [torch.arange(10, 20), None], text, gen, bos=50256)
+    assert copies.shape == (4, 64) and counted.shape == (4, 63) and (copies[:, 0] == 50256).all()
+    for row, mask in zip(copies, counted):
+        k = int((~mask).sum())
+        assert 5 <= k <= 9 and not mask[:k].any() and mask[k:].all()  # the first copy's targets do not count
+        assert torch.equal(row[1 : k + 1], row[k + 1 : 2 * k + 1])  # exactly two copies, then text
+        assert (row[2 * k + 2 :] - row[2 * k + 1 : -1] == 1).all() and row[2 * k + 1] >= 1000
+    assert (copies[0, 1:6] < 20).all()  # row 0 draws from the first pool
 
 
 def test_default_model_falls_back_to_bundled_and_says_so(monkeypatch, capsys):
