@@ -289,7 +289,7 @@ def train(cfg: TrainConfig, out: Path) -> dict:
         if step % (2 * cfg.eval_every) == 0 or step == 1:
             record("induction", step, lr, loss.item())
 
-    # Phase 2: language from every source, with repeated rows kept in every batch; full softmax.
+    # Phase 2: language from every source, with copy rows in every batch; full softmax.
     names = [name for name, _ in cfg.mix]
     shares = torch.tensor([share for _, share in cfg.mix])
     corpus_all = torch.cat([splits[name].train for name in names])
