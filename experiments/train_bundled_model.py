@@ -9,9 +9,9 @@ Induction heads are the point of the model, and they did not form while every st
 
 1. Induction curriculum: only repeated random sequences of frequent tokens, with the softmax restricted to
    those tokens, which makes a step ~20x cheaper, so the plateau before the phase change fits the budget.
-2. Language: corpus rows (BOS, then text, as prompts arrive) from every source plus a few rows that copy a random sequence once and then go
-   on with corpus text (to keep the circuit without teaching that a repetition never ends), full softmax,
-   computed in bfloat16 chunks. The random first copy is left out of the loss: fitting unpredictable tokens
+2. Language: corpus rows (BOS, then text, as prompts arrive) from every source plus a few rows that copy
+   a random sequence once and then go on with corpus text (to keep the circuit without teaching that a
+   repetition never ends), full softmax, computed in bfloat16 chunks. The random first copy is left out of the loss: fitting unpredictable tokens
    only teaches the model to spread probability over the whole vocabulary, which is word salad at T=1.
 
 It logs the held-out loss per source and the in-context loss (first copy against second copy of repeated
@@ -108,20 +108,20 @@ def new_model(cfg: TrainConfig):
     return model
 
 
-def repeated_random(n: int, n_ctx: int, lengths: tuple[int, int], pools: list[torch.Tensor | None],
-                    gen: torch.Generator, bos: int) -> torch.Tensor:
-    """Rows ``[BOS, r_1..r_k, r_1..r_k, ...]`` cut to ``n_ctx``, k drawn per row from ``lengths``.
+def random_sequence(lengths: tuple[int, int], pool: torch.Tensor | None, gen: torch.Generator) -> torch.Tensor:
+    """A length k drawn from ``lengths``, then k tokens from ``pool`` (None: any token but EOS)."""
+    k = int(torch.randint(lengths[0], lengths[1] + 1, (1,), generator=gen))
+    return torch.randint(50256, (k,), generator=gen) if pool is None else \
+        pool[torch.randint(len(pool), (k,), generator=gen)]
 
-    Row i draws its tokens from ``pools[i % len(pools)]`` (None: the whole vocabulary), so the induction
-    circuit learns on well-trained frequent tokens and on any token.
-    """
+
+def repeated_random(n: int, n_ctx: int, lengths: tuple[int, int], pool: torch.Tensor, gen: torch.Generator,
+                    bos: int) -> torch.Tensor:
+    """Rows ``[BOS, r_1..r_k, r_1..r_k, ...]`` cut to ``n_ctx``, a sequence from ``pool`` per row."""
     rows = []
-    for i in range(n):
-        k = int(torch.randint(lengths[0], lengths[1] + 1, (1,), generator=gen))
-        pool = pools[i % len(pools)]
-        seq = torch.randint(50256, (k,), generator=gen) if pool is None else \
-            pool[torch.randint(len(pool), (k,), generator=gen)]
-        rows.append(torch.cat([torch.tensor([bos]), seq.repeat(n_ctx // k + 1)[: n_ctx - 1]]))
+    for _ in range(n):
+        seq = random_sequence(lengths, pool, gen)
+        rows.append(torch.cat([torch.tensor([bos]), seq.repeat(n_ctx // len(seq) + 1)[: n_ctx - 1]]))
     return torch.stack(rows)
 
 
@@ -135,14 +135,11 @@ def copy_rows(n: int, n_ctx: int, lengths: tuple[int, int], pools: list[torch.Te
     """
     rows, counted = [], []
     for i in range(n):
-        k = int(torch.randint(lengths[0], lengths[1] + 1, (1,), generator=gen))
-        pool = pools[i % len(pools)]
-        seq = torch.randint(50256, (k,), generator=gen) if pool is None else \
-            pool[torch.randint(len(pool), (k,), generator=gen)]
-        text = corpus_batch(corpus, 1, n_ctx - 1 - 2 * k, gen)[0]
+        seq = random_sequence(lengths, pools[i % len(pools)], gen)
+        text = corpus_batch(corpus, 1, n_ctx - 1 - 2 * len(seq), gen)[0]
         rows.append(torch.cat([torch.tensor([bos]), seq, seq, text]))
         mask = torch.ones(n_ctx - 1, dtype=torch.bool)  # target j is token j + 1
-        mask[: k] = False  # the first copy's tokens
+        mask[: len(seq)] = False  # the first copy's tokens
         counted.append(mask)
     return torch.stack(rows), torch.stack(counted)
 
@@ -278,7 +275,7 @@ def train(cfg: TrainConfig, out: Path) -> dict:
         lr = cfg.induction_lr * min(1.0, step / cfg.warmup_steps)
         for group in opt.param_groups:
             group["lr"] = lr
-        batch = repeated_random(cfg.induction_batch, cfg.induction_ctx, (8, 24), [pool], gen, tok.eos_token_id)
+        batch = repeated_random(cfg.induction_batch, cfg.induction_ctx, (8, 24), pool, gen, tok.eos_token_id)
         hidden = model.transformer(batch).last_hidden_state[:, :-1]  # (batch, pos-1, d_model), after ln_f
         logits = hidden @ model.transformer.wte.weight[pool].T  # (batch, pos-1, pool)
         loss = F.cross_entropy(logits.flatten(0, 1), to_pool[batch[:, 1:]].flatten())
