@@ -13,8 +13,8 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["EVERYDAY_PROMPTS", "TARGETS", "THRESHOLDS", "claims", "held_out_losses", "measure", "render", "write",
-           "writing"]
+__all__ = ["EVERYDAY_PROMPTS", "TARGETS", "THRESHOLDS", "claims", "held_out_loops", "held_out_losses", "measure",
+           "render", "wilson_interval", "write", "writing"]
 
 # What "clear" means, stated once here and recorded in the card; the tests read them from the card.
 THRESHOLDS = {
@@ -41,7 +41,8 @@ EVERYDAY_PROMPTS = (
     "The capital of France is",
     "def main():",
 )
-SAMPLES_PER_PROMPT = 8
+# 256 samples per temperature: around a 90% rate the 95% interval is about +-4 points (+-7 with 64).
+SAMPLES_PER_PROMPT = 32
 NEW_TOKENS = 40
 TEMPERATURES = (0.1, 1.0, 10.0)
 
@@ -62,6 +63,27 @@ def held_out_losses(model) -> dict[str, float]:
     return out
 
 
+def held_out_loops(tokenizer) -> dict[str, float]:
+    """The loop measure applied to real text: the share of each source's held-out windows of NEW_TOKENS tokens
+    (consecutive, not overlapping) that would count as caught in a loop."""
+    from experiments import bundled_corpus
+    from interp.sampling import repeated_ngram_fraction
+
+    out = {}
+    for split in bundled_corpus.build(tokenizer, held_out_only=True):
+        windows = split.val[: (len(split.val) // NEW_TOKENS) * NEW_TOKENS].view(-1, NEW_TOKENS)
+        looped = [repeated_ngram_fraction(w, 4) > TARGETS["loop_threshold"] for w in windows]
+        out[split.source.name] = sum(looped) / len(looped)
+    return out
+
+
+def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """95% Wilson score interval for a binomial proportion."""
+    p = successes / n
+    centre, half = p + z * z / (2 * n), z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+    return (centre - half) / (1 + z * z / n), (centre + half) / (1 + z * z / n)
+
+
 def writing(model) -> dict:
     """Samples from the everyday prompts at each temperature: distinct-2, repeated 4-grams, loops, log-prob."""
     from interp.sampling import continuation_logprobs, distinct_n, generate, repeated_ngram_fraction
@@ -80,6 +102,7 @@ def writing(model) -> dict:
         by_t[str(t)] = {
             **{key: sum(r[key] for r in rows) / len(rows) for key in ("distinct_2", "repeated_4gram", "mean_logprob")},
             "unlooped": sum(unlooped) / len(rows),
+            "unlooped_interval": wilson_interval(sum(unlooped), len(rows)),
             "looped_by_prompt": {prompt: sum(not u for u, r in zip(unlooped, rows) if r["prompt"] == prompt)
                                  for prompt in EVERYDAY_PROMPTS},
             "examples": [rows[i * SAMPLES_PER_PROMPT]["text"] for i in range(len(EVERYDAY_PROMPTS))],
@@ -125,7 +148,8 @@ def measure(checkpoint: Path) -> dict:
                  "mean_logprob": temperature.mean_of(rows, "mean_logprob"),
                  "repeated_4gram": temperature.mean_of(rows, "repeated_4gram")} for t, rows in result.samples.items()}
     return {"detectors": found, "temperature": {"config": dataclasses.asdict(config), "by_T": temps},
-            "held_out_loss": held_out_losses(model), "writing": writing(model)}
+            "held_out_loss": held_out_losses(model), "held_out_loops": held_out_loops(model.tokenizer),
+            "writing": writing(model)}
 
 
 def claims(measured: dict) -> dict:
@@ -211,12 +235,16 @@ def render(card: dict, log: list[dict]) -> str:
          f"{1 - writing['1.0']['unlooped']:.0%} of them count as caught in a loop (per prompt: "
          + ", ".join(f"{p!r} {n}" for p, n in writing["1.0"]["looped_by_prompt"].items() if n)
          + f" of {m['writing']['samples_per_prompt']}); continuations of Python count when their indentation, "
-         "runs of single-space tokens, repeats as 4-grams. The targets below say which writing goals it meets."),
+         "runs of single-space tokens, repeats as 4-grams. Real text counts the same way: of the held-out "
+         f"windows of {m['writing']['new_tokens']} tokens, "
+         + ", ".join(f"{share:.0%} ({name})" for name, share in m["held_out_loops"].items())
+         + " would count as caught in a loop, because GPT-2's tokenizer spends one token per space of "
+         "indentation. The targets below say which writing goals it meets."),
         "",
         "## Training",
         "",
         (f"- Command: `{t['command'].strip()}` (seed {cfg['seed']}); torch {t['torch']}; "
-         f"{t['train_seconds'] / 60:.0f} minutes on 2 CPU cores (while other work shared them)."),
+         f"{t['train_seconds'] / 60:.0f} minutes on 2 CPU cores."),
         (f"- Shape: {cfg['n_layer']} layers, d_model {cfg['n_embd']}, {cfg['n_head']} heads (d_head "
          f"{cfg['n_embd'] // cfg['n_head']}), n_ctx {cfg['n_ctx']}; layer 0 is attention-only (its MLP weights "
          "are zero and frozen, so the checkpoint stays a standard GPT-2); positions start as sinusoids; "
@@ -257,7 +285,9 @@ def render(card: dict, log: list[dict]) -> str:
         "",
         (f"Targets: prose {_tick(c['targets_met']['prose_loss'])}; Python {_tick(c['targets_met']['python_loss'])}; "
          f"distinct-2 at T=1 {_tick(c['targets_met']['distinct_2_at_T1'])}; unlooped samples at T=1 "
-         f"{_tick(c['targets_met']['unlooped_at_T1'])}."),
+         f"{_tick(c['targets_met']['unlooped_at_T1'])} ({writing['1.0']['unlooped']:.1%} of "
+         f"{m['writing']['samples_per_prompt'] * len(m['writing']['prompts'])} samples; 95% interval "
+         + "-".join(f"{x:.1%}" for x in writing["1.0"]["unlooped_interval"]) + ")."),
         "",
         (f"Writing: {m['writing']['samples_per_prompt']} samples of {m['writing']['new_tokens']} tokens from each "
          f"of {len(m['writing']['prompts'])} everyday prompts ({', '.join(repr(p) for p in m['writing']['prompts'])}) "
@@ -355,13 +385,19 @@ Measured on this machine while looking for a recipe.
 - **Positions and shape.** Positions initialised as sinusoids at 0.03 (the token embeddings' scale) and an
   attention-only layer 0 made the phase change come sooner; 4 heads of 32 instead of 2 of 64 changed
   nothing.
-- **BOS and the copy rows (this recipe).** The recipe before this one (same shape, 4000 language steps, 86
-  minutes) met the loss targets (Austen 4.64, KJV 4.10, Python 2.11) but only 77% of its T=1 samples on the
+- **BOS and the copy rows.** An earlier recipe (same shape, 4000 language steps, 86 minutes) met the loss targets (Austen 4.64, KJV 4.10, Python 2.11) but only 77% of its T=1 samples on the
   everyday prompts were unlooped, and they were word salad from the first token. Two causes, measured on it:
   its corpus rows were windows without BOS, so the only rows that began with BOS were the random ones, and
   it learned that random tokens follow BOS (on a sentence of Austen, 12-14 bits of entropy at each of the
   first nine positions with BOS, 4-10 without); and its random rows repeated a sequence to the end of the
   row, so most of their targets taught that a repetition never ends, while their random first copies taught
-  it to spread probability over the whole vocabulary. This recipe starts every row with BOS, repeats a
-  random sequence exactly once and then continues with corpus text, and leaves the random first copy out of
-  the loss. Both changed in one run, so their separate shares of the difference are not measured."""
+  it to spread probability over the whole vocabulary. The next recipe, kept since, starts every row with
+  BOS, repeats a random sequence exactly once and then continues with corpus text, and leaves the random first copy out of
+  the loss. Both changed in one run, so their separate shares of the difference are not measured. That
+  model (5500 language steps) had 88% of 64 samples unlooped at T=1.
+- **A longer language phase, and a larger writing sample (this recipe).** 7000 language steps instead of
+  5500 lowered three held-out losses a little (Python source 2.13 to 2.07, KJV 4.07 to 4.04, docs 3.59 to
+  3.54), left Austen where it was (4.64, 4.65), and did not change the loop rate. The card now draws 32 samples per prompt instead of 8,
+  because 64 samples cannot tell 88% from 92%: the 5500-step model measured 92.2% unlooped on the 256
+  samples the card now draws, against 92.6% for this one. Most of what remains is the Python prompt, where
+  real stdlib code counts as a loop 38% of the time by the same measure (see Limits)."""

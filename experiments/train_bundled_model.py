@@ -19,7 +19,7 @@ random tokens) as it trains, then measures the result with interp's own tools an
 and ``model_card.json`` next to the weights (``experiments.bundled_card``). Run once; the weights are
 committed. CI never retrains::
 
-    python -m experiments.train_bundled_model --out /tmp/bundled_new    # ~90 minutes on 2 CPU cores
+    python -m experiments.train_bundled_model --out /tmp/bundled_new    # ~100 minutes on 2 CPU cores
     python -m experiments.train_bundled_model --card-only
 """
 
@@ -64,7 +64,7 @@ class TrainConfig:
     induction_vocab: int = 1000  # the corpus's most frequent tokens
     # Phase 2, language: corpus rows from every source plus a few copy rows (so induction is kept), full
     # softmax, computed in chunks in bfloat16 (UnembedCrossEntropy: ~3x faster on this CPU).
-    steps: int = 5500
+    steps: int = 7000
     lr: float = 2e-3
     warmup_steps: int = 100
     batch_size: int = 16

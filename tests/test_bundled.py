@@ -109,7 +109,7 @@ def test_temperature_claims(bundled, card):
 
 def test_writing_matches_the_card(bundled, card):
     """The card's writing numbers (everyday prompts at T = 0.1, 1 and 10) are what the shipped model does, and
-    its targets met follow from its own numbers. 0.02 is about one sample of the 64 per temperature."""
+    its targets met follow from its own numbers. 0.02 is about five samples of the 256 per temperature."""
     measured = bundled_card.writing(bundled["hooked"])
     for t, row in card["measured"]["writing"]["by_T"].items():
         for key in ("distinct_2", "repeated_4gram", "unlooped"):
@@ -117,12 +117,23 @@ def test_writing_matches_the_card(bundled, card):
     assert bundled_card.claims(card["measured"]) == card["claims"]
 
 
-def test_held_out_loss_matches_the_card(bundled, card):
+def test_held_out_loss_and_loops_match_the_card(bundled, card):
     try:
-        measured = bundled_card.held_out_losses(bundled["hooked"])
+        losses = bundled_card.held_out_losses(bundled["hooked"])
     except bundled_corpus.CorpusError as err:
         pytest.skip(f"the corpus packages are not installed: {err}")
-    assert measured == pytest.approx(card["measured"]["held_out_loss"], abs=1e-3)
+    assert losses == pytest.approx(card["measured"]["held_out_loss"], abs=1e-3)
+    assert bundled_card.held_out_loops(bundled["hooked"].tokenizer) == card["measured"]["held_out_loops"]
+
+
+@pytest.mark.parametrize(("successes", "n"), [(0, 10), (56, 64), (81, 100), (250, 256)])
+def test_wilson_interval_is_where_the_score_test_is_just_significant(successes, n):
+    # Wilson's definition: the endpoints are the p with (p_hat - p)^2 = z^2 p (1 - p) / n, one on each side.
+    low, high = bundled_card.wilson_interval(successes, n)
+    p_hat = successes / n
+    assert low <= p_hat <= high
+    for p in (low, high):
+        assert (p_hat - p) ** 2 == pytest.approx(1.96 ** 2 * p * (1 - p) / n, abs=1e-12)
 
 
 def test_training_rows_start_like_prompts_and_copy_once():
