@@ -385,19 +385,21 @@ Measured on this machine while looking for a recipe.
 - **Positions and shape.** Positions initialised as sinusoids at 0.03 (the token embeddings' scale) and an
   attention-only layer 0 made the phase change come sooner; 4 heads of 32 instead of 2 of 64 changed
   nothing.
-- **BOS and the copy rows.** An earlier recipe (same shape, 4000 language steps, 86 minutes) met the loss targets (Austen 4.64, KJV 4.10, Python 2.11) but only 77% of its T=1 samples on the
-  everyday prompts were unlooped, and they were word salad from the first token. Two causes, measured on it:
-  its corpus rows were windows without BOS, so the only rows that began with BOS were the random ones, and
-  it learned that random tokens follow BOS (on a sentence of Austen, 12-14 bits of entropy at each of the
-  first nine positions with BOS, 4-10 without); and its random rows repeated a sequence to the end of the
-  row, so most of their targets taught that a repetition never ends, while their random first copies taught
-  it to spread probability over the whole vocabulary. The next recipe, kept since, starts every row with
-  BOS, repeats a random sequence exactly once and then continues with corpus text, and leaves the random first copy out of
-  the loss. Both changed in one run, so their separate shares of the difference are not measured. That
-  model (5500 language steps) had 88% of 64 samples unlooped at T=1.
+- **BOS and the copy rows.** An earlier recipe (same shape, 4000 language steps, 86 minutes) met the loss
+  targets (Austen 4.64, KJV 4.10, Python 2.11) but only 77% of its T=1 samples on the everyday prompts were
+  unlooped, and they were word salad from the first token. Two causes, measured on it: its corpus rows were
+  windows without BOS, so the only rows that began with BOS were the random ones, and it learned that random
+  tokens follow BOS (on a sentence of Austen, 12-14 bits of entropy at each of the first nine positions with
+  BOS, 4-10 without); and its random rows repeated a sequence to the end of the row, so most of their
+  targets taught that a repetition never ends, while their random first copies taught it to spread
+  probability over the whole vocabulary. The next recipe, kept since, starts every row with BOS, repeats a
+  random sequence exactly once and then continues with corpus text, and leaves the random first copy out of
+  the loss. Both changed in one run, so their separate shares of the difference are not measured. That model
+  (5500 language steps) had 88% of 64 samples unlooped at T=1.
 - **A longer language phase, and a larger writing sample (this recipe).** 7000 language steps instead of
   5500 lowered three held-out losses a little (Python source 2.13 to 2.07, KJV 4.07 to 4.04, docs 3.59 to
-  3.54), left Austen where it was (4.64, 4.65), and did not change the loop rate. The card now draws 32 samples per prompt instead of 8,
-  because 64 samples cannot tell 88% from 92%: the 5500-step model measured 92.2% unlooped on the 256
-  samples the card now draws, against 92.6% for this one. Most of what remains is the Python prompt, where
-  real stdlib code counts as a loop 38% of the time by the same measure (see Limits)."""
+  3.54), left Austen where it was (4.64, 4.65), and did not change the loop rate. The card now draws 32
+  samples per prompt instead of 8, because 64 samples cannot tell 88% from 92%: the 5500-step model measured
+  92.2% unlooped on the 256 samples the card now draws, against 92.6% for this one. Most of what remains is
+  the Python prompt, where real stdlib code counts as a loop 38% of the time by the same measure (see
+  Limits)."""
