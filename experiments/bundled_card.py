@@ -13,8 +13,8 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["EVERYDAY_PROMPTS", "TARGETS", "THRESHOLDS", "claims", "held_out_loops", "held_out_losses", "measure",
-           "render", "wilson_interval", "write", "writing"]
+__all__ = ["EVERYDAY_PROMPTS", "TARGETS", "THRESHOLDS", "claims", "held_out_loops", "held_out_losses",
+           "held_out_splits", "measure", "render", "wilson_interval", "write", "writing"]
 
 # What "clear" means, stated once here and recorded in the card; the tests read them from the card.
 THRESHOLDS = {
@@ -47,14 +47,23 @@ NEW_TOKENS = 40
 TEMPERATURES = (0.1, 1.0, 10.0)
 
 
-def held_out_losses(model) -> dict[str, float]:
-    """Mean next-token loss on each source's held-out documents, in rows of the model's n_ctx."""
+def held_out_splits(tokenizer) -> list:
+    """Each source's held-out documents, tokenized (``bundled_corpus.build``; needs the corpus packages)."""
     from experiments import bundled_corpus
 
+    return bundled_corpus.build(tokenizer, held_out_only=True)
+
+
+def _windows(tokens: torch.Tensor, width: int) -> torch.Tensor:
+    """Consecutive, non-overlapping windows of ``width`` tokens; the ragged tail is dropped."""
+    return tokens[: (len(tokens) // width) * width].view(-1, width)
+
+
+def held_out_losses(model, splits: list) -> dict[str, float]:
+    """Mean next-token loss on each source's held-out documents, in rows of the model's n_ctx."""
     out = {}
-    n_ctx = model.cfg.n_ctx
-    for split in bundled_corpus.build(model.tokenizer, held_out_only=True):
-        tokens = split.val[: (len(split.val) // n_ctx) * n_ctx].view(-1, n_ctx).to(model.cfg.device)
+    for split in splits:
+        tokens = _windows(split.val, model.cfg.n_ctx).to(model.cfg.device)
         total = 0.0
         with torch.no_grad():
             for batch in tokens.split(16):
@@ -63,16 +72,14 @@ def held_out_losses(model) -> dict[str, float]:
     return out
 
 
-def held_out_loops(tokenizer) -> dict[str, float]:
+def held_out_loops(splits: list) -> dict[str, float]:
     """The loop measure applied to real text: the share of each source's held-out windows of NEW_TOKENS tokens
-    (consecutive, not overlapping) that would count as caught in a loop."""
-    from experiments import bundled_corpus
+    that would count as caught in a loop."""
     from interp.sampling import repeated_ngram_fraction
 
     out = {}
-    for split in bundled_corpus.build(tokenizer, held_out_only=True):
-        windows = split.val[: (len(split.val) // NEW_TOKENS) * NEW_TOKENS].view(-1, NEW_TOKENS)
-        looped = [repeated_ngram_fraction(w, 4) > TARGETS["loop_threshold"] for w in windows]
+    for split in splits:
+        looped = [repeated_ngram_fraction(w, 4) > TARGETS["loop_threshold"] for w in _windows(split.val, NEW_TOKENS)]
         out[split.source.name] = sum(looped) / len(looped)
     return out
 
@@ -119,6 +126,7 @@ def measure(checkpoint: Path) -> dict:
     from interp.loading import load_model
 
     model = load_model(checkpoint, device="cpu")
+    splits = held_out_splits(model.tokenizer)  # first, so missing corpus packages fail before any measuring
     pool = detector_tokens(model)
     found = {}
     for name, token_pool in (("frequent_tokens", pool), ("any_token", None)):
@@ -148,7 +156,7 @@ def measure(checkpoint: Path) -> dict:
                  "mean_logprob": temperature.mean_of(rows, "mean_logprob"),
                  "repeated_4gram": temperature.mean_of(rows, "repeated_4gram")} for t, rows in result.samples.items()}
     return {"detectors": found, "temperature": {"config": dataclasses.asdict(config), "by_T": temps},
-            "held_out_loss": held_out_losses(model), "held_out_loops": held_out_loops(model.tokenizer),
+            "held_out_loss": held_out_losses(model, splits), "held_out_loops": held_out_loops(splits),
             "writing": writing(model)}
 
 

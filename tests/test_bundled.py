@@ -119,11 +119,12 @@ def test_writing_matches_the_card(bundled, card):
 
 def test_held_out_loss_and_loops_match_the_card(bundled, card):
     try:
-        losses = bundled_card.held_out_losses(bundled["hooked"])
+        splits = bundled_card.held_out_splits(bundled["hooked"].tokenizer)
     except bundled_corpus.CorpusError as err:
         pytest.skip(f"the corpus packages are not installed: {err}")
+    losses = bundled_card.held_out_losses(bundled["hooked"], splits)
     assert losses == pytest.approx(card["measured"]["held_out_loss"], abs=1e-3)
-    assert bundled_card.held_out_loops(bundled["hooked"].tokenizer) == card["measured"]["held_out_loops"]
+    assert bundled_card.held_out_loops(splits) == card["measured"]["held_out_loops"]
 
 
 @pytest.mark.parametrize(("successes", "n"), [(0, 10), (56, 64), (81, 100), (250, 256)])
