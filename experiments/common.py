@@ -14,7 +14,7 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
-from interp.backends import BACKENDS
+from interp.backends import AVAILABLE_BACKENDS, DEFAULT_BACKEND, TL_VERSION
 from interp.loading import ModelLoadError, load_gpt2_or_bundled, load_model, model_info
 
 DEFAULT_OUT = Path(__file__).resolve().parent.parent / "figures"
@@ -37,8 +37,9 @@ def add_common_args(parser: argparse.ArgumentParser) -> None:
         "directory (default: GPT-2 small, falling back to the bundled offline model when GPT-2's weights can't "
         "be had; pass --model gpt2 to insist on GPT-2)",
     )
-    parser.add_argument("--backend", choices=BACKENDS, default="hooked",
-                        help="HookedTransformer, or TransformerBridge in compatibility mode (default: hooked)")
+    parser.add_argument("--backend", choices=AVAILABLE_BACKENDS, default=DEFAULT_BACKEND,
+                        help=f"TransformerBridge in compatibility mode, or HookedTransformer (TransformerLens 3.x "
+                        f"only; {TL_VERSION} is installed) (default: {DEFAULT_BACKEND})")
     parser.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda if available)")
     parser.add_argument("--seed", type=int, default=0, help="seed for torch, numpy and random (default: 0)")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="output folder (default: figures/)")
@@ -52,7 +53,7 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def resolve_model(spec: str | None, *, backend: str = "hooked", device: str | None = None):
+def resolve_model(spec: str | None, *, backend: str = DEFAULT_BACKEND, device: str | None = None):
     """Load ``spec``; with no spec, GPT-2 small, or the bundled model (saying so) when GPT-2 can't be had.
 
     Raises:

@@ -1,18 +1,23 @@
-"""What interp needs from a model, for both TransformerLens backends, in one place.
+"""What interp needs from a model, for both TransformerLens backends and both majors, in one place.
 
-- ``"hooked"``: ``HookedTransformer`` (deprecated in TransformerLens 3.x, removed in 4.0).
-- ``"bridge"``: ``TransformerBridge`` with ``enable_compatibility_mode()``, its successor.
+- ``"bridge"``: ``TransformerBridge`` with ``enable_compatibility_mode()``. The only model class of
+  TransformerLens 4.x, and on 3.9 the successor of HookedTransformer. The default on both majors, because
+  ``pip install transformer-lens`` gives 4.x.
+- ``"hooked"``: ``HookedTransformer``: TransformerLens 3.x only (deprecated in 3.x, removed in 4.0).
 
-Both give the same hook names (``blocks.{layer}.attn.hook_z``, ``blocks.{layer}.hook_resid_post``, ...), the
-same ``model.hooks(...)`` context manager and the same ``cfg``. They differ in how their LayerNorms hold
-their parameters; this module hides that. A backend provides: the hook names above, the final LayerNorm
-(``final_layer_norm``), the unembedding (``unembed``) and the weights the fast generation path reads
-(``gpt2_weights``).
+This is the one module that knows which TransformerLens major is installed (``TL_MAJOR``) and how the two
+backends differ. Both give the same hook names (``blocks.{layer}.attn.hook_z``, ``blocks.{layer}.hook_resid_post``,
+...), the same ``cfg`` and the same numerics; they differ in how their LayerNorms hold their parameters, and
+in what writing to ``blocks.{layer}.hook_resid_mid`` does (see ``hook_attachments``). A backend provides: the
+hook names above, the final LayerNorm (``final_layer_norm``), the unembedding (``unembed``) and the weights the
+fast generation path reads (``gpt2_weights``).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from importlib.metadata import version
 
 import einops
 import torch
@@ -20,17 +25,67 @@ import torch.nn.functional as F
 from jaxtyping import Float
 from torch import Tensor
 
-__all__ = ["BACKENDS", "GPT2Weights", "check_backend", "final_layer_norm", "gpt2_weights", "layer_norm",
+from interp.errors import BackendUnavailableError
+
+__all__ = ["AVAILABLE_BACKENDS", "BACKENDS", "DEFAULT_BACKEND", "TL_MAJOR", "TL_VERSION", "GPT2Weights",
+           "check_backend", "final_layer_norm", "gpt2_weights", "hook_attachments", "is_bridge", "layer_norm",
            "ln_affine", "unembed"]
 
-BACKENDS = ("hooked", "bridge")
+TL_VERSION = version("transformer-lens")
+TL_MAJOR = int(TL_VERSION.split(".")[0])
+BACKENDS = ("hooked", "bridge")  # every backend interp knows
+AVAILABLE_BACKENDS = BACKENDS if TL_MAJOR < 4 else ("bridge",)  # those the installed TransformerLens has
+DEFAULT_BACKEND = "bridge"
 Affine = tuple[Tensor | None, Tensor | None]
+Hook = Callable[[Tensor, object], Tensor | None]
 
 
 def check_backend(backend: str) -> str:
+    """Return ``backend`` if the installed TransformerLens has it; ``BackendUnavailableError`` otherwise."""
     if backend not in BACKENDS:
-        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+        raise BackendUnavailableError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    if backend not in AVAILABLE_BACKENDS:
+        raise BackendUnavailableError(
+            f"backend {backend!r} (HookedTransformer) was removed in TransformerLens 4.0, and {TL_VERSION} is "
+            "installed: use backend='bridge' (the default), or install 'transformer-lens<4' for HookedTransformer")
     return backend
+
+
+def is_bridge(model) -> bool:
+    """Whether ``model`` is a TransformerBridge (not a HookedTransformer)."""
+    from transformer_lens.model_bridge import TransformerBridge
+
+    return isinstance(model, TransformerBridge)
+
+
+def hook_attachments(model, name: str, fn: Hook) -> list[tuple[str, Hook, bool]]:
+    """The ``(hook name, function, prepend)`` triples to attach so that ``fn`` at ``name`` means on this
+    backend what it means on HookedTransformer (and in the model's own maths).
+
+    On the bridge, ``blocks.L.hook_resid_mid`` is the input of the second LayerNorm (``ln2.hook_in``): a write
+    there reaches the MLP, but not the residual stream, which the wrapped Hugging Face block saved before its
+    LayerNorm. So a write at ``resid_mid`` is attached there, and its difference from the activation it
+    replaced is added to the block's output first, before any hook on ``hook_resid_post`` sees it. The
+    residual stream then carries the written value, as on HookedTransformer. ``fn`` sees a copy of the
+    activation, so an in-place edit counts as a write too. Every other name is attached as it is.
+    """
+    if not (name.startswith("blocks.") and name.endswith(".hook_resid_mid") and is_bridge(model)):
+        return [(name, fn, False)]
+    layer = name.split(".")[1]
+    pending: dict[str, Tensor] = {}  # this forward's write, until the block's output takes it
+
+    def write(act: Tensor, hook) -> Tensor:
+        edited = act.clone()
+        result = fn(edited, hook)
+        new = edited if result is None else result
+        pending["delta"] = new - act
+        return new
+
+    def carry(resid_post: Tensor, hook) -> Tensor:
+        delta = pending.pop("delta", None)
+        return resid_post if delta is None else resid_post + delta
+
+    return [(name, write, False), (f"blocks.{layer}.hook_resid_post", carry, True)]
 
 
 def ln_affine(ln) -> Affine:

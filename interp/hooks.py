@@ -23,6 +23,8 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
+from interp.backends import hook_attachments
+
 __all__ = [
     "CacheBudgetError",
     "CacheEstimate",
@@ -120,27 +122,50 @@ def check_position(tokens: Tensor, pos: int) -> int:
 _LEVELS = itertools.count(1_000_000)  # hook context levels of our own, apart from TransformerLens's
 
 
+# Hook points that fire only when a flag of the model's is on: without it a hook there is silently a no-op.
+_FLAGGED_HOOKS = {"attn.hook_result": "use_attn_result", "hook_q_input": "use_split_qkv_input",
+                  "hook_k_input": "use_split_qkv_input", "hook_v_input": "use_split_qkv_input",
+                  "hook_attn_in": "use_attn_in", "hook_mlp_in": "use_hook_mlp_in"}
+
+
+def check_hook_names(model, names: Sequence[str]) -> dict:
+    """Check that every name is a hook point of ``model`` that fires; return ``model.hook_dict``.
+
+    ``KeyError`` (with close matches) for an unknown name; ``ValueError`` for a hook point whose flag is off
+    (``hook_result`` without ``use_attn_result``...), which would otherwise never fire.
+    """
+    hook_dict = model.hook_dict
+    for name in names:
+        if name not in hook_dict:
+            import difflib
+
+            close = difflib.get_close_matches(name, list(hook_dict), n=3)
+            raise KeyError(f"no hook point named {name!r}" + (f"; did you mean {close}?" if close else ""))
+        flag = next((f for suffix, f in _FLAGGED_HOOKS.items() if name.endswith("." + suffix)), None)
+        if flag is not None and not getattr(model.cfg, flag, False):
+            raise ValueError(f"{name} fires only when {flag} is on: call model.set_{flag}(True) first")
+    return hook_dict
+
+
 @contextlib.contextmanager
 def temporary_hooks(model, fwd_hooks: Sequence[tuple[str, Hook]]) -> Iterator[None]:
     """Attach forward hooks for the duration of the block; they are removed even if the block raises.
 
     Unknown hook names raise ``KeyError`` listing close matches, before anything is attached. This does what
     ``model.hooks()`` does, with one lookup of ``model.hook_dict``: TransformerBridge rebuilds that mapping on
-    every access, which made its ``hooks()`` cost ~6 ms per hook.
+    every access, which made its ``hooks()`` cost ~6 ms per hook. A write means the same on every backend:
+    ``interp.backends.hook_attachments`` says how (on the bridge, TransformerLens's own ``hooks()`` lets a write
+    to ``hook_resid_mid`` reach only the MLP's input).
     """
-    hook_dict = model.hook_dict
-    for name, _ in fwd_hooks:
-        if name not in hook_dict:
-            import difflib
-
-            close = difflib.get_close_matches(name, list(hook_dict), n=3)
-            raise KeyError(f"no hook point named {name!r}" + (f"; did you mean {close}?" if close else ""))
+    hook_dict = check_hook_names(model, [name for name, _ in fwd_hooks])
     level = next(_LEVELS)
     attached = []
     try:
         for name, fn in fwd_hooks:
-            hook_dict[name].add_hook(fn, dir="fwd", level=level)
-            attached.append(hook_dict[name])
+            for point_name, point_fn, prepend in hook_attachments(model, name, fn):
+                point = hook_dict[point_name]
+                point.add_hook(point_fn, dir="fwd", level=level, prepend=prepend)
+                attached.append(point)
         yield
     finally:
         for point in attached:

@@ -1,17 +1,17 @@
 """Load GPT-2 into TransformerLens: by name (the path real users take), from a local checkpoint directory with
 no network at all, or the small model bundled with this package.
 
-Both backends give the same hook names and numerics:
+Both backends give the same hook names and numerics (``interp.backends`` says which the installed
+TransformerLens has):
 
-- ``backend="hooked"``: ``HookedTransformer`` (deprecated in TransformerLens 3.x, removed in 4.0).
-- ``backend="bridge"``: ``TransformerBridge`` with ``enable_compatibility_mode()``, its successor.
+- ``backend="bridge"`` (the default): ``TransformerBridge`` with ``enable_compatibility_mode()``.
+- ``backend="hooked"``: ``HookedTransformer``, TransformerLens 3.x only.
 """
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
 import os
 import socket
 import sys
@@ -21,14 +21,26 @@ from pathlib import Path
 
 import torch
 
-from interp.backends import check_backend
-from interp.specs import BUNDLED_DIR, resolve
+from interp.backends import DEFAULT_BACKEND, check_backend
+from interp.errors import (
+    BackendUnavailableError,
+    CheckpointNotFoundError,
+    CorruptCheckpointError,
+    DeviceUnavailableError,
+    ModelLoadError,
+    NotGPT2CheckpointError,
+    UnknownModelError,
+    WeightsUnavailableError,
+)
+from interp.specs import BUNDLED_DIR, read_gpt2_config, resolve
 from interp.tokenizer import gpt2_tokenizer
 
 __all__ = [
     "BUNDLED_DIR",
+    "BackendUnavailableError",
     "CheckpointNotFoundError",
     "CorruptCheckpointError",
+    "DeviceUnavailableError",
     "ModelInfo",
     "ModelLoadError",
     "NotGPT2CheckpointError",
@@ -44,30 +56,6 @@ _WAYS_OUT = (
     "(2) pass a local GPT-2 checkpoint directory (config.json + model.safetensors) as the spec; "
     "(3) use the offline model bundled with interp: load_model('bundled')."
 )
-
-
-class ModelLoadError(Exception):
-    """Base class of every error ``load_model`` raises on bad input."""
-
-
-class CheckpointNotFoundError(ModelLoadError, FileNotFoundError):
-    """The spec names a local path that does not exist or lacks the checkpoint files."""
-
-
-class NotGPT2CheckpointError(ModelLoadError, ValueError):
-    """The directory holds a checkpoint of another architecture."""
-
-
-class CorruptCheckpointError(ModelLoadError, ValueError):
-    """The checkpoint's files exist but cannot be read (truncated or corrupt safetensors, bad JSON)."""
-
-
-class UnknownModelError(ModelLoadError, ValueError):
-    """The spec is neither a path nor a model name TransformerLens knows."""
-
-
-class WeightsUnavailableError(ModelLoadError, ConnectionError):
-    """A known model whose weights are neither in the local cache nor downloadable."""
 
 
 @dataclass(frozen=True)
@@ -93,7 +81,25 @@ def _default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def load_model(spec: str | os.PathLike = "gpt2", *, backend: str = "hooked", device: str | None = None,
+def check_device(device: str | torch.device) -> str:
+    """Return ``device`` as a string if this machine has it; ``DeviceUnavailableError`` otherwise."""
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise DeviceUnavailableError(f"{device!r} is not a torch device (try 'cpu' or 'cuda')") from None
+    if parsed.type == "cuda":
+        if not torch.cuda.is_available():
+            raise DeviceUnavailableError(f"device {str(device)!r}: this machine has no CUDA device (or this torch "
+                                         "is a CPU build); use device='cpu'")
+        if parsed.index is not None and parsed.index >= torch.cuda.device_count():
+            raise DeviceUnavailableError(f"device {str(device)!r}: this machine has {torch.cuda.device_count()} "
+                                         "CUDA device(s)")
+    elif parsed.type == "mps" and not torch.backends.mps.is_available():
+        raise DeviceUnavailableError(f"device {str(device)!r}: MPS is not available here; use device='cpu'")
+    return str(device)
+
+
+def load_model(spec: str | os.PathLike = "gpt2", *, backend: str = DEFAULT_BACKEND, device: str | None = None,
                dtype: torch.dtype = torch.float32, fold_ln: bool = True, center_writing_weights: bool = True,
                center_unembed: bool = True):
     """Load a GPT-2 model into TransformerLens.
@@ -102,7 +108,8 @@ def load_model(spec: str | os.PathLike = "gpt2", *, backend: str = "hooked", dev
         spec: a GPT-2 family name (``"gpt2"`` is GPT-2 small; ``gpt2-medium``, ``gpt2-large``, ``gpt2-xl``,
             ``distilgpt2``), a local Hugging Face GPT-2 checkpoint directory (``config.json`` +
             ``model.safetensors``), or ``"bundled"`` (see ``interp.specs.resolve``).
-        backend: ``"hooked"`` (HookedTransformer) or ``"bridge"`` (TransformerBridge in compatibility mode).
+        backend: ``"bridge"`` (TransformerBridge in compatibility mode; the default, on both TransformerLens
+            majors) or ``"hooked"`` (HookedTransformer; TransformerLens 3.x only, see ``interp.backends``).
         device: ``"cpu"``, ``"cuda"``...; default: cuda when available.
         dtype: parameter dtype. float16 and bfloat16 models are processed in float32, then cast, so the
             folding itself loses nothing to the lower precision.
@@ -118,7 +125,8 @@ def load_model(spec: str | os.PathLike = "gpt2", *, backend: str = "hooked", dev
         The model in eval mode, with ``model.interp_info`` (a ``ModelInfo``) attached.
 
     Raises:
-        ModelLoadError: a subclass saying what is wrong with the spec, and what to do.
+        ModelLoadError: a subclass saying what is wrong with the spec, the backend or the device, and what
+            to do, raised before anything is read or downloaded.
 
     Example:
         >>> model = load_model("bundled")
@@ -129,7 +137,7 @@ def load_model(spec: str | os.PathLike = "gpt2", *, backend: str = "hooked", dev
     if dtype not in (torch.float32, torch.float64, torch.float16, torch.bfloat16):
         raise ValueError(f"dtype must be a floating-point torch dtype (float32, float16, bfloat16...), got {dtype!r}")
     resolved = resolve(spec)
-    device = device or _default_device()
+    device = check_device(device) if device is not None else _default_device()
     processing = dict(fold_ln=fold_ln, center_writing_weights=center_writing_weights, center_unembed=center_unembed)
     # Weights are processed in float32 (or float64), then cast: processing at reduced precision loses accuracy.
     process_dtype = dtype if dtype in (torch.float32, torch.float64) else torch.float32
@@ -187,20 +195,6 @@ def _read_config(path: Path) -> dict:
             "(interp loads only safetensors weights)"
         )
     return read_gpt2_config(path / "config.json")
-
-
-def read_gpt2_config(config_file: Path) -> dict:
-    """A GPT-2 ``config.json`` as a dict; ``CorruptCheckpointError`` or ``NotGPT2CheckpointError`` otherwise."""
-    try:
-        config = json.loads(config_file.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise CorruptCheckpointError(f"{config_file} is not valid JSON: {err}") from None
-    if not isinstance(config, dict) or config.get("model_type") != "gpt2":
-        found = config.get("model_type") if isinstance(config, dict) else None
-        raise NotGPT2CheckpointError(
-            f"{config_file} says model_type {found!r}; interp loads GPT-2 checkpoints (model_type 'gpt2') only"
-        )
-    return config
 
 
 @contextlib.contextmanager
@@ -263,9 +257,14 @@ def _some(names: list[str], n: int = 5) -> str:
 def _local_tokenizer(path: Path):
     from transformers import AutoTokenizer
 
-    if (path / "tokenizer.json").exists() or (path / "vocab.json").exists():
+    files = [name for name in ("tokenizer.json", "vocab.json") if (path / name).exists()]
+    if not files:
+        return gpt2_tokenizer()
+    try:
         return AutoTokenizer.from_pretrained(path, local_files_only=True)
-    return gpt2_tokenizer()
+    except Exception as err:  # noqa: BLE001 - tokenizers raises a bare Exception for a malformed file
+        raise CorruptCheckpointError(f"cannot read the tokenizer in {path / files[0]}: {type(err).__name__}: "
+                                     f"{str(err).splitlines()[0] if str(err) else ''}") from None
 
 
 def hooked_config(config: dict, device: str, dtype: torch.dtype):
@@ -300,7 +299,7 @@ def _load_local(path: Path, backend: str, device: str, dtype: torch.dtype, proce
     tokenizer = _local_tokenizer(path)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*deprecated", category=DeprecationWarning)
-        if backend == "hooked":
+        if backend == "hooked":  # check_backend made sure this TransformerLens has it
             from transformer_lens import HookedTransformer
             from transformer_lens.pretrained.weight_conversions import convert_gpt2_weights
 

@@ -18,7 +18,14 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["BUNDLED_DIR", "GPT2_FAMILY", "ModelSpec", "resolve"]
+from interp.errors import (
+    CheckpointNotFoundError,
+    CorruptCheckpointError,
+    NotGPT2CheckpointError,
+    UnknownModelError,
+)
+
+__all__ = ["BUNDLED_DIR", "GPT2_FAMILY", "ModelSpec", "read_gpt2_config", "resolve"]
 
 BUNDLED_DIR = Path(__file__).parent / "bundled"
 BUNDLED_LABEL = "bundled mini-GPT-2 (2 layers, trained in this repo)"
@@ -52,8 +59,6 @@ class ModelSpec:
         """The model's GPT-2 config as a dict: the published one for a name, ``config.json`` for a directory."""
         if self.kind == "named":
             return {**GPT2_SMALL_CONFIG, **GPT2_FAMILY[self.name][1]}
-        from interp.loading import CheckpointNotFoundError, read_gpt2_config
-
         if not (self.path / "config.json").exists():
             raise CheckpointNotFoundError(f"no config.json in {self.path}")
         return read_gpt2_config(self.path / "config.json")
@@ -65,8 +70,8 @@ def resolve(spec: str | os.PathLike) -> ModelSpec:
     A spec that names an existing path, or looks like one (starts with ``.``, ``/`` or ``~``, or has more than
     one ``/``), is a local directory; ``"bundled"`` is the bundled model; a GPT-2 family name is named.
     """
-    from interp.loading import UnknownModelError
-
+    if not isinstance(spec, str | os.PathLike):
+        raise UnknownModelError(f"a model spec is a GPT-2 name, 'bundled' or a checkpoint directory, got {spec!r}")
     text = os.fspath(spec)
     if text == "bundled":
         return ModelSpec(text, "local", None, BUNDLED_DIR, BUNDLED_LABEL)
@@ -87,3 +92,28 @@ def _local_label(path: Path) -> str:
         return json.loads((path / "config.json").read_text()).get("interp_label") or path.name
     except (OSError, ValueError, AttributeError):
         return path.name  # unreadable: loading says why, with the right error
+
+
+REQUIRED_CONFIG_KEYS = ("vocab_size", "n_positions", "n_embd", "n_layer", "n_head")
+
+
+def read_gpt2_config(config_file: Path) -> dict:
+    """A GPT-2 ``config.json`` as a dict; ``CorruptCheckpointError`` or ``NotGPT2CheckpointError`` otherwise.
+
+    The shape keys must be there: transformers would fill a missing one with GPT-2 small's value, and the
+    weights would then fail to load as "mismatched".
+    """
+    try:
+        config = json.loads(config_file.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise CorruptCheckpointError(f"{config_file} is not valid JSON: {err}") from None
+    if not isinstance(config, dict) or config.get("model_type") != "gpt2":
+        found = config.get("model_type") if isinstance(config, dict) else None
+        raise NotGPT2CheckpointError(
+            f"{config_file} says model_type {found!r}; interp loads GPT-2 checkpoints (model_type 'gpt2') only"
+        )
+    missing = [key for key in REQUIRED_CONFIG_KEYS if key not in config]
+    if missing:
+        raise CorruptCheckpointError(f"{config_file} lacks {', '.join(missing)}: a GPT-2 config.json names "
+                                     f"{', '.join(REQUIRED_CONFIG_KEYS)}")
+    return config

@@ -17,6 +17,7 @@ from interp.architecture import (
     parameter_listing,
     split_attention,
 )
+from interp.backends import DEFAULT_BACKEND
 
 GPT2_SMALL_TIED = 124_439_808  # published GPT-2 small size: the code must reproduce it, not contain it
 GPT2_SMALL_UNTIED = 163_037_184
@@ -88,7 +89,7 @@ def test_split_attention_rejects_bad_layer(tiny_checkpoint):
 
 def test_processed_weights_differ_but_compute_the_same(tiny_checkpoint, tiny_models, tiny_raw_models):
     """Folding LayerNorm changes W_Q; the log-probs stay the same."""
-    processed, raw = tiny_models["hooked"], tiny_raw_models["hooked"]
+    processed, raw = tiny_models[DEFAULT_BACKEND], tiny_raw_models[DEFAULT_BACKEND]
     assert not torch.allclose(processed.blocks[0].attn.W_Q, raw.blocks[0].attn.W_Q)
     tokens = raw.to_tokens("The quick brown fox")
     with torch.no_grad():

@@ -10,9 +10,10 @@ import json
 
 import pytest
 import torch
+from conftest import both_backends
 
 from experiments import bundled_card, bundled_corpus, common, temperature, train_bundled_model
-from interp.backends import BACKENDS
+from interp.backends import AVAILABLE_BACKENDS, DEFAULT_BACKEND
 from interp.heads import DETECTORS, detector_tokens, head_scores, repeated_random_tokens
 from interp.hooks import ablate_heads
 from interp.loading import BUNDLED_DIR, load_model, model_info
@@ -28,7 +29,7 @@ def card():
 
 @pytest.fixture(scope="module")
 def bundled():
-    return {b: load_model("bundled", backend=b, device="cpu") for b in BACKENDS}
+    return {b: load_model("bundled", backend=b, device="cpu") for b in AVAILABLE_BACKENDS}
 
 
 def test_small_standard_checkpoint_with_the_real_tokenizer():
@@ -37,12 +38,16 @@ def test_small_standard_checkpoint_with_the_real_tokenizer():
     assert (BUNDLED_DIR / "model.safetensors").stat().st_size < 15 * 2**20
 
 
-def test_loads_offline_on_both_backends(bundled, tmp_path, monkeypatch):
+def test_loads_offline_on_every_backend(bundled, tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HOME", str(tmp_path))
     for model in bundled.values():
         assert model_info(model).label.startswith("bundled")
         assert model.to_tokens("Hello world").tolist() == [[50256, 15496, 995]]
-    tokens = bundled["hooked"].to_tokens("def main():\n    return 0")
+
+
+@both_backends
+def test_backends_agree_on_the_bundled_model(bundled):
+    tokens = bundled[DEFAULT_BACKEND].to_tokens("def main():\n    return 0")
     with torch.no_grad():
         torch.testing.assert_close(bundled["hooked"](tokens).log_softmax(-1), bundled["bridge"](tokens).log_softmax(-1),
                                    atol=1e-4, rtol=1e-4)
@@ -62,7 +67,7 @@ def test_detectors_flag_exactly_the_cards_heads(bundled, card, backend, score):
 
 
 def test_in_context_loss_matches_the_card(bundled, card):
-    model = bundled["hooked"]
+    model = bundled[DEFAULT_BACKEND]
     tokens = repeated_random_tokens(model, seq_len=50, batch=16, seed=1, token_pool=detector_tokens(model))
     with torch.no_grad():
         nll = model(tokens, return_type="loss", loss_per_token=True)
@@ -99,7 +104,7 @@ def test_the_cards_heads_are_the_copying_circuit(bundled, card, backend):
 def test_temperature_claims(bundled, card):
     config = temperature.Config(**{**card["measured"]["temperature"]["config"],
                                    "temperatures": tuple(card["measured"]["temperature"]["config"]["temperatures"])})
-    result = temperature.compute(bundled["hooked"], config, progress=lambda line: None)
+    result = temperature.compute(bundled[DEFAULT_BACKEND], config, progress=lambda line: None)
     d2 = {t: temperature.mean_of(rows, "distinct_2") for t, rows in result.samples.items()}
     logp = {t: temperature.mean_of(rows, "mean_logprob") for t, rows in result.samples.items()}
     thresholds = card["claims"]["thresholds"]
@@ -110,7 +115,7 @@ def test_temperature_claims(bundled, card):
 def test_writing_matches_the_card(bundled, card):
     """The card's writing numbers (everyday prompts at T = 0.1, 1 and 10) are what the shipped model does, and
     its targets met follow from its own numbers. 0.02 is about five samples of the 256 per temperature."""
-    measured = bundled_card.writing(bundled["hooked"])
+    measured = bundled_card.writing(bundled[DEFAULT_BACKEND])
     for t, row in card["measured"]["writing"]["by_T"].items():
         for key in ("distinct_2", "repeated_4gram", "unlooped"):
             assert measured["by_T"][t][key] == pytest.approx(row[key], abs=0.02), (t, key)
@@ -119,10 +124,10 @@ def test_writing_matches_the_card(bundled, card):
 
 def test_held_out_loss_and_loops_match_the_card(bundled, card):
     try:
-        splits = bundled_card.held_out_splits(bundled["hooked"].tokenizer)
+        splits = bundled_card.held_out_splits(bundled[DEFAULT_BACKEND].tokenizer)
     except bundled_corpus.CorpusError as err:
         pytest.skip(f"the corpus packages are not installed: {err}")
-    losses = bundled_card.held_out_losses(bundled["hooked"], splits)
+    losses = bundled_card.held_out_losses(bundled[DEFAULT_BACKEND], splits)
     assert losses == pytest.approx(card["measured"]["held_out_loss"], abs=1e-3)
     assert bundled_card.held_out_loops(splits) == card["measured"]["held_out_loops"]
 

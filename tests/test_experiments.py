@@ -14,6 +14,7 @@ import pytest
 
 from experiments import parameter_breakdown, runner, temperature
 from experiments.registry import FAMILY_NAMES, families
+from interp.backends import DEFAULT_BACKEND
 
 FIGURES = ("parameter_breakdown", "head_attention_patterns", "head_scores", "head_attention_explorer",
            "temperature_next_token", "temperature_entropy", "temperature_samples", "temperature_coherence",
@@ -44,7 +45,7 @@ def test_every_figure_is_written_with_its_data_and_manifest(run_dirs, tiny_check
         assert set(entry["versions"]) == {"interp", "transformer-lens", "torch", "plotly"}
         if name != "parameter_breakdown":
             assert entry["model"]["spec"] == str(tiny_checkpoint) and len(entry["model"]["weights"]) == 64
-            assert entry["seed"] == 3 and entry["backend"] == "hooked"
+            assert entry["seed"] == 3 and entry["backend"] == DEFAULT_BACKEND
             assert "random-weight" in (out / f"{name}.html").read_text(), "the title must name the model"
     assert manifest["parameter_breakdown"]["model"]["weights"] == "architecture only"
     assert not list(out.glob(".*.tmp")), "no temporary files left behind"

@@ -14,7 +14,7 @@ import torch
 
 import interp
 from experiments import __main__ as runner
-from interp.backends import BACKENDS
+from interp.backends import AVAILABLE_BACKENDS
 from interp.hooks import ablate_heads, cache_heads, patch_activation
 from interp.loading import load_model
 from interp.sampling import continuation_logprobs, generate, temperature_sweep
@@ -27,7 +27,7 @@ PROMPT = "When Mary and John went to the store, John gave a drink to"
 
 @pytest.fixture(scope="module")
 def pairs(tiny_checkpoint):
-    return {b: {d: load_model(tiny_checkpoint, backend=b, device=d) for d in ("cpu", "cuda")} for b in BACKENDS}
+    return {b: {d: load_model(tiny_checkpoint, backend=b, device=d) for d in ("cpu", "cuda")} for b in AVAILABLE_BACKENDS}
 
 
 def _close(a, b, atol=1e-4):

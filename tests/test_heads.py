@@ -8,7 +8,7 @@ import pytest
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel
 
-from interp.backends import BACKENDS
+from interp.backends import AVAILABLE_BACKENDS
 from interp.heads import DETECTORS, detector, head_scores, repeated_random_tokens, scores_from_pattern
 from interp.hooks import cache_heads
 from interp.loading import load_model
@@ -59,7 +59,7 @@ def _planted_previous_token_checkpoint(out):
 @pytest.fixture(scope="module")
 def planted_models(tmp_path_factory):
     path = _planted_previous_token_checkpoint(tmp_path_factory.mktemp("planted") / "planted-prev-token")
-    return {b: load_model(path, backend=b, device="cpu") for b in BACKENDS}
+    return {b: load_model(path, backend=b, device="cpu") for b in AVAILABLE_BACKENDS}
 
 
 def test_detector_finds_the_planted_previous_token_head_and_only_it(planted_models, backend):

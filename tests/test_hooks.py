@@ -6,6 +6,7 @@ import pytest
 import torch
 from transformers import GPT2LMHeadModel
 
+from interp.backends import DEFAULT_BACKEND
 from interp.hooks import (
     CacheBudgetError,
     ablate_heads,
@@ -67,7 +68,7 @@ def test_memory_scales_with_the_request(tiny_model, tokens):
 
 
 def test_estimate_for_full_gpt2_small_patterns_at_1024(full_models):
-    estimate = estimate_cache_bytes(full_models["hooked"], 1, 1024, kinds=("pattern",))
+    estimate = estimate_cache_bytes(full_models[DEFAULT_BACKEND], 1, 1024, kinds=("pattern",))
     assert estimate.total == 12 * 12 * 1024 * 1024 * 4  # 576 MiB
     assert str(estimate).startswith("576.0 MiB")
 
@@ -113,7 +114,7 @@ def test_decomposition_sums_to_the_final_residual(tiny_model, tokens, per_head):
 
 
 def test_decomposition_on_full_shape(full_models):
-    model = full_models["hooked"]
+    model = full_models[DEFAULT_BACKEND]
     parts = decompose_resid(model, model.to_tokens(PROMPTS[0]))
     assert parts.components.shape[0] == 2 + 2 * 12
     torch.testing.assert_close(parts.components.sum(0), parts.final, atol=1e-4, rtol=1e-4)

@@ -7,8 +7,10 @@ import shutil
 
 import pytest
 import torch
+from conftest import both_backends
 
 import interp
+from interp.backends import DEFAULT_BACKEND
 from interp.loading import (
     CheckpointNotFoundError,
     CorruptCheckpointError,
@@ -76,9 +78,10 @@ def test_parity_with_huggingface_on_full_gpt2_small_shape(full_checkpoint, full_
                 assert diff <= 1e-4, f"{backend}: max |Δ log p| = {diff:.2e} on {text!r}"
 
 
+@both_backends
 @pytest.mark.parametrize("hook", ["hook_q", "hook_k", "hook_v", "hook_pattern", "hook_resid_post"])
 def test_backends_cache_the_same_activations(full_models, hook):
-    tokens = full_models["hooked"].to_tokens(ENGLISH[0])
+    tokens = full_models[DEFAULT_BACKEND].to_tokens(ENGLISH[0])
     caches = {}
     for backend, model in full_models.items():
         with torch.no_grad():

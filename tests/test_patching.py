@@ -8,7 +8,7 @@ import torch
 
 import interp
 from experiments.mechanisms import copying_task
-from interp.backends import BACKENDS
+from interp.backends import AVAILABLE_BACKENDS
 from interp.hooks import attached_hooks, patch_activation
 from interp.loading import load_model
 from interp.sampling import generate
@@ -20,7 +20,7 @@ def _last_token_logit(token: int):
 
 @pytest.fixture(scope="module")
 def bundled():
-    return {b: load_model("bundled", backend=b, device="cpu") for b in BACKENDS}
+    return {b: load_model("bundled", backend=b, device="cpu") for b in AVAILABLE_BACKENDS}
 
 
 @pytest.mark.parametrize("hook, by", [("resid_pre", "position"), ("attn_out", "position"), ("z", "head")])

@@ -14,13 +14,13 @@ import logging
 import einops
 import pytest
 import torch
-from conftest import TINY_SHAPE
+from conftest import TINY_SHAPE, both_backends
 from safetensors.torch import load_file, save_file
 from transformers import GPT2LMHeadModel
 
 import interp
 from interp.architecture import architecture
-from interp.backends import BACKENDS, ln_affine
+from interp.backends import AVAILABLE_BACKENDS, DEFAULT_BACKEND, ln_affine
 from interp.checkpoints import write_random_checkpoint
 from interp.hooks import ablate_heads, attached_hooks, cache_heads, patch_activation, temporary_hooks
 from interp.lens import direct_logit_attribution, logit_lens
@@ -39,7 +39,7 @@ def hf(tiny_checkpoint):
 
 @pytest.fixture(scope="module")
 def bundled():
-    return {b: load_model("bundled", backend=b, device="cpu") for b in BACKENDS}
+    return {b: load_model("bundled", backend=b, device="cpu") for b in AVAILABLE_BACKENDS}
 
 
 # ------------------------------------------------------------------------------ generation under hooks
@@ -94,7 +94,7 @@ def test_generation_honours_every_intervention(bundled, backend, which, temperat
 
 
 def test_a_plain_torch_hook_also_reaches_generation(bundled):
-    model = bundled["hooked"]
+    model = bundled[DEFAULT_BACKEND]
     plain = generate(model, PROMPTS[1], max_new_tokens=10, temperature=0).texts
     handle = model.blocks[0].register_forward_hook(lambda module, args, out: -out)  # LayerNorm keeps signs
     try:
@@ -216,15 +216,16 @@ def test_value_biases_stay_in_the_heads_when_processed(tiny_models, tiny_raw_mod
         torch.testing.assert_close(processed.blocks[layer].attn.b_V.detach(), expected, rtol=1e-5, atol=1e-5)
 
 
+@both_backends
 def test_both_backends_attribute_the_same_on_the_same_checkpoint(tiny_models, tiny_raw_models):
     for models in (tiny_models, tiny_raw_models):
-        tokens = models["hooked"].to_tokens(PROMPTS[:1])
+        tokens = models[DEFAULT_BACKEND].to_tokens(PROMPTS[:1])
         dla = {b: direct_logit_attribution(m, tokens, 42).contributions for b, m in models.items()}
         torch.testing.assert_close(dla["hooked"], dla["bridge"], rtol=1e-4, atol=1e-5)
 
 
 def test_direct_logit_attribution_equals_transformer_lens_logit_attrs(tiny_models):
-    model = tiny_models["hooked"]
+    model = tiny_models[DEFAULT_BACKEND]
     tokens = model.to_tokens(PROMPTS[:1])
     token = 42
     ours = direct_logit_attribution(model, tokens, token, per_head=True)
@@ -245,7 +246,7 @@ def test_detectors_agree_with_transformer_lens_detect_head(tiny_models, ours, th
     the mean over the rows that have a target, so the two differ by that count."""
     from transformer_lens.head_detector import detect_head
 
-    model = tiny_models["hooked"]
+    model = tiny_models[DEFAULT_BACKEND]
     words = " cat dog sun tree house river stone bird"
     tokens = model.to_tokens(words * 2)
     n = len(words.split())
