@@ -8,9 +8,17 @@ BIN    := $(VENV)/bin
 # CUDA build. With a GPU, install your CUDA torch into $(VENV) first; a 2.13.0+cuXXX build satisfies this.
 TORCH  ?= torch==2.13.0
 ARGS   ?=
+# The second TransformerLens major: 3.9, the last with HookedTransformer (and what SAELens pins). Its own venv.
+VENV3  ?= .venv-tl3
+TL3    ?= transformer-lens>=3.9,<4
+# The tests whose outcome can depend on the major or the backend (README, "Which tests need which major").
+TL3_TESTS ?= tests/test_loading.py tests/test_hook_writes.py tests/test_trust.py tests/test_hooks.py tests/test_inputs.py \
+	tests/test_patching.py tests/test_heads.py tests/test_sampling.py tests/test_architecture.py \
+	tests/test_transformer_lens_oracles.py tests/test_bundled.py
 
-.PHONY: setup figures test benchmark notebook train-bundled clean
+.PHONY: setup setup-tl3 figures test test-tl3 benchmark benchmark-tl3 notebook train-bundled clean
 setup: $(VENV)/.installed
+setup-tl3: $(VENV3)/.installed
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -19,14 +27,28 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/python -m pip install --quiet -e ".[test,export]"
 	touch $@
 
+$(VENV3)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV3)
+	$(VENV3)/bin/python -m pip install --quiet --upgrade pip
+	$(VENV3)/bin/python -m pip install --quiet "$(TORCH)"
+	$(VENV3)/bin/python -m pip install --quiet -e ".[test]" "$(TL3)"
+	touch $@
+
 figures: setup
 	$(BIN)/python -m experiments $(ARGS)
 
 test: setup
 	$(BIN)/python -m pytest $(ARGS)
 
+# The same tests on TransformerLens 3.9, where both backends exist (CI runs this after make test).
+test-tl3: setup-tl3
+	$(VENV3)/bin/python -m pytest $(TL3_TESTS) $(ARGS)
+
 benchmark: setup
 	$(BIN)/python -m experiments.benchmark $(ARGS)
+
+benchmark-tl3: setup-tl3
+	$(VENV3)/bin/python -m experiments.benchmark $(ARGS)
 
 # Re-execute the walkthrough in place, with its outputs (offline it uses the bundled model and says so).
 notebook: setup
@@ -40,4 +62,4 @@ train-bundled: setup
 	$(BIN)/python -m experiments.train_bundled_model $(ARGS)
 
 clean:
-	rm -rf $(VENV) *.egg-info .pytest_cache .hypothesis
+	rm -rf $(VENV) $(VENV3) *.egg-info .pytest_cache .hypothesis

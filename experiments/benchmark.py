@@ -1,15 +1,19 @@
 """Speed, measured side by side in one run: ratios of medians over interleaved repetitions.
 
 Runs on random weights in GPT-2 small's exact shape (timings do not depend on the weight values), so it
-needs no download. Prints a table and writes figures/benchmark.json.
+needs no download. Prints a table and writes figures/benchmark_tl{major}.json.
 
     python -m experiments.benchmark [--reps 5] [--quick] [--device cuda]
+
+Ratios are measured within one environment, so each TransformerLens major gets its own run and file:
+``make benchmark`` (4.x, the bridge) writes figures/benchmark_tl4.json and ``make benchmark-tl3`` (3.9, both
+backends) figures/benchmark_tl3.json.
 
 On a GPU every timed call is bracketed by ``torch.cuda.synchronize()``, so a time is the work's, not the
 launch's.
 
 Goals (from the issues): cache_heads <= 1.05x a bare forward; a 50-temperature sweep <= 1.05x one forward;
-interp sampling >= 5x HookedTransformer.generate at batch 1 and >= 0.9x Hugging Face generate;
+interp sampling >= 5x TransformerLens's generate at batch 1 and >= 0.9x Hugging Face generate;
 ``python -m experiments`` end to end <= 3 minutes.
 """
 
@@ -30,10 +34,10 @@ from pathlib import Path
 import torch
 
 from experiments.common import DEFAULT_OUT, command_line
-from interp.backends import BACKENDS
+from interp.backends import AVAILABLE_BACKENDS, DEFAULT_BACKEND, TL_MAJOR, TL_VERSION
+from interp.caching import cache_heads
 from interp.checkpoints import write_random_checkpoint
 from interp.figures import atomic_write
-from interp.hooks import cache_heads
 from interp.loading import load_model, quiet_transformers
 from interp.patching import activation_patching, attribution_patching
 from interp.sampling import generate, temperature_sweep
@@ -101,7 +105,9 @@ def bench_sweep(model, reps: int) -> dict:
     return row("temperature sweep, 50 temperatures, vs one forward", times, "sweep_50", "forward", "<= 1.05x")
 
 
-def bench_generate(model, hf, batch: int, new_tokens: int, reps: int, with_tl: bool) -> list[dict]:
+def bench_generate(models: dict, hf, batch: int, new_tokens: int, reps: int) -> list[dict]:
+    """interp's generate (on the default backend) against Hugging Face's and each backend's own generate."""
+    model = models[DEFAULT_BACKEND]
     prompts = [PROMPT[: 20 + 3 * i] for i in range(batch)] if batch > 1 else [PROMPT[:40]]
     tok = model.tokenizer
     tl_tokens = model.to_tokens([prompts[0]] * batch)  # TL and HF get equal-length prompts: no padding
@@ -112,17 +118,17 @@ def bench_generate(model, hf, batch: int, new_tokens: int, reps: int, with_tl: b
                                   min_new_tokens=new_tokens, do_sample=True, temperature=1.0, top_k=0,
                                   pad_token_id=tok.eos_token_id),
     }
-    if with_tl:
-        contenders["hooked_transformer"] = lambda: model.generate(
+    for backend, tl_model in models.items():
+        contenders[backend] = lambda m=tl_model: m.generate(
             tl_tokens, max_new_tokens=new_tokens, do_sample=True, temperature=1.0, stop_at_eos=False, verbose=False)
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         times = interleaved(contenders, reps)
     rows = [row(f"sampling {new_tokens} tokens, batch {batch}: interp vs HF generate", times, "interp", "hf",
                 ">= 0.9x HF throughput (ratio <= 1.11)")]
-    if with_tl:
-        rows.append(row(f"sampling {new_tokens} tokens, batch {batch}: interp vs HookedTransformer.generate", times,
-                        "interp", "hooked_transformer", ">= 5x faster (ratio <= 0.2)" if batch == 1 else "-"))
+    for backend in models:
+        rows.append(row(f"sampling {new_tokens} tokens, batch {batch}: interp vs TransformerLens generate ({backend})",
+                        times, "interp", backend, ">= 5x faster (ratio <= 0.2)" if batch == 1 else "-"))
     return rows
 
 
@@ -136,7 +142,7 @@ def bench_patching(model, reps: int) -> list[dict]:
     cells = model.cfg.n_layers * n
 
     def metric(logits):
-        return logits[0, -1, 42]
+        return logits[:, -1, 42]
 
     with torch.no_grad():
         times = interleaved({"forward": lambda: model(corrupted),
@@ -186,7 +192,7 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--reps", type=int, default=5, help="timed repetitions per contender (default: 5)")
     parser.add_argument("--quick", action="store_true", help="skip batch 16 and the end-to-end run")
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="where benchmark.json goes")
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="where benchmark_tl{major}.json goes (default: figures/)")
     parser.add_argument("--device", default="cpu", help="cpu (default) or cuda")
     args = parser.parse_args(argv)
     if args.reps < 1:
@@ -196,30 +202,32 @@ def main(argv: list[str] | None = None) -> int:
     torch.manual_seed(0)
     device = args.device
     results: dict = {"command": command_line(), "device": device, "torch_threads": torch.get_num_threads(),
+                     "transformer_lens": TL_VERSION, "backends": list(AVAILABLE_BACKENDS),
                      "gpu": torch.cuda.get_device_name() if device.startswith("cuda") else None, "rows": []}
     with tempfile.TemporaryDirectory() as tmp:
         print("writing a random checkpoint in GPT-2 small's shape ...", file=sys.stderr, flush=True)
         ckpt = write_random_checkpoint(Path(tmp) / "random-gpt2-small-shape", seed=0)
-        models = {b: load_model(ckpt, backend=b, device=device) for b in BACKENDS}
+        models = {b: load_model(ckpt, backend=b, device=device) for b in AVAILABLE_BACKENDS}
+        model = models[DEFAULT_BACKEND]
         from transformers import GPT2LMHeadModel
 
         with quiet_transformers():
             hf = GPT2LMHeadModel.from_pretrained(ckpt, local_files_only=True).eval().to(device)
-        tokens = models["hooked"].to_tokens([PROMPT] * 4)
+        tokens = model.to_tokens([PROMPT] * 4)
         steps = [
             ("cache_heads", lambda: results["rows"].extend(bench_cache_heads(models, tokens, args.reps))),
             ("cache_heads, 4 x 256 tokens", lambda: results["rows"].extend(
                 bench_cache_heads(models, torch.randint(0, 50257, (4, 256), device=device), args.reps))),
-            ("cache bytes", lambda: results.update(cache_bytes=cache_bytes(models["hooked"], tokens))),
-            ("temperature sweep", lambda: results["rows"].append(bench_sweep(models["hooked"], args.reps))),
+            ("cache bytes", lambda: results.update(cache_bytes=cache_bytes(model, tokens))),
+            ("temperature sweep", lambda: results["rows"].append(bench_sweep(model, args.reps))),
             ("sampling, batch 1", lambda: results["rows"].extend(
-                bench_generate(models["hooked"], hf, 1, 64, args.reps, with_tl=True))),
+                bench_generate(models, hf, 1, 64, args.reps))),
         ]
         if not args.quick:
             steps.append(("sampling, batch 16", lambda: results["rows"].extend(
-                bench_generate(models["hooked"], hf, 16, 64, max(2, args.reps // 2), with_tl=True))))
-        steps.append(("patching", lambda: results["rows"].extend(bench_patching(models["hooked"], max(2, args.reps // 2)))))
-        steps.append(("roofline", lambda: results.update(roofline=roofline(models["hooked"], args.reps))))
+                bench_generate(models, hf, 16, 64, max(2, args.reps // 2)))))
+        steps.append(("patching", lambda: results["rows"].extend(bench_patching(model, max(2, args.reps // 2)))))
+        steps.append(("roofline", lambda: results.update(roofline=roofline(model, args.reps))))
         if not args.quick:
             bundled = ["--model", "bundled", "--device", device]
             steps.append(("python -m experiments end to end", lambda: results.update(end_to_end=end_to_end(
@@ -244,8 +252,9 @@ def main(argv: list[str] | None = None) -> int:
     for key in ("end_to_end", "mechanisms"):
         if key in results:
             print(f"{results[key]['command']}: {results[key]['seconds']:.0f}s end to end (goal {results[key]['goal']})")
-    atomic_write(args.out / "benchmark.json", json.dumps(results, indent=1) + "\n")
-    print(f"wrote {args.out / 'benchmark.json'}", file=sys.stderr)
+    name = f"benchmark_tl{TL_MAJOR}.json" if device == "cpu" else f"benchmark_tl{TL_MAJOR}_{device.split(':')[0]}.json"
+    atomic_write(args.out / name, json.dumps(results, indent=1) + "\n")
+    print(f"wrote {args.out / name}", file=sys.stderr)
     return 0
 
 

@@ -122,7 +122,7 @@ def measure(checkpoint: Path) -> dict:
     """Everything the card reports about a checkpoint, measured with interp's own tools."""
     from experiments import temperature
     from interp.heads import DETECTORS, detector_tokens, head_scores, repeated_random_tokens
-    from interp.hooks import ablate_heads
+    from interp.interventions import ablate_heads
     from interp.loading import load_model
 
     model = load_model(checkpoint, device="cpu")

@@ -18,8 +18,8 @@ from plotly.subplots import make_subplots
 
 from experiments import common
 from experiments.common import Figure
+from interp.caching import cache_heads
 from interp.heads import DETECTORS, detector_tokens, head_scores
-from interp.hooks import cache_heads
 from interp.loading import model_info
 
 DEFAULT_PROMPT = ("The cat sat on the mat. The dog sat on the log. The cat sat on the mat because the cat was "

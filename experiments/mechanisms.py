@@ -29,7 +29,7 @@ from plotly.subplots import make_subplots
 from experiments import common
 from experiments.common import Figure
 from interp.heads import detector_tokens, head_scores, repeated_random_tokens
-from interp.hooks import ablate_heads
+from interp.interventions import ablate_heads
 from interp.loading import model_info
 from interp.patching import activation_patching, attribution_patching, steer, steering_vector
 from interp.sampling import (
@@ -215,7 +215,8 @@ def plot_repetition(result: Result) -> go.Figure:
                 fig.add_scatter(x=d["T"], y=d["mean"], error_y=dict(type="data", array=d["std"], visible=True),
                                 mode="lines+markers", name=name, legendgroup=condition,
                                 showlegend=row == 1 and col == 1, line_color=COLORS[condition], row=row, col=col)
-    fig.update_xaxes(type="log", title_text="temperature T (log scale)", row=2)
+    fig.update_xaxes(type="log")  # every panel: the rows share their x axes, so they must share the type too
+    fig.update_xaxes(title_text="temperature T (log scale)", row=2)
     fig.update_layout(width=1300, height=760, margin=dict(t=140), legend=dict(orientation="h", y=-0.12),
                       title=common.title("Is low-temperature repetition carried by the induction heads? "
                                          "(error bars: spread over seeds)", result.model))

@@ -83,7 +83,7 @@ def compute(model, config: Config, progress=None) -> Result:
     metric_names = ["entropy_bits", "effective_vocab", "top1_mass", "top5_mass", "top50_mass", "kl_from_t1",
                     "greedy_prob"]
     chosen_out = {
-        t: {"top_tokens": list(sweep.top_strings[i]), "top_probs": sweep.top_probs[i].tolist(),
+        t: {"top_tokens": list(sweep.top_strings[i]), "top_probs": sweep.top_probs[i, :len(sweep.top_strings[i])].tolist(),
                  **{m: float(frame[m][i]) for m in metric_names}}
         for i, t in enumerate(chosen)
     }

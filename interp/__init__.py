@@ -1,8 +1,9 @@
 """interp: inspect GPT-2 small with TransformerLens.
 
 The names a researcher types in IPython; everything else lives in the topic modules
-(``interp.specs``, ``interp.loading``, ``interp.backends``, ``interp.architecture``, ``interp.hooks``,
-``interp.heads``, ``interp.lens``, ``interp.patching``, ``interp.sampling``, ``interp.figures``).
+(``interp.specs``, ``interp.loading``, ``interp.backends``, ``interp.architecture``, ``interp.inputs``,
+``interp.hooks``, ``interp.caching``, ``interp.interventions``, ``interp.metrics``, ``interp.heads``,
+``interp.lens``, ``interp.patching``, ``interp.sampling``, ``interp.figures``, ``interp.errors``).
 """
 
 from interp.architecture import (
@@ -12,16 +13,11 @@ from interp.architecture import (
     parameter_listing,
     split_attention,
 )
+from interp.caching import cache_heads, decompose_resid, estimate_cache_bytes, residual_stream
 from interp.heads import head_scores
-from interp.hooks import (
-    ablate_heads,
-    cache_heads,
-    decompose_resid,
-    estimate_cache_bytes,
-    patch_activation,
-    residual_stream,
-    temporary_hooks,
-)
+from interp.inputs import to_tokens
+from interp.hooks import temporary_hooks
+from interp.interventions import ablate_heads, patch_activation
 from interp.lens import direct_logit_attribution, logit_lens
 from interp.loading import load_model, model_info
 from interp.patching import activation_patching, attribution_patching, steer, steering_vector
@@ -52,4 +48,5 @@ __all__ = [
     "steer",
     "steering_vector",
     "temporary_hooks",
+    "to_tokens",
 ]

@@ -51,6 +51,6 @@ class DeviceUnavailableError(ModelLoadError, ValueError):
     """The device asked for is not there (``"cuda"`` on a machine without CUDA)."""
 
 
-class MetricError(TypeError):
+class MetricError(TypeError, ValueError):
     """A metric broke the contract: it must map logits ``[batch, pos, d_vocab]`` to a tensor of shape
     ``[batch]`` or a scalar."""

@@ -35,7 +35,8 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from interp.hooks import cache_heads, check_tokens
+from interp.caching import cache_heads
+from interp.inputs import check_tokens
 
 __all__ = ["DETECTORS", "Detector", "HeadScores", "detector", "detector_tokens", "head_scores",
            "repeated_random_tokens", "scores_from_pattern"]
@@ -177,6 +178,11 @@ def repeated_random_tokens(model, *, seq_len: int = 50, batch: int = 8, seed: in
     if token_pool is None:
         token_pool = torch.arange(model.cfg.d_vocab)
         token_pool = token_pool[token_pool != bos]
+    elif (not isinstance(token_pool, Tensor) or token_pool.ndim != 1 or token_pool.is_floating_point()
+          or len(token_pool) == 0):
+        raise ValueError("token_pool must be a non-empty 1-d integer tensor of token ids to draw from")
+    elif int(token_pool.min()) < 0 or int(token_pool.max()) >= model.cfg.d_vocab:
+        raise ValueError(f"token_pool has ids outside the vocabulary 0..{model.cfg.d_vocab - 1}")
     token_pool = token_pool.cpu()
     half = token_pool[torch.randint(len(token_pool), (batch, seq_len), generator=gen)]
     return torch.cat([torch.full((batch, 1), bos), half, half], dim=1).to(model.cfg.device)

@@ -15,7 +15,8 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from interp.backends import final_layer_norm, ln_affine, unembed
-from interp.hooks import check_position, check_tokens, decompose_resid, residual_stream
+from interp.caching import decompose_resid, residual_stream
+from interp.inputs import check_position, check_positive_int, check_tokens
 
 __all__ = ["LogitAttribution", "LogitLens", "direct_logit_attribution", "logit_lens"]
 
@@ -49,8 +50,7 @@ def logit_lens(model, tokens: Int[Tensor, "1 pos"], *, pos: int = -1, k: int = 5
     if tokens.shape[0] != 1:
         raise ValueError("logit_lens reads one prompt: tokens must have batch size 1")
     check_position(tokens, pos)
-    if not 1 <= k <= model.cfg.d_vocab:
-        raise ValueError(f"k must be in 1..{model.cfg.d_vocab}, got {k}")
+    k = check_positive_int(k, "k", high=model.cfg.d_vocab)
     stack = residual_stream(model, tokens, kinds=("resid_pre", "resid_post"))
     resid = torch.cat([stack.resid_pre[:1], stack.resid_post])[:, 0, pos]  # [layer+1, d_model]
     logits = unembed(model, final_layer_norm(model, resid))
@@ -86,8 +86,7 @@ def direct_logit_attribution(model, tokens: Int[Tensor, "1 pos"], token: int, *,
     tokens = check_tokens(model, tokens)
     if tokens.shape[0] != 1:
         raise ValueError("direct_logit_attribution reads one prompt: tokens must have batch size 1")
-    if not 0 <= token < model.cfg.d_vocab:
-        raise ValueError(f"token {token} out of range: vocabulary is 0..{model.cfg.d_vocab - 1}")
+    token = check_positive_int(token, "token", low=0, high=model.cfg.d_vocab - 1)
     check_position(tokens, pos)
     parts = decompose_resid(model, tokens, per_head=per_head)
     final = parts.final[0, pos]

@@ -154,7 +154,7 @@ def load_model(spec: str | os.PathLike = "gpt2", *, backend: str = DEFAULT_BACKE
 
 
 FALLBACK_MESSAGE = ("GPT-2 small's weights are not cached and cannot be downloaded: using the bundled offline "
-                    "model instead (pass --model gpt2 to insist on GPT-2).")
+                    "model instead (load_model('gpt2'), or --model gpt2 on the command line, insists on GPT-2).")
 
 
 def load_gpt2_or_bundled(**kwargs):

@@ -18,20 +18,21 @@ Example:
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from interp.hooks import check_layers, check_tokens, temporary_hooks
+from interp.hooks import temporary_hooks
+from interp.inputs import check_finite, check_index, check_layers, check_tokens, to_tokens
+from interp.metrics import Metric, check_metric, metric_mean
 
 __all__ = ["PatchingResult", "activation_patching", "attribution_patching", "steer", "steering_vector"]
 
 POSITION_HOOKS = ("resid_pre", "resid_mid", "resid_post", "attn_out", "mlp_out")
 HEAD_HOOKS = ("z",)
-Metric = Callable[[Float[Tensor, "batch pos d_vocab"]], Tensor]
 
 
 @dataclass(frozen=True)
@@ -70,10 +71,7 @@ def _check(model, clean_tokens, corrupted_tokens, hook: str, by: str) -> None:
 
 
 def _metric(metric: Metric, logits: Tensor) -> float:
-    value = metric(logits)
-    if not isinstance(value, Tensor) or value.numel() != 1:
-        raise ValueError("metric must map logits to a scalar tensor")
-    return float(value)
+    return float(metric_mean(metric, logits))
 
 
 def _cache(model, tokens: Tensor, hook: str) -> tuple[dict[int, Tensor], Tensor]:
@@ -92,7 +90,8 @@ def activation_patching(model, clean_tokens: Int[Tensor, "batch pos"], corrupted
     patched in from the clean run.
 
     Args:
-        metric: maps the logits ``[batch, pos, d_vocab]`` of a run to a scalar tensor.
+        metric: maps the logits ``[batch, pos, d_vocab]`` of a run to a ``[batch]`` tensor or a scalar (the
+            contract of ``interp.metrics``); a score is its mean over the batch.
         hook: ``resid_pre``, ``resid_mid``, ``resid_post``, ``attn_out`` or ``mlp_out`` (by position), or
             ``z`` (by position, or by head).
         cells_per_forward: how many cells share one batched forward (memory against speed); the cost is
@@ -102,8 +101,9 @@ def activation_patching(model, clean_tokens: Int[Tensor, "batch pos"], corrupted
         ``PatchingResult`` with ``scores[layer, pos]`` or ``scores[layer, head]``.
     """
     _check(model, clean_tokens, corrupted_tokens, hook, by)
-    if cells_per_forward < 1:
-        raise ValueError(f"cells_per_forward must be >= 1, got {cells_per_forward}")
+    if isinstance(cells_per_forward, bool) or not isinstance(cells_per_forward, int) or cells_per_forward < 1:
+        raise ValueError(f"cells_per_forward must be an integer >= 1, got {cells_per_forward!r}")
+    check_metric(metric, model, *clean_tokens.shape)
     clean, clean_logits = _cache(model, clean_tokens, hook)
     n_layers, batch, n_pos = model.cfg.n_layers, *corrupted_tokens.shape
     width = n_pos if by == "position" else model.cfg.n_heads
@@ -143,6 +143,7 @@ def attribution_patching(model, clean_tokens: Int[Tensor, "batch pos"], corrupte
     Scores are in the same units and shape as ``activation_patching``'s (the patched metric, estimated).
     """
     _check(model, clean_tokens, corrupted_tokens, hook, by)
+    check_metric(metric, model, *clean_tokens.shape, needs_grad=True)
     clean, clean_logits = _cache(model, clean_tokens, hook)
     corrupted: dict[int, Tensor] = {}
 
@@ -158,11 +159,9 @@ def attribution_patching(model, clean_tokens: Int[Tensor, "batch pos"], corrupte
     hooks = [("hook_embed", leaf)] + [(_hook_name(layer, hook), keep(layer)) for layer in range(model.cfg.n_layers)]
     with torch.enable_grad(), temporary_hooks(model, hooks):
         logits = model(corrupted_tokens)
-        value = metric(logits)
-        if not isinstance(value, Tensor) or value.numel() != 1:
-            raise ValueError("metric must map logits to a scalar tensor")
+        value = metric_mean(metric, logits)
         layers = sorted(corrupted)
-        grads = torch.autograd.grad(value.sum(), [corrupted[layer] for layer in layers], allow_unused=True)
+        grads = torch.autograd.grad(value, [corrupted[layer] for layer in layers], allow_unused=True)
     rows = []
     for layer, grad in zip(layers, grads):
         delta = clean[layer] - corrupted[layer].detach()
@@ -186,7 +185,8 @@ def steer(model, vector: Float[Tensor, "... d_model"], *, layer: int, coeff: flo
         hook: ``resid_pre``, ``resid_mid`` or ``resid_post``.
 
     Under ``generate`` the model's own forward runs on the whole sequence at every step, so every step is
-    steered the same way.
+    steered the same way. A position outside an input is an error at that forward, in ``model(tokens)`` and
+    in ``generate`` alike, never a silent no-op. NaN or inf in ``coeff`` or ``vector`` is refused up front.
 
     Example:
         >>> with steer(model, steering_vector(model, " Love", " Hate", layer=6), layer=6, coeff=5):
@@ -195,21 +195,34 @@ def steer(model, vector: Float[Tensor, "... d_model"], *, layer: int, coeff: flo
     check_layers(model, [layer])
     if hook not in ("resid_pre", "resid_mid", "resid_post"):
         raise ValueError(f"hook must be resid_pre, resid_mid or resid_post, got {hook!r}")
-    if vector.ndim not in (1, 2) or vector.shape[-1] != model.cfg.d_model:
+    if not isinstance(vector, Tensor) or not vector.is_floating_point():
+        raise TypeError(f"vector must be a floating tensor [d_model] or [n, d_model], got {type(vector).__name__}")
+    if vector.ndim not in (1, 2) or vector.shape[-1] != model.cfg.d_model or 0 in vector.shape:
         raise ValueError(f"vector must be [d_model] or [n, d_model] with d_model {model.cfg.d_model}, "
                          f"got shape {tuple(vector.shape)}")
-    if positions is not None and vector.ndim == 2 and len(positions) != len(vector):
-        raise ValueError(f"{len(positions)} positions for a vector of {len(vector)} rows")
+    if isinstance(coeff, bool) or not isinstance(coeff, int | float):
+        raise TypeError(f"coeff must be a number, got {coeff!r}")
+    check_finite(coeff, "coeff")
+    check_finite(vector, "the steering vector")
+    if positions is not None:
+        positions = [check_index(p, "position") for p in positions]
+        if not positions:
+            raise ValueError("positions is empty: pass None to steer every position (or every row's position)")
+        if vector.ndim == 2 and len(positions) != len(vector):
+            raise ValueError(f"{len(positions)} positions for a vector of {len(vector)} rows")
     added = (coeff * vector.detach()).to(model.cfg.device)
     rows = list(range(len(added))) if vector.ndim == 2 and positions is None else positions
 
     def fn(act, hook):
+        n = act.shape[1]
+        if rows is not None and not all(-n <= p < n for p in rows):
+            raise ValueError(f"steer: positions {rows} do not all fit the {n}-token input (a vector of n rows "
+                             f"steers positions 0..n-1); shorten the vector or pass positions")
         act = act.clone()
         delta = added.to(act.dtype)
         if rows is None:
             return act + delta
-        usable = [(r, p) for r, p in enumerate(rows) if -act.shape[1] <= p < act.shape[1]]
-        for r, p in usable:
+        for r, p in enumerate(rows):
             act[:, p] += delta[r] if delta.ndim == 2 else delta
         return act
 
@@ -226,7 +239,7 @@ def steering_vector(model, prompt_a: str, prompt_b: str, *, layer: int,
     check_layers(model, [layer])
     if hook not in ("resid_pre", "resid_mid", "resid_post"):
         raise ValueError(f"hook must be resid_pre, resid_mid or resid_post, got {hook!r}")
-    a, b = (model.to_tokens(p, truncate=False) for p in (prompt_a, prompt_b))
+    a, b = (to_tokens(model, p) for p in (prompt_a, prompt_b))  # refuses an empty or too-long prompt
     space = model.to_single_token(" ")
     n = max(a.shape[1], b.shape[1])
     a, b = (torch.cat([t, torch.full((1, n - t.shape[1]), space, device=t.device)], dim=1) for t in (a, b))

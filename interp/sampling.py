@@ -29,6 +29,7 @@ from torch import Tensor
 
 from interp.backends import final_layer_norm, gpt2_weights, layer_norm, unembed
 from interp.hooks import attached_hooks, temporary_hooks
+from interp.inputs import check_positive_int
 
 __all__ = [
     "Generation",
@@ -108,7 +109,7 @@ def distributions(logits: Float[Tensor, " d_vocab"], temperatures: Sequence[floa
 def sweep_metrics(probs: Float[Tensor, "temp d_vocab"], reference: Float[Tensor, " d_vocab"]) -> dict[str, Tensor]:
     """Entropy, effective vocabulary, top-k masses, KL from ``reference`` and the reference argmax's prob."""
     logp = probs.clamp_min(1e-300).log()
-    entropy = (-(probs * logp).sum(-1)).clamp_min(0)
+    entropy = (-(probs * logp).sum(-1)).clamp_min(0) + 0.0  # + 0.0 turns -0.0 (greedy rows) into 0.0
     sorted_probs = probs.topk(min(50, probs.shape[-1]), dim=-1).values  # the 50 largest, in order
     kl = (probs * (logp - reference.clamp_min(1e-300).log())).sum(-1).clamp_min(0)
     return {
@@ -142,12 +143,15 @@ def temperature_sweep(model, prompt: str, temperatures: Sequence[float], *, k: i
         >>> sweep.to_frame()[["T", "entropy_bits", "top1_mass"]]
     """
     temps = check_temperatures(temperatures)
+    k = check_positive_int(k, "k", high=model.cfg.d_vocab)
     tokens = prompt_tokens(model, [prompt], max_new_tokens=0)[0].unsqueeze(0)
     logits = last_logits(model, tokens)[0]
     probs = distributions(logits, temps)
     reference = distributions(logits, [1.0])[0]
     top = probs.topk(k, dim=-1)
-    strings = tuple(tuple(model.tokenizer.decode([t]) for t in row.tolist()) for row in top.indices)
+    # Only tokens with probability > 0 are listed: at T = 0 the rest of the top k would be arbitrary ties at 0.
+    strings = tuple(tuple(model.tokenizer.decode([t]) for t, p in zip(row.tolist(), ps.tolist()) if p > 0)
+                    for row, ps in zip(top.indices, top.values))
     return TemperatureSweep(prompt, temps, probs, top.indices, top.values, strings, **sweep_metrics(probs, reference))
 
 
@@ -263,6 +267,9 @@ def generate(model, prompts: str | Sequence[str], *, max_new_tokens: int = 40, t
     positions, and a hook that indexes positions silently acts on the wrong ones.) With no hook attached it
     runs a KV-cached forward on the same weights, which gives the same tokens, several times faster.
 
+    Both equalities (cached and uncached, a prompt alone and in a batch) are exact in float32 and float64. In
+    float16 and bfloat16 the paths round differently, so where two tokens nearly tie they can part ways.
+
     Args:
         prompts: one prompt or a list; BOS is prepended; prompts of different lengths are left-padded.
         temperature: 0 is greedy; otherwise logits are divided by it before sampling.
@@ -280,8 +287,8 @@ def generate(model, prompts: str | Sequence[str], *, max_new_tokens: int = 40, t
     if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be an integer >= 1, got {max_new_tokens!r}")
     (temperature,) = check_temperatures(temperature)
-    if top_k is not None and top_k < 1:
-        raise ValueError(f"top_k must be >= 1, got {top_k}")
+    if top_k is not None:
+        top_k = check_positive_int(top_k, "top_k", high=model.cfg.d_vocab)
     if top_p is not None and not 0 < top_p <= 1:
         raise ValueError(f"top_p must be in (0, 1], got {top_p}")
     prompts = (prompts,) if isinstance(prompts, str) else tuple(prompts)

@@ -15,7 +15,7 @@ from conftest import both_backends
 from experiments import bundled_card, bundled_corpus, common, temperature, train_bundled_model
 from interp.backends import AVAILABLE_BACKENDS, DEFAULT_BACKEND
 from interp.heads import DETECTORS, detector_tokens, head_scores, repeated_random_tokens
-from interp.hooks import ablate_heads
+from interp.interventions import ablate_heads
 from interp.loading import BUNDLED_DIR, load_model, model_info
 
 pytestmark = pytest.mark.skipif(not (BUNDLED_DIR / "model_card.json").exists(),

@@ -148,3 +148,28 @@ def test_runner_and_standalone_draw_the_same_breakdown(tmp_path):
     assert parameter_breakdown.main(["--model", "gpt2-medium", "--out", str(tmp_path / "b"), "--no-images"]) == 0
     a, b = (json.loads((tmp_path / d / "parameter_breakdown.json").read_text()) for d in "ab")
     assert a == b and a["tied_total"] == 354_823_168 and a["spec"] == "gpt2-medium"
+
+
+def _plotly_layout(html: str) -> dict:
+    """The layout argument of the ``Plotly.newPlot(id, data, layout, config)`` call in a figure's HTML."""
+    decoder = json.JSONDecoder()
+    rest = html[html.index("Plotly.newPlot(") + len("Plotly.newPlot("):].lstrip()
+    _, end = decoder.raw_decode(rest)  # the div id
+    rest = rest[end:].lstrip()[1:].lstrip()
+    _, end = decoder.raw_decode(rest)  # the data
+    rest = rest[end:].lstrip()[1:].lstrip()
+    return decoder.raw_decode(rest)[0]
+
+
+@pytest.mark.parametrize("name", FIGURES)
+def test_shared_axes_have_one_type(run_dirs, name):
+    """Axes that plotly ties together (``matches``) share their tick labels, so they must share their type: a
+    log axis matched to a linear one cannot be read against its ticks."""
+    layout = _plotly_layout((run_dirs[0] / f"{name}.html").read_text())
+    axes = {key: value for key, value in layout.items() if key.startswith(("xaxis", "yaxis"))}
+    for key, axis in axes.items():
+        target = axis.get("matches")
+        if target is None:
+            continue
+        other = axes.get(target[0] + "axis" + target[1:], {})
+        assert axis.get("type", "-") == other.get("type", "-"), f"{name}: {key} matches {target} but has another type"

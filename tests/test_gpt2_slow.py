@@ -44,7 +44,7 @@ def test_known_duplicate_token_heads(gpt2_scores, layer, head):
 
 def test_ablating_the_known_induction_heads_reduces_copying(gpt2_model):
     from interp.heads import repeated_random_tokens
-    from interp.hooks import ablate_heads
+    from interp.interventions import ablate_heads
 
     tokens = repeated_random_tokens(gpt2_model, seq_len=50, batch=8, seed=1)
 

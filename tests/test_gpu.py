@@ -15,7 +15,8 @@ import torch
 import interp
 from experiments import __main__ as runner
 from interp.backends import AVAILABLE_BACKENDS
-from interp.hooks import ablate_heads, cache_heads, patch_activation
+from interp.caching import cache_heads
+from interp.interventions import ablate_heads, patch_activation
 from interp.loading import load_model
 from interp.sampling import continuation_logprobs, generate, temperature_sweep
 

@@ -9,8 +9,8 @@ import torch
 from transformers import GPT2Config, GPT2LMHeadModel
 
 from interp.backends import AVAILABLE_BACKENDS
+from interp.caching import cache_heads
 from interp.heads import DETECTORS, detector, head_scores, repeated_random_tokens, scores_from_pattern
-from interp.hooks import cache_heads
 from interp.loading import load_model
 
 PLANTED_LAYER, PLANTED_HEAD = 0, 2

@@ -7,17 +7,15 @@ import torch
 from transformers import GPT2LMHeadModel
 
 from interp.backends import DEFAULT_BACKEND
-from interp.hooks import (
+from interp.caching import (
     CacheBudgetError,
-    ablate_heads,
-    attached_hooks,
     cache_heads,
     decompose_resid,
     estimate_cache_bytes,
-    patch_activation,
     residual_stream,
-    temporary_hooks,
 )
+from interp.hooks import attached_hooks, temporary_hooks
+from interp.interventions import ablate_heads, patch_activation
 from interp.lens import direct_logit_attribution, logit_lens
 
 PROMPTS = ["When Mary and John went to the store, John gave a drink to",

@@ -9,7 +9,8 @@ import torch
 import interp
 from experiments.mechanisms import copying_task
 from interp.backends import AVAILABLE_BACKENDS
-from interp.hooks import attached_hooks, patch_activation
+from interp.hooks import attached_hooks
+from interp.interventions import patch_activation
 from interp.loading import load_model
 from interp.sampling import generate
 

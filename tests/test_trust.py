@@ -21,8 +21,10 @@ from transformers import GPT2LMHeadModel
 import interp
 from interp.architecture import architecture
 from interp.backends import AVAILABLE_BACKENDS, DEFAULT_BACKEND, ln_affine
+from interp.caching import cache_heads
 from interp.checkpoints import write_random_checkpoint
-from interp.hooks import ablate_heads, attached_hooks, cache_heads, patch_activation, temporary_hooks
+from interp.hooks import attached_hooks, temporary_hooks
+from interp.interventions import ablate_heads, patch_activation
 from interp.lens import direct_logit_attribution, logit_lens
 from interp.loading import CorruptCheckpointError, NotGPT2CheckpointError, load_model, weights_sha256
 from interp.sampling import generate, temperature_sweep

@@ -1,0 +1,59 @@
+"""The one contract for a metric, shared by patching, attribution and steering.
+
+A metric maps a run's logits ``[batch, pos, d_vocab]`` to a floating tensor of shape ``[batch]`` (one value per
+prompt, or per prompt pair) or a scalar. The library reports the mean over the batch. Anything else (another
+shape, a Python float, an integer tensor) is a ``MetricError``, raised before the first forward: ``check_metric``
+calls the metric once on zero logits of the right shape, which also shows whether it depends on the logits
+at all (attribution needs a gradient).
+
+Example:
+    >>> mary = model.to_single_token(" Mary")
+    >>> metric = lambda logits: logits[:, -1, mary]         # [batch]: one value per prompt
+    >>> metric = lambda logits: logits[:, -1, mary].mean()  # a scalar: the same mean
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from jaxtyping import Float
+from torch import Tensor
+
+from interp.errors import MetricError
+
+__all__ = ["Metric", "MetricError", "check_metric", "metric_mean", "metric_values"]
+
+Metric = Callable[[Float[Tensor, "batch pos d_vocab"]], Tensor]
+
+
+def metric_values(metric: Metric, logits: Float[Tensor, "batch pos d_vocab"]) -> Tensor:
+    """The metric on ``logits``, checked against the contract: a ``[batch]`` tensor or a scalar."""
+    value = metric(logits)
+    batch = logits.shape[0]
+    if not isinstance(value, Tensor) or not value.is_floating_point():
+        got = f"a {value.dtype} tensor" if isinstance(value, Tensor) else type(value).__name__
+        raise MetricError(f"the metric returned {got}: it must return a floating tensor of shape [batch] "
+                          f"(here [{batch}]) or a scalar tensor")
+    if value.shape not in ((), (batch,)):
+        raise MetricError(f"the metric returned shape {tuple(value.shape)}: it must return shape [batch] (here "
+                          f"[{batch}]) or a scalar, e.g. logits[:, -1, token] or logits[:, -1, token].mean()")
+    return value
+
+
+def metric_mean(metric: Metric, logits: Float[Tensor, "batch pos d_vocab"]) -> Tensor:
+    """The metric's mean over the batch (a scalar tensor; it keeps the graph, for gradients)."""
+    return metric_values(metric, logits).mean()
+
+
+def check_metric(metric: Metric, model, batch: int, pos: int, *, needs_grad: bool = False) -> None:
+    """Call ``metric`` once on zero logits ``[batch, pos, d_vocab]``, before any forward, and check the contract;
+    with ``needs_grad``, also that the value depends on the logits."""
+    if not callable(metric):
+        raise MetricError(f"metric must be a function of the logits, got {type(metric).__name__}")
+    zero = torch.zeros((), device=model.cfg.device, requires_grad=needs_grad)
+    with torch.enable_grad() if needs_grad else torch.no_grad():
+        value = metric_values(metric, zero.expand(batch, pos, model.cfg.d_vocab))  # a view: no memory
+    if needs_grad and not value.requires_grad:
+        raise MetricError("the metric does not depend on the logits, so it has no gradient to attribute: "
+                          "compute it from the logits it is given")

@@ -1,0 +1,173 @@
+"""Nothing passes silently: each bad input of the outside cross-check is a typed, one-line error, raised before
+any forward (checked by counting forwards), and NaN never reaches the model."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+import interp
+from interp.backends import DEFAULT_BACKEND
+from interp.caching import cache_heads, estimate_cache_bytes
+from interp.errors import BackendUnavailableError, CorruptCheckpointError, DeviceUnavailableError, MetricError
+from interp.heads import repeated_random_tokens
+from interp.hooks import attached_hooks, temporary_hooks
+from interp.interventions import ablate_heads, patch_activation
+from interp.lens import direct_logit_attribution, logit_lens
+from interp.loading import UnknownModelError, load_model
+from interp.patching import activation_patching, attribution_patching, steer, steering_vector
+from interp.sampling import generate, temperature_sweep
+
+
+@pytest.fixture(scope="module")
+def model():
+    return load_model("bundled", device="cpu")
+
+
+@pytest.fixture(scope="module")
+def tokens(model):
+    return interp.to_tokens(model, "She opened the door and saw the garden")
+
+
+def _source(model, tokens, name="blocks.0.hook_resid_post"):
+    _, cache = model.run_with_cache(tokens, names_filter=[name])
+    return cache[name]
+
+
+BAD_CALLS = {
+    # float indices are refused, not truncated (heads=[0.9] cached head 0; (0, 1.7) ablated head 1)
+    "float head in cache_heads": (lambda m, t: cache_heads(m, t, heads=[0.9]), TypeError, "head must be an integer"),
+    "float layer in cache_heads": (lambda m, t: cache_heads(m, t, layers=[1.0]), TypeError, "layer must be"),
+    "float head in ablate_heads": (lambda m, t: ablate_heads(m, [(0, 1.7)]).__enter__(), TypeError, "integer"),
+    "ablate_heads without pairs": (lambda m, t: ablate_heads(m, [0, 1]).__enter__(), TypeError, "pairs"),
+    "ablate_heads of a tensor": (lambda m, t: ablate_heads(m, torch.tensor([[0, 1]])).__enter__(), TypeError,
+                                 "list of"),
+    "negative batch estimate": (lambda m, t: estimate_cache_bytes(m, -1, 10), ValueError, "batch must be"),
+    "zero pos estimate": (lambda m, t: estimate_cache_bytes(m, 1, 0), ValueError, "pos must be"),
+    "sweep k=0": (lambda m, t: temperature_sweep(m, "Hi", [1.0], k=0), ValueError, "k must be in"),
+    "sweep k too large": (lambda m, t: temperature_sweep(m, "Hi", [1.0], k=10**6), ValueError, "k must be in"),
+    "generate top_k=2.5": (lambda m, t: generate(m, "Hi", top_k=2.5), TypeError, "top_k must be an integer"),
+    "logit_lens k=2.5": (lambda m, t: logit_lens(m, t, k=2.5), TypeError, "k must be an integer"),
+    "DLA float token": (lambda m, t: direct_logit_attribution(m, t, 42.0), TypeError, "token must be an integer"),
+    "DLA token outside": (lambda m, t: direct_logit_attribution(m, t, 10**6), ValueError, "token must be in"),
+    "empty steering prompt": (lambda m, t: steering_vector(m, "", " b", layer=0), ValueError, "non-empty"),
+    "steering prompt over n_ctx": (lambda m, t: steering_vector(m, "a " * 600, " b", layer=0), ValueError,
+                                   "longer than the context window"),
+    "steer NaN coeff": (lambda m, t: steer(m, torch.ones(m.cfg.d_model), layer=0, coeff=float("nan")).__enter__(),
+                        ValueError, "NaN or inf"),
+    "steer inf vector": (lambda m, t: steer(m, torch.full((m.cfg.d_model,), float("inf")), layer=0).__enter__(),
+                         ValueError, "NaN or inf"),
+    "steer empty positions": (lambda m, t: steer(m, torch.ones(m.cfg.d_model), layer=0, positions=[]).__enter__(),
+                              ValueError, "positions is empty"),
+    "patch NaN source": (lambda m, t: patch_activation(m, "blocks.0.hook_resid_post",
+                                                       torch.full_like(_source(m, t), float("nan"))).__enter__(),
+                         ValueError, "NaN or inf"),
+    "patch wrong width": (lambda m, t: patch_activation(m, "blocks.0.hook_resid_post",
+                                                        _source(m, t)[..., :5]).__enter__(),
+                          ValueError, "does not fit blocks.0.hook_resid_post"),
+    "empty token pool": (lambda m, t: repeated_random_tokens(m, token_pool=torch.tensor([], dtype=torch.long)),
+                         ValueError, "non-empty"),
+    "to_tokens too long": (lambda m, t: interp.to_tokens(m, "a " * 3000), ValueError, "longer than the context"),
+    "hook_result without its flag": (lambda m, t: temporary_hooks(m, [("blocks.0.attn.hook_result",
+                                                                       lambda a, h: a)]).__enter__(),
+                                     ValueError, "set_use_attn_result"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_CALLS))
+def test_bad_input_is_a_typed_error_before_any_forward(model, tokens, case):
+    call, error, message = BAD_CALLS[case]
+    count = []
+    with temporary_hooks(model, [("hook_embed", lambda act, hook: count.append(1))]):
+        with pytest.raises(error, match=message) as err:
+            call(model, tokens)
+        forwards = len(count)
+    assert "\n" not in str(err.value), "one line"
+    assert attached_hooks(model) == []
+    source_forwards = 1 if case.startswith("patch") else 0  # the test's own run_with_cache for the source
+    assert forwards == source_forwards, f"{case}: {forwards - source_forwards} forward(s) ran before the error"
+
+
+def test_steering_positions_outside_the_input_are_an_error_not_a_no_op(model, tokens):
+    n = tokens.shape[1]
+    with steer(model, torch.ones(model.cfg.d_model), layer=0, positions=[100]), \
+            pytest.raises(ValueError, match=f"fit the {n}-token input"):
+        model(tokens)
+    rows = torch.ones(n + 5, model.cfg.d_model)  # more rows than positions: refused in a forward and in generate
+    with steer(model, rows, layer=0):
+        with pytest.raises(ValueError, match="do not all fit"):
+            model(tokens)
+        with pytest.raises(ValueError, match="do not all fit"):
+            generate(model, "She opened the door and saw the garden", max_new_tokens=3)
+    assert attached_hooks(model) == []
+
+
+CONTRACT_BREAKERS = {
+    "a float": lambda logits: 1.0,
+    "an integer tensor": lambda logits: logits[:, -1].argmax(-1),
+    "per position": lambda logits: logits[:, :, 7],
+    "wrong batch": lambda logits: logits[:1, -1, 7].repeat(5),
+}
+
+
+@pytest.mark.parametrize("kind", list(CONTRACT_BREAKERS))
+@pytest.mark.parametrize("fn", [activation_patching, attribution_patching])
+def test_a_metric_that_breaks_the_contract_fails_before_any_forward(model, fn, kind):
+    clean = interp.to_tokens(model, ["The cat sat on the mat", "The dog ran in the park"])
+    corrupt = interp.to_tokens(model, ["The dog sat on the mat", "The cat ran in the park"])
+    count = []
+    with temporary_hooks(model, [("hook_embed", lambda act, hook: count.append(1))]):
+        with pytest.raises(MetricError, match="the metric returned"):
+            fn(model, clean, corrupt, CONTRACT_BREAKERS[kind])
+        assert count == []
+
+
+def test_attribution_refuses_a_metric_that_ignores_the_logits(model):
+    clean, corrupt = (interp.to_tokens(model, p) for p in ("The cat sat", "The dog sat"))
+    constant = torch.tensor(1.0)
+    with pytest.raises(MetricError, match="does not depend on the logits"):
+        attribution_patching(model, clean, corrupt, lambda logits: constant)
+
+
+def test_per_prompt_and_scalar_metrics_give_the_same_scores(model):
+    clean = interp.to_tokens(model, ["The cat sat on the mat", "The dog ran in the park"])
+    corrupt = interp.to_tokens(model, ["The dog sat on the mat", "The cat ran in the park"])
+    per_prompt = activation_patching(model, clean, corrupt, lambda logits: logits[:, -1, 42])
+    scalar = activation_patching(model, clean, corrupt, lambda logits: logits[:, -1, 42].mean())
+    torch.testing.assert_close(per_prompt.scores, scalar.scores)
+    assert per_prompt.clean_metric == pytest.approx(scalar.clean_metric)
+
+
+def test_load_errors_name_what_is_wrong(tmp_path, tiny_checkpoint):
+    if DEFAULT_BACKEND == "bridge" and "hooked" not in interp.backends.AVAILABLE_BACKENDS:
+        with pytest.raises(BackendUnavailableError, match="install 'transformer-lens<4'"):
+            load_model("gpt2", backend="hooked")  # before any download: the network guard would fail the test
+    if not torch.cuda.is_available():
+        with pytest.raises(DeviceUnavailableError, match="no CUDA device"):
+            load_model("bundled", device="cuda")
+    with pytest.raises(UnknownModelError, match="got None"):
+        load_model(None)
+    bad = tmp_path / "no-n_embd"
+    bad.mkdir()
+    config = json.loads((tiny_checkpoint / "config.json").read_text())
+    del config["n_embd"]
+    (bad / "config.json").write_text(json.dumps(config))
+    (bad / "model.safetensors").write_bytes((tiny_checkpoint / "model.safetensors").read_bytes())
+    with pytest.raises(CorruptCheckpointError, match="lacks n_embd"):
+        load_model(bad, device="cpu")
+    (bad / "config.json").write_text((tiny_checkpoint / "config.json").read_text())
+    (bad / "tokenizer.json").write_text('{"version": "1.0", "model": 5')
+    with pytest.raises(CorruptCheckpointError, match="tokenizer.json"):
+        load_model(bad, device="cpu")
+
+
+def test_head_cache_prints_shapes_not_tensors(model, tokens):
+    text = repr(cache_heads(model, tokens, kinds=("q", "pattern")))
+    assert f"q: (2, 2, 1, {tokens.shape[1]}, 64)" in text and "MiB" in text and "tensor(" not in text
+
+
+def test_estimate_works_on_the_weightless_skeleton():
+    estimate = estimate_cache_bytes(interp.architecture("gpt2"), 1, 1024, kinds=("pattern",))
+    assert estimate.total == 12 * 12 * 1024 * 1024 * 4
