@@ -15,8 +15,8 @@ from interp.architecture import (
 )
 from interp.caching import cache_heads, decompose_resid, estimate_cache_bytes, residual_stream
 from interp.heads import head_scores
-from interp.inputs import to_tokens
 from interp.hooks import temporary_hooks
+from interp.inputs import to_tokens
 from interp.interventions import ablate_heads, patch_activation
 from interp.lens import direct_logit_attribution, logit_lens
 from interp.loading import load_model, model_info

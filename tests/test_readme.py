@@ -11,7 +11,7 @@ README = Path(__file__).resolve().parent.parent / "README.md"
 
 
 def test_every_python_block_of_the_readme_runs_on_the_bundled_model():
-    blocks = [textwrap.dedent(b) for b in re.findall(r"```python\n(.*?)```", README.read_text(), re.S)]
+    blocks = [textwrap.dedent(b) for b in re.findall(r"```python\n(.*?)```", README.read_text(), re.DOTALL)]
     assert len(blocks) >= 4
     namespace: dict = {}
     for i, block in enumerate(blocks):

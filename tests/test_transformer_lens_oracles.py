@@ -81,7 +81,7 @@ def test_attribution_patching_equals_transformer_lens_4_node_scores(tiny_model, 
 
     clean, corrupt = pair
     theirs = attribution_patch(tiny_model, clean, corrupt, lambda logits: logits[0, -1, 42]).node_scores
-    per_prompt = lambda logits: logits[:, -1, 42]  # noqa: E731 - one value per pair; we report the mean
+    per_prompt = lambda logits: logits[:, -1, 42]
     heads = attribution_patching(tiny_model, clean, corrupt, per_prompt, hook="z", by="head")
     mlps = attribution_patching(tiny_model, clean, corrupt, per_prompt, hook="mlp_out")
     n_pos = clean.shape[1]
