@@ -42,9 +42,23 @@ def add_common_args(parser: argparse.ArgumentParser) -> None:
                         f"only; {TL_VERSION} is installed) (default: {DEFAULT_BACKEND})")
     parser.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda if available)")
     parser.add_argument("--seed", type=int, default=0, help="seed for torch, numpy and random (default: 0)")
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="output folder (default: figures/)")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="output folder (default: figures/ for every family with its default options; "
+                        "figures/runs/FAMILIES-HASH, named by the families and options, otherwise)")
     parser.add_argument("--no-images", action="store_true", help="write HTML and JSON only, skip PNG export")
     parser.add_argument("--svg", action="store_true", help="also export SVG (needs kaleido and Chromium)")
+
+
+def default_out(families: list[str], options: dict, *, everything: bool) -> Path:
+    """Where a run writes without ``--out``: the gallery (``figures/``) for every family with its default
+    options; otherwise a folder named by the families and the options (never a timestamp), beside it."""
+    if everything and not options:
+        return DEFAULT_OUT
+    import hashlib
+    import json
+
+    digest = hashlib.sha256(json.dumps(options, sort_keys=True, default=str).encode()).hexdigest()[:8]
+    return DEFAULT_OUT / "runs" / f"{'-'.join(families) if not everything else 'all'}-{digest}"
 
 
 def seed_everything(seed: int) -> None:

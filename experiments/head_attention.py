@@ -20,6 +20,7 @@ from experiments import common
 from experiments.common import Figure
 from interp.caching import cache_heads
 from interp.heads import DETECTORS, detector_tokens, head_scores
+from interp.inputs import to_tokens
 from interp.loading import model_info
 
 DEFAULT_PROMPT = ("The cat sat on the mat. The dog sat on the log. The cat sat on the mat because the cat was "
@@ -56,7 +57,7 @@ class Result:
 
 
 def compute(model, config: Config, progress=None) -> Result:
-    tokens = model.to_tokens(config.prompt, truncate=False)  # a long prompt is an error, never cut
+    tokens = to_tokens(model, config.prompt)  # a long prompt is an error, never cut
     if tokens.shape[1] > model.cfg.n_ctx:
         raise ValueError(f"the prompt is {tokens.shape[1]} tokens; the context window is {model.cfg.n_ctx}")
     pattern = cache_heads(model, tokens, kinds=("pattern",)).pattern[:, :, 0]  # [layer, head, query, key]

@@ -29,6 +29,7 @@ from plotly.subplots import make_subplots
 from experiments import common
 from experiments.common import Figure
 from interp.heads import detector_tokens, head_scores, repeated_random_tokens
+from interp.inputs import to_tokens
 from interp.interventions import ablate_heads
 from interp.loading import model_info
 from interp.patching import activation_patching, attribution_patching, steer, steering_vector
@@ -166,7 +167,7 @@ def _patching(model, config: Config) -> dict:
 def _steering(model, config: Config) -> dict:
     layer = min(1, model.cfg.n_layers - 1)
     vector = steering_vector(model, config.steer_from, config.steer_to, layer=layer)[-1]  # last position
-    tokens = model.to_tokens(config.steer_prompt, truncate=False)
+    tokens = to_tokens(model, config.steer_prompt)
     out = {"layer": layer, "from": config.steer_from, "to": config.steer_to, "prompt": config.steer_prompt,
            "by_coeff": {}}
     for coeff in config.steer_coeffs:

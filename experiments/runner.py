@@ -110,6 +110,12 @@ def main(argv: list[str] | None = None, *, only: str | None = None) -> int:
     given = {f.name for family in registry.values() for f in _config_fields(family)
              if getattr(args, f.name, None) is not None}
     configs = _configs(selected, args, given)  # every bad option fails here, before any model is loaded
+    if args.out is None:
+        args.out = common.default_out(list(selected), {name: getattr(args, name) for name in sorted(given)},
+                                      everything=list(selected) == list(registry))
+        if args.out != common.DEFAULT_OUT:
+            print(f"writing into {args.out}: a run of some families, or with other options, leaves the gallery "
+                  f"in {common.DEFAULT_OUT} alone (--out {common.DEFAULT_OUT} replaces it)", file=sys.stderr)
 
     try:
         spec = resolve(args.model or common.DEFAULT_MODEL)
@@ -147,6 +153,9 @@ def main(argv: list[str] | None = None, *, only: str | None = None) -> int:
                                      wall_seconds=elapsed, meta=figure_meta)
             times.append((name, time.perf_counter() - start, paths))
 
+    if writer.removed:
+        print(f"removed {len(writer.removed)} image(s) of an earlier run that this run could not remake (no image "
+              f"export): {' '.join(p.name for p in writer.removed)}", file=sys.stderr)
     print(f"\nwrote {sum(len(p) for _, _, p in times)} files into {args.out} in "
           f"{time.perf_counter() - run_start:.1f}s:", file=sys.stderr)
     for name, seconds, paths in times:

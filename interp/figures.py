@@ -18,7 +18,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Self
 
-__all__ = ["FigureWriter", "atomic_write", "image_export_available"]
+__all__ = ["IMAGE_FORMATS", "FigureWriter", "atomic_write", "image_export_available"]
+
+IMAGE_FORMATS = ("png", "svg")
 
 log = logging.getLogger(__name__)
 
@@ -91,6 +93,7 @@ class FigureWriter:
     run_meta: dict  # model spec/label/hash, backend, versions, seed, command: recorded per figure
     formats: tuple[str, ...] = ("png",)  # image formats besides HTML; () for none, ("png", "svg") for both
     written: list[Path] = field(default_factory=list)
+    removed: list[Path] = field(default_factory=list)  # images of an earlier run that this one could not remake
     _export: bool | None = None
 
     def __enter__(self) -> Self:
@@ -135,7 +138,8 @@ class FigureWriter:
         ``meta`` overrides the run's metadata for this figure (e.g. a figure made from the architecture alone).
         """
         paths = [self.out_dir / f"{name}.html", self.out_dir / f"{name}.json"]
-        atomic_write(paths[0], fig.to_html(include_plotlyjs="directory", full_html=True))
+        # A fixed div id (plotly's default is random), so a regenerated gallery shows no diff when nothing changed.
+        atomic_write(paths[0], fig.to_html(include_plotlyjs="directory", full_html=True, div_id=f"figure-{name}"))
         atomic_write(paths[1], to_json(data))
         if self._can_export():
             import kaleido
@@ -153,6 +157,11 @@ class FigureWriter:
                     with contextlib.suppress(FileNotFoundError):
                         os.unlink(tmp)
                 paths.append(target)
+        for fmt in IMAGE_FORMATS:  # an image this run did not write would sit beside HTML it no longer matches
+            stale = self.out_dir / f"{name}.{fmt}"
+            if stale not in paths and stale.exists():
+                stale.unlink()
+                self.removed.append(stale)
         self._record(name, paths, params or {}, wall_seconds, meta or {})
         self.written.extend(paths)
         return paths
