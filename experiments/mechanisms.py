@@ -129,25 +129,27 @@ def _repetition(model, config: Config, heads: dict, progress) -> dict:
     return out
 
 
-def copying_task(model, *, seq_len: int = 12, seed: int = 0):
-    """A clean/corrupted pair that only in-context copying solves, and its metric.
+def copying_task(model, *, seq_len: int = 12, seed: int = 0, n_pairs: int = 1):
+    """Prompt pairs that only in-context copying solves, and their metric.
 
     Clean: ``[BOS, r, r]`` cut before its last token; corrupted: the first copy replaced by other random
-    tokens. The metric is the log-prob of the clean next token (r's last) at the last position.
+    tokens (from the same pool), so nothing earlier says what comes next. The metric is each pair's log-prob
+    of the clean next token at the last position.
 
     Returns:
-        ``(clean, corrupted, metric)``: two ``[1, 2·seq_len]`` token tensors and ``metric(logits) -> scalar``.
+        ``(clean, corrupted, metric)``: two ``[n_pairs, 2·seq_len]`` token tensors and ``metric(logits) ->
+        [n_pairs]``.
     """
     pool = detector_tokens(model)
     n = min(seq_len, (model.cfg.n_ctx - 1) // 2)
-    clean = repeated_random_tokens(model, seq_len=n, batch=1, seed=seed + 3, token_pool=pool)
+    clean = repeated_random_tokens(model, seq_len=n, batch=n_pairs, seed=seed + 3, token_pool=pool)
     corrupted = clean.clone()
-    corrupted[0, 1:n + 1] = repeated_random_tokens(model, seq_len=n, batch=1, seed=seed + 9,
-                                                   token_pool=pool)[0, 1:n + 1]
-    target = int(clean[0, -1])
+    corrupted[:, 1:n + 1] = repeated_random_tokens(model, seq_len=n, batch=n_pairs, seed=seed + 9,
+                                                   token_pool=pool)[:, 1:n + 1]
+    targets = clean[:, -1].clone()
 
     def metric(logits):
-        return logits[0, -1].log_softmax(-1)[target]
+        return logits[:, -1].log_softmax(-1).gather(-1, targets.to(logits.device)[:, None])[:, 0]
 
     return clean[:, :-1], corrupted[:, :-1], metric
 

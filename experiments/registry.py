@@ -22,6 +22,7 @@ FAMILY_NAMES = (
     "head_attention",
     "temperature",
     "mechanisms",
+    "circuits",
 )
 
 

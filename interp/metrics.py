@@ -46,9 +46,10 @@ def metric_mean(metric: Metric, logits: Float[Tensor, "batch pos d_vocab"]) -> T
     return metric_values(metric, logits).mean()
 
 
-def check_metric(metric: Metric, model, batch: int, pos: int, *, needs_grad: bool = False) -> None:
+def check_metric(metric: Metric, model, batch: int, pos: int, *, needs_grad: bool = False) -> bool:
     """Call ``metric`` once on zero logits ``[batch, pos, d_vocab]``, before any forward, and check the contract;
-    with ``needs_grad``, also that the value depends on the logits."""
+    with ``needs_grad``, also that the value depends on the logits. Returns whether it gives one value per
+    prompt (``[batch]``) rather than a scalar."""
     if not callable(metric):
         raise MetricError(f"metric must be a function of the logits, got {type(metric).__name__}")
     zero = torch.zeros((), device=model.cfg.device, requires_grad=needs_grad)
@@ -57,3 +58,4 @@ def check_metric(metric: Metric, model, batch: int, pos: int, *, needs_grad: boo
     if needs_grad and not value.requires_grad:
         raise MetricError("the metric does not depend on the logits, so it has no gradient to attribute: "
                           "compute it from the logits it is given")
+    return value.ndim == 1

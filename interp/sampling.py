@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from interp.backends import final_layer_norm, gpt2_weights, layer_norm, unembed
+from interp.backends import gpt2_weights, layer_norm
 from interp.hooks import attached_hooks, temporary_hooks
 from interp.inputs import check_positive_int
 
@@ -125,13 +125,11 @@ def sweep_metrics(probs: Float[Tensor, "temp d_vocab"], reference: Float[Tensor,
 
 
 def last_logits(model, tokens: Int[Tensor, "batch pos"]) -> Float[Tensor, "batch d_vocab"]:
-    """The logits at the last position only: the unembedding of one position instead of all of them
-    (TransformerLens's own unembedding also copies ``W_U.T`` on every call)."""
-    kept: list[Tensor] = []
-    with temporary_hooks(model, [(f"blocks.{model.cfg.n_layers - 1}.hook_resid_post",
-                                  lambda act, hook: kept.append(act[:, -1]))]):
-        model(tokens, return_type=None)
-    return unembed(model, final_layer_norm(model, kept[0]))
+    """The model's own logits at the last position only: the unembedding's input is cut to that position
+    (after every other hook there has run), so the 50257-wide matmul runs on one position, not all of them,
+    on either backend."""
+    with temporary_hooks(model, [("unembed.hook_in", lambda act, hook: act[:, -1:])]):
+        return model(tokens)[:, -1]
 
 
 @torch.no_grad()
@@ -345,14 +343,10 @@ def _generate_full(model, prompt_ids, max_new_tokens, temperature, generators, t
     rows_by_length: dict[int, list[int]] = {}
     for i, ids in enumerate(prompt_ids):
         rows_by_length.setdefault(len(ids), []).append(i)
-    # Only the last position is unembedded: the unembedding's input is cut to it, after every other hook
-    # there has run (ours is attached last), so the 50257-wide matmul runs on one position, not all.
-    last_only = [("unembed.hook_in", lambda act, hook: act[:, -1:])]
     for rows in rows_by_length.values():
         seq = torch.stack([prompt_ids[i] for i in rows]).to(device)  # (rows, pos)
         for step in range(max_new_tokens):
-            with temporary_hooks(model, last_only):
-                logits = model(seq)[:, -1]
+            logits = last_logits(model, seq)  # only the last position is unembedded
             token = sample_next(logits, temperature, [generators[i] for i in rows], top_k, top_p)
             new[rows, step] = token
             seq = torch.cat([seq, token.unsqueeze(1)], dim=1)

@@ -18,7 +18,8 @@ from interp.backends import DEFAULT_BACKEND
 
 FIGURES = ("parameter_breakdown", "head_attention_patterns", "head_scores", "head_attention_explorer",
            "temperature_next_token", "temperature_entropy", "temperature_samples", "temperature_coherence",
-           "mechanisms_repetition", "mechanisms_patching", "mechanisms_steering")
+           "mechanisms_repetition", "mechanisms_patching", "mechanisms_steering", "circuits_graph",
+           "circuits_faithfulness", "circuits_scatter")
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,545 @@
+"""Circuits at the level of edges: which sender's output, read by which receiver, carries a behaviour.
+
+The graph is the standard one (as in ACDC, EAP, EAP-IG and MIB), so numbers compare with the literature:
+
+- **senders**: ``input`` (the embeddings, ``blocks.0.hook_resid_pre``), every attention head ``a{L}.h{H}``
+  (its output ``z @ W_O``, ``attn.hook_result``) and every MLP ``m{L}`` (``hook_mlp_out``);
+- **receivers**: every head's query, key and value input separately (``a{L}.h{H}`` with input ``q``, ``k`` or
+  ``v``, at ``hook_{q,k,v}_input``), every MLP's input (``m{L}``, at ``hook_mlp_in``) and the ``logits`` (the
+  last residual stream, ``blocks.{n-1}.hook_resid_post``);
+- **edges**: from each sender to every receiver downstream of it. A head feeds the MLP of its own layer and
+  every head and MLP of later layers; an MLP feeds the heads and MLPs of later layers. GPT-2 small has
+  32,491 edges; the bundled model 46.
+
+The residual stream is the sum of the senders' outputs (plus biases, which are the same in every run), so a
+receiver's input can be rebuilt edge by edge: patching an edge adds ``source - current`` of that one sender's
+output to that one receiver's input and to nothing else.
+
+**One convention for every method**: an edge's score is metric(patched run) - metric(unpatched run of the same
+direction), with the metric of ``interp.metrics`` (a ``[batch]`` tensor or a scalar). ``"noising"`` (the
+default) patches the corrupted sender output into the clean run: how much the behaviour needs the edge.
+``"denoising"`` patches the clean output into the corrupted run: whether the edge alone restores it. A circuit
+that needs several edges at once (an AND) looks different from the two sides. Rank by ``|score|``.
+
+- ``method="exact"``: one edge patched and nothing else, one forward per edge (batched). The oracle.
+- ``method="eap"``: the first-order estimate of exact (Syed et al. 2023): ``(source - current sender output) ·
+  d metric / d (receiver input)``, the gradient taken on the unpatched run of the direction (clean for
+  noising, corrupted for denoising). Two forwards and one backward, whatever the number of edges.
+- ``method="eap-ig"``: integrated gradients (Hanna et al. 2024), interpolating the *inputs*: the embeddings
+  move on a straight line from the unpatched run's to the source's, and the gradient at each receiver is
+  averaged over ``steps`` midpoints. Chosen because it is the variant of the paper's main results, and the
+  one whose completeness is exact on the cut that matters for a faithfulness check: the scores of all edges
+  out of ``input`` sum to metric(source) - metric(unpatched). It converges to an integrated attribution, not
+  to the single-edge patch (for the metric a·b with a = b = 1 clean and 0 corrupted, IG gives a -0.5 where
+  exact noising gives -1 and denoising 0), and the two directions differ only in sign.
+
+Example:
+    >>> clean, corrupt = interp.to_tokens(model, clean_texts), interp.to_tokens(model, corrupt_texts)
+    >>> scores = edge_attribution(model, clean, corrupt, lambda logits: logits[:, -1, token], method="eap-ig")
+    >>> scores.to_frame().head()          # sender, receiver, input, score, ci_low, ci_high
+    >>> circuit = scores.circuit(20)
+    >>> faithfulness(model, circuit, clean, corrupt, metric)   # 1: the circuit alone does it; 0: nothing
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from functools import cached_property
+from typing import NamedTuple
+
+import einops
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor
+
+from interp.hooks import temporary_hooks
+from interp.inputs import check_positive_int, check_tokens
+from interp.metrics import Metric, check_metric, metric_values
+
+__all__ = ["CIRCUIT_FRACTIONS", "Edge", "EdgeScores", "FaithfulnessCurve", "Graph", "edge_attribution",
+           "faithfulness", "faithfulness_curve", "graph", "patch_edges"]
+
+METHODS = ("exact", "eap", "eap-ig")
+DIRECTIONS = ("noising", "denoising")
+# Circuit sizes as fractions of all edges, as MIB compares methods.
+CIRCUIT_FRACTIONS = (0.0, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0)
+
+
+class Edge(NamedTuple):
+    """``sender -> receiver<input>``, named as in the EAP-IG code: senders ``input``, ``a{L}.h{H}``, ``m{L}``;
+    receivers ``a{L}.h{H}`` (input ``q``, ``k`` or ``v``), ``m{L}`` and ``logits`` (input ``""``)."""
+
+    sender: str
+    receiver: str
+    input: str = ""
+
+    @property
+    def name(self) -> str:
+        return f"{self.sender}->{self.receiver}" + (f"<{self.input}>" if self.input else "")
+
+
+@dataclass(frozen=True)
+class Graph:
+    """The edge graph of a model with ``n_layers`` layers of ``n_heads`` heads.
+
+    ``senders`` are in forward order (``input``, then each layer's heads and its MLP); ``edges`` are ordered by
+    receiver in forward order (each layer's q, k, v inputs head by head, then its MLP, then the logits), and
+    within a receiver by sender.
+    """
+
+    n_layers: int
+    n_heads: int
+
+    @cached_property
+    def senders(self) -> tuple[str, ...]:
+        names = ["input"]
+        for layer in range(self.n_layers):
+            names += [f"a{layer}.h{head}" for head in range(self.n_heads)] + [f"m{layer}"]
+        return tuple(names)
+
+    @cached_property
+    def sender_index(self) -> dict[str, int]:
+        return {name: i for i, name in enumerate(self.senders)}
+
+    def upstream(self, receiver_layer: int, receiver_is_mlp: bool) -> int:
+        """How many senders (a prefix of ``senders``) feed a receiver at ``receiver_layer``."""
+        prefix = 1 + receiver_layer * (self.n_heads + 1)  # input and every earlier layer
+        return prefix + self.n_heads if receiver_is_mlp else prefix  # an MLP also reads its own layer's heads
+
+    @cached_property
+    def receivers(self) -> tuple[tuple[str, str, int, int], ...]:
+        """``(receiver, input, layer, number of upstream senders)`` in forward order; the logits' layer is
+        ``n_layers``."""
+        out = []
+        for layer in range(self.n_layers):
+            for head in range(self.n_heads):
+                for qkv in "qkv":
+                    out.append((f"a{layer}.h{head}", qkv, layer, self.upstream(layer, False)))
+            out.append((f"m{layer}", "", layer, self.upstream(layer, True)))
+        out.append(("logits", "", self.n_layers, len(self.senders)))
+        return tuple(out)
+
+    @cached_property
+    def edges(self) -> tuple[Edge, ...]:
+        return tuple(Edge(self.senders[s], receiver, qkv) for receiver, qkv, _, n in self.receivers
+                     for s in range(n))
+
+    @cached_property
+    def edge_index(self) -> dict[Edge, int]:
+        return {edge: i for i, edge in enumerate(self.edges)}
+
+    def check_edges(self, edges: Sequence[Edge]) -> tuple[Edge, ...]:
+        """Each item as an ``Edge`` of this graph; ``ValueError`` naming the first that is not."""
+        out = []
+        for edge in edges:
+            edge = Edge(*edge) if isinstance(edge, tuple) else edge
+            if edge not in self.edge_index:
+                raise ValueError(f"{edge!r} is not an edge of this model's graph ({self.n_layers} layers x "
+                                 f"{self.n_heads} heads): see interp.circuits.graph(model).edges")
+            out.append(edge)
+        return tuple(out)
+
+
+def graph(model) -> Graph:
+    """The edge graph of ``model``.
+
+    Example:
+        >>> len(graph(gpt2_small).edges)
+        32491
+    """
+    return Graph(model.cfg.n_layers, model.cfg.n_heads)
+
+
+# ---------------------------------------------------------------------------------------------- the engine
+
+
+_FLAGS = ("use_attn_result", "use_split_qkv_input", "use_hook_mlp_in")
+
+
+@contextlib.contextmanager
+def _edge_hooks_on(model) -> Iterator[None]:
+    """Turn on the hook points the graph needs (per-head results, per-head q/k/v inputs, the MLP input), and
+    restore the model's flags in ``finally``."""
+    before = {flag: bool(getattr(model.cfg, flag, False)) for flag in (*_FLAGS, "use_attn_in")}
+    try:
+        if before["use_attn_in"]:
+            model.set_use_attn_in(False)  # it excludes use_split_qkv_input
+        for flag in _FLAGS:
+            getattr(model, f"set_{flag}")(True)
+        yield
+    finally:
+        for flag in _FLAGS:
+            getattr(model, f"set_{flag}")(before[flag])
+        if before["use_attn_in"]:
+            model.set_use_attn_in(True)
+
+
+def _sender_hooks(model, g: Graph, store: dict[int, Tensor], *, keep_graph: bool = False) -> list:
+    """Hooks that record each sender's output in this run into ``store[sender index]``: ``[batch, pos, d_model]``."""
+
+    def keep(index: int):
+        def hook(act, hook):
+            store[index] = act if keep_graph else act.detach()
+        return hook
+
+    def keep_heads(layer: int):
+        first = g.sender_index[f"a{layer}.h0"]
+
+        def hook(act, hook):  # [batch, pos, head, d_model]
+            for head in range(g.n_heads):
+                store[first + head] = act[:, :, head] if keep_graph else act[:, :, head].detach()
+        return hook
+
+    hooks = [("blocks.0.hook_resid_pre", keep(0))]
+    for layer in range(g.n_layers):
+        hooks.append((f"blocks.{layer}.attn.hook_result", keep_heads(layer)))
+        hooks.append((f"blocks.{layer}.hook_mlp_out", keep(g.sender_index[f"m{layer}"])))
+    return hooks
+
+
+def _receiver_hook_name(g: Graph, layer: int, qkv: str, receiver: str) -> str:
+    if receiver == "logits":
+        return f"blocks.{g.n_layers - 1}.hook_resid_post"
+    if receiver.startswith("m"):
+        return f"blocks.{layer}.hook_mlp_in"
+    return f"blocks.{layer}.hook_{qkv}_input"
+
+
+def _head_of(receiver: str) -> int | None:
+    return int(receiver.split(".h")[1]) if receiver.startswith("a") else None
+
+
+def _sender_outputs(model, tokens: Tensor) -> dict[int, Tensor]:
+    """Every sender's output on ``tokens``, from one forward (the edge hook points must be on)."""
+    g = graph(model)
+    store: dict[int, Tensor] = {}
+    with torch.no_grad(), temporary_hooks(model, _sender_hooks(model, g, store)):
+        model(tokens, return_type=None)
+    return store
+
+
+def _patched_logits(model, tokens: Tensor, source: dict[int, Tensor],
+                    patches: dict[tuple[str, str], list[tuple[int, slice]]]) -> Tensor:
+    """Logits of ``tokens`` with each receiver's input shifted by ``source - current`` of the listed senders,
+    in the listed rows. ``patches[(receiver, input)] = [(sender index, rows), ...]``; the model's edge hook
+    points must be on. ``source`` rows repeat with period ``len(source[0])`` when ``tokens`` has more rows."""
+    g = graph(model)
+    current: dict[int, Tensor] = {}
+    period = next(iter(source.values())).shape[0]
+    by_hook: dict[str, list] = {}
+    for receiver, qkv, layer, _ in g.receivers:
+        if (receiver, qkv) in patches:
+            by_hook.setdefault(_receiver_hook_name(g, layer, qkv, receiver), []).append(
+                (_head_of(receiver), patches[receiver, qkv]))
+
+    def shift(name: str):
+        def hook(act, hook):
+            act = act.clone()
+            for head, senders in by_hook[name]:
+                target = act if head is None else act[:, :, head]
+                for s, rows in senders:
+                    src = source[s]
+                    if act.shape[0] != period:  # a batch of copies: the source repeats
+                        src = src.repeat(act.shape[0] // period, 1, 1)
+                    target[rows] += (src[rows] - current[s][rows]).to(act.dtype)
+            return act
+        return hook
+
+    hooks = _sender_hooks(model, g, current) + [(name, shift(name)) for name in by_hook]
+    with torch.no_grad(), temporary_hooks(model, hooks):
+        return model(tokens)
+
+
+def _patches_for(g: Graph, edges: Sequence[Edge], rows: slice = slice(None)) -> dict:
+    patches: dict[tuple[str, str], list] = {}
+    for edge in edges:
+        patches.setdefault((edge.receiver, edge.input), []).append((g.sender_index[edge.sender], rows))
+    return patches
+
+
+@contextlib.contextmanager
+def patch_edges(model, edges: Sequence[Edge], source_tokens: Int[Tensor, "batch pos"]) -> Iterator[None]:
+    """Inside the block, the listed edges carry their sender's output from a run on ``source_tokens``, and
+    every other edge the output of the run in progress.
+
+    The source run happens once, on entry. Exact noising of one edge is the clean run under
+    ``patch_edges(model, [edge], corrupted_tokens)``. Path patching (a sender's effect through chosen receivers
+    only) is this with those edges: ``[Edge("a0.h0", "a1.h1", "k")]`` patches head 0.0's output where head
+    1.1's key reads it, and nowhere else.
+
+    Example:
+        >>> with patch_edges(model, [Edge("a0.h0", "a1.h1", "k")], corrupted):
+        ...     logits = model(clean)
+    """
+    g = graph(model)
+    edges = g.check_edges(edges)
+    source_tokens = check_tokens(model, source_tokens)
+    with _edge_hooks_on(model):
+        source = _sender_outputs(model, source_tokens)
+        patches = _patches_for(g, edges)
+        current: dict[int, Tensor] = {}
+        by_hook: dict[str, list] = {}
+        for receiver, qkv, layer, _ in g.receivers:
+            if (receiver, qkv) in patches:
+                by_hook.setdefault(_receiver_hook_name(g, layer, qkv, receiver), []).append(
+                    (_head_of(receiver), patches[receiver, qkv]))
+
+        def shift(name: str):
+            def hook(act, hook):
+                if act.shape[:2] != source[0].shape[:2]:
+                    raise ValueError(f"patch_edges: the run's tokens {tuple(act.shape[:2])} must have the shape "
+                                     f"of the source tokens {tuple(source[0].shape[:2])}")
+                act = act.clone()
+                for head, senders in by_hook[name]:
+                    target = act if head is None else act[:, :, head]
+                    for s, _ in senders:
+                        target += (source[s] - current[s]).to(act.dtype)
+                return act
+            return hook
+
+        hooks = _sender_hooks(model, g, current) + [(name, shift(name)) for name in by_hook]
+        with temporary_hooks(model, hooks):
+            yield
+
+
+# ---------------------------------------------------------------------------------------------- scores
+
+
+@dataclass(frozen=True)
+class EdgeScores:
+    """One score per edge of ``graph`` (in ``graph.edges`` order): metric(patched) - metric(unpatched), the
+    mean over prompt pairs, with a 95% bootstrap interval over pairs when the metric gives one value per pair.
+    """
+
+    graph: Graph
+    method: str
+    direction: str
+    steps: int | None  # EAP-IG's Riemann steps
+    scores: Float[Tensor, " edge"]
+    per_pair: Float[Tensor, "edge pair"] | None  # None when the metric returns a scalar
+    ci_low: Float[Tensor, " edge"] | None
+    ci_high: Float[Tensor, " edge"] | None
+    clean_metric: float
+    corrupted_metric: float
+
+    def ranking(self) -> list[int]:
+        """Edge indices by |score|, largest first (ties keep graph order)."""
+        return sorted(range(len(self.scores)), key=lambda i: -abs(float(self.scores[i])))
+
+    def top(self, n: int = 10) -> list[tuple[Edge, float]]:
+        return [(self.graph.edges[i], float(self.scores[i])) for i in self.ranking()[:n]]
+
+    def circuit(self, n: int) -> tuple[Edge, ...]:
+        """The ``n`` edges with the largest |score|."""
+        return tuple(edge for edge, _ in self.top(n))
+
+    def to_frame(self):
+        import pandas as pd
+
+        frame = pd.DataFrame({"sender": [e.sender for e in self.graph.edges],
+                              "receiver": [e.receiver for e in self.graph.edges],
+                              "input": [e.input for e in self.graph.edges], "score": self.scores.tolist()})
+        if self.ci_low is not None:
+            frame["ci_low"], frame["ci_high"] = self.ci_low.tolist(), self.ci_high.tolist()
+        return frame.iloc[self.ranking()].reset_index(drop=True)
+
+
+def _bootstrap(per_pair: Tensor, resamples: int = 1000, seed: int = 0) -> tuple[Tensor, Tensor]:
+    """95% percentile interval of the mean over pairs, per edge, from seeded resamples of the pairs."""
+    n = per_pair.shape[1]
+    generator = torch.Generator().manual_seed(seed)
+    index = torch.randint(n, (resamples, n), generator=generator)
+    means = per_pair[:, index].mean(-1)  # [edge, resample]
+    return means.quantile(0.025, dim=1), means.quantile(0.975, dim=1)
+
+
+def _check_pair(model, clean_tokens, corrupted_tokens) -> None:
+    check_tokens(model, clean_tokens)
+    check_tokens(model, corrupted_tokens)
+    if clean_tokens.shape != corrupted_tokens.shape:
+        raise ValueError(f"clean and corrupted tokens must have the same shape, got {tuple(clean_tokens.shape)} "
+                         f"and {tuple(corrupted_tokens.shape)}")
+
+
+def edge_attribution(model, clean_tokens: Int[Tensor, "batch pos"], corrupted_tokens: Int[Tensor, "batch pos"],
+                     metric: Metric, *, method: str = "eap-ig", direction: str = "noising", steps: int = 5,
+                     edges_per_forward: int = 16) -> EdgeScores:
+    """Score every edge of the graph (see the module docstring for the convention and the methods).
+
+    Args:
+        clean_tokens, corrupted_tokens: ``[batch, pos]``: a batch of prompt pairs, row by row.
+        metric: logits ``[batch, pos, d_vocab]`` -> ``[batch]`` (one value per pair: scores then carry a
+            bootstrap interval) or a scalar.
+        method: ``"exact"``, ``"eap"`` or ``"eap-ig"``.
+        direction: ``"noising"`` (the clean run, edges from the corrupted one) or ``"denoising"``.
+        steps: EAP-IG's Riemann midpoints.
+        edges_per_forward: exact patching: how many edges share one batched forward.
+
+    Returns:
+        ``EdgeScores``.
+    """
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    if direction not in DIRECTIONS:
+        raise ValueError(f"direction must be one of {DIRECTIONS}, got {direction!r}")
+    steps = check_positive_int(steps, "steps")
+    edges_per_forward = check_positive_int(edges_per_forward, "edges_per_forward")
+    _check_pair(model, clean_tokens, corrupted_tokens)
+    one_per_pair = check_metric(metric, model, *clean_tokens.shape, needs_grad=method != "exact")
+    g = graph(model)
+    base, source = ((clean_tokens, corrupted_tokens) if direction == "noising" else (corrupted_tokens, clean_tokens))
+    with _edge_hooks_on(model):
+        with torch.no_grad():
+            clean_value = metric_values(metric, model(clean_tokens)).detach().float().cpu()
+            corrupted_value = metric_values(metric, model(corrupted_tokens)).detach().float().cpu()
+        if method == "exact":
+            per_pair = _exact(model, g, base, source, metric, edges_per_forward)
+        else:
+            per_pair = _gradient_scores(model, g, base, source, metric, steps if method == "eap-ig" else None,
+                                        per_pair=one_per_pair)
+    if per_pair.ndim == 1:  # a scalar metric: no per-pair values
+        scores, ci_low, ci_high, per_pair = per_pair, None, None, None
+    else:
+        scores = per_pair.mean(1)
+        ci_low, ci_high = _bootstrap(per_pair)
+    return EdgeScores(g, method, direction, steps if method == "eap-ig" else None, scores, per_pair, ci_low,
+                      ci_high, float(clean_value.mean()), float(corrupted_value.mean()))
+
+
+def _exact(model, g: Graph, base: Tensor, source_tokens: Tensor, metric: Metric, chunk: int) -> Tensor:
+    """One forward's work per edge: copy c of the batch patches edge c of the chunk."""
+    batch = base.shape[0]
+    source = _sender_outputs(model, source_tokens)
+    with torch.no_grad():
+        unpatched = metric_values(metric, model(base)).float()
+    out = []
+    for start in range(0, len(g.edges), chunk):
+        edges = g.edges[start:start + chunk]
+        patches: dict[tuple[str, str], list] = {}
+        for c, edge in enumerate(edges):
+            patches.setdefault((edge.receiver, edge.input), []).append(
+                (g.sender_index[edge.sender], slice(c * batch, (c + 1) * batch)))
+        logits = _patched_logits(model, base.repeat(len(edges), 1), source, patches)
+        for c in range(len(edges)):
+            value = metric_values(metric, logits[c * batch:(c + 1) * batch]).float()
+            out.append((value - unpatched).cpu())
+    return torch.stack(out)  # [edge, batch] or [edge]
+
+
+def _gradient_scores(model, g: Graph, base: Tensor, source_tokens: Tensor, metric: Metric,
+                     steps: int | None, per_pair: bool) -> Tensor:
+    """EAP (``steps`` None: the gradient on the unpatched run) or EAP-IG (the gradient averaged over
+    ``steps`` midpoints of the straight line from the unpatched run's embeddings to the source's)."""
+    base_out = _sender_outputs(model, base)
+    source_out = _sender_outputs(model, source_tokens)
+    delta = torch.stack([source_out[s] - base_out[s] for s in range(len(g.senders))])  # [sender, b, p, d]
+    alphas = [None] if steps is None else [(k + 0.5) / steps for k in range(steps)]
+    grads = None
+    for alpha in alphas:
+        step = _receiver_gradients(model, g, base, base_out[0], source_out[0], alpha, metric)
+        grads = step if grads is None else [a + b for a, b in zip(grads, step)]
+    grads = [grad / len(alphas) for grad in grads]  # [batch, pos, d_model] per receiver
+    per_pair_rows = []
+    for (receiver, qkv, layer, n), grad in zip(g.receivers, grads):
+        # [sender, batch] for this receiver's upstream senders: (source - base) . gradient, summed over pos, d
+        per_pair_rows.append(einops.einsum(delta[:n], grad.to(delta.dtype),
+                                           "sender batch pos d_model, batch pos d_model -> sender batch"))
+    scores = torch.cat(per_pair_rows).float().cpu()  # [edge, batch], in graph.edges order
+    return scores if per_pair else scores.sum(1)  # a scalar metric: the rows' shares add up to it
+
+
+def _receiver_gradients(model, g: Graph, tokens: Tensor, base_in: Tensor, source_in: Tensor, alpha: float | None,
+                        metric: Metric) -> list[Tensor]:
+    """d sum(metric) / d (each receiver's input), in ``graph.receivers`` order: ``[batch, pos, d_model]`` each.
+
+    With ``alpha``, the input sender's output is ``base_in + alpha (source_in - base_in)``. Summing the
+    per-pair metric gives each pair its own gradient; the mean over pairs is taken later.
+    """
+    kept: dict[tuple[str, str], Tensor] = {}
+
+    def start(act, hook):  # a leaf, so the graph exists though no parameter requires grad
+        new = act if alpha is None else base_in + alpha * (source_in - base_in)
+        return new.detach().to(act.dtype).requires_grad_(True)
+
+    def keep(layer: int, qkv: str, is_mlp: bool, is_logits: bool):
+        def hook(act, hook):
+            if is_logits or is_mlp:
+                act = act.clone()  # its own node: the gradient of this receiver's input alone
+                kept["logits" if is_logits else f"m{layer}", ""] = act
+                return act
+            heads = [act[:, :, head].clone() for head in range(g.n_heads)]  # [batch, pos, d_model] each
+            for head, x in enumerate(heads):
+                kept[f"a{layer}.h{head}", qkv] = x
+            return torch.stack(heads, dim=2)  # what the heads read is these very tensors
+        return hook
+
+    hooks = [("blocks.0.hook_resid_pre", start)]
+    for layer in range(g.n_layers):
+        hooks += [(f"blocks.{layer}.hook_{qkv}_input", keep(layer, qkv, False, False)) for qkv in "qkv"]
+        hooks.append((f"blocks.{layer}.hook_mlp_in", keep(layer, "", True, False)))
+    hooks.append((f"blocks.{g.n_layers - 1}.hook_resid_post", keep(g.n_layers - 1, "", False, True)))
+    with torch.enable_grad(), temporary_hooks(model, hooks):
+        value = metric_values(metric, model(tokens)).sum()
+        tensors = [kept[receiver, qkv] for receiver, qkv, _, _ in g.receivers]
+        grads = torch.autograd.grad(value, tensors, allow_unused=True)
+    return [torch.zeros_like(t) if grad is None else grad.detach() for t, grad in zip(tensors, grads)]
+
+
+# ---------------------------------------------------------------------------------------------- faithfulness
+
+
+def faithfulness(model, circuit: Sequence[Edge], clean_tokens: Int[Tensor, "batch pos"],
+                 corrupted_tokens: Int[Tensor, "batch pos"], metric: Metric) -> float:
+    """How much of the behaviour the circuit alone carries: the clean run with every edge *outside* the
+    circuit carrying the corrupted run's sender output, and the circuit's edges the output recomputed in this
+    run (as the EAP-IG code evaluates a graph). Returns (metric - corrupted) / (clean - corrupted): 1 with
+    every edge in the circuit, 0 with none."""
+    _check_pair(model, clean_tokens, corrupted_tokens)
+    check_metric(metric, model, *clean_tokens.shape)
+    g = graph(model)
+    inside = set(g.check_edges(circuit))
+    return _faithfulness(model, g, inside, clean_tokens, corrupted_tokens, metric)
+
+
+def _faithfulness(model, g: Graph, inside: set, clean_tokens, corrupted_tokens, metric) -> float:
+    outside = [edge for edge in g.edges if edge not in inside]
+    with _edge_hooks_on(model), torch.no_grad():
+        clean = float(metric_values(metric, model(clean_tokens)).mean())
+        corrupted = float(metric_values(metric, model(corrupted_tokens)).mean())
+        source = _sender_outputs(model, corrupted_tokens)
+        logits = _patched_logits(model, clean_tokens, source, _patches_for(g, outside))
+        value = float(metric_values(metric, logits).mean())
+    if math.isclose(clean, corrupted, rel_tol=0, abs_tol=1e-12):
+        raise ValueError(f"the clean and corrupted metrics are equal ({clean:.6g}): faithfulness is undefined")
+    return (value - corrupted) / (clean - corrupted)
+
+
+@dataclass(frozen=True)
+class FaithfulnessCurve:
+    """Faithfulness of the top-n circuits of a ranking, n a fraction of all edges (``CIRCUIT_FRACTIONS``)."""
+
+    fractions: tuple[float, ...]
+    sizes: tuple[int, ...]
+    values: tuple[float, ...]
+
+    @property
+    def area(self) -> float:
+        """The area under the curve over fractions 0..1 (trapezoids): 1 for a ranking whose every circuit is
+        fully faithful, as MIB compares methods."""
+        return sum((x1 - x0) * (y0 + y1) / 2 for x0, x1, y0, y1 in
+                   zip(self.fractions, self.fractions[1:], self.values, self.values[1:]))
+
+
+def faithfulness_curve(model, scores: EdgeScores | Sequence[Edge], clean_tokens, corrupted_tokens,
+                       metric: Metric, *, fractions: Sequence[float] = CIRCUIT_FRACTIONS) -> FaithfulnessCurve:
+    """Faithfulness of the top ``round(f * edges)`` edges of ``scores`` (or of a ranked edge list), per f."""
+    _check_pair(model, clean_tokens, corrupted_tokens)
+    check_metric(metric, model, *clean_tokens.shape)
+    g = graph(model)
+    ranked = (list(scores.circuit(len(g.edges))) if isinstance(scores, EdgeScores) else list(g.check_edges(scores)))
+    sizes = tuple(round(f * len(g.edges)) for f in fractions)
+    values = tuple(_faithfulness(model, g, set(ranked[:n]), clean_tokens, corrupted_tokens, metric) for n in sizes)
+    return FaithfulnessCurve(tuple(fractions), sizes, values)
