@@ -38,6 +38,7 @@ from interp.backends import AVAILABLE_BACKENDS, DEFAULT_BACKEND, TL_MAJOR, TL_VE
 from interp.caching import cache_heads
 from interp.checkpoints import write_random_checkpoint
 from interp.figures import atomic_write
+from interp.hooks import temporary_hooks
 from interp.loading import load_model, quiet_transformers
 from interp.patching import activation_patching, attribution_patching
 from interp.sampling import generate, temperature_sweep
@@ -156,6 +157,64 @@ def bench_patching(model, reps: int) -> list[dict]:
                 "forward", "<= 3x")]
 
 
+def bench_circuits(model, reps: int, sample: int = 64) -> tuple[list[dict], dict]:
+    """Edge attribution over all edges (32,491 in GPT-2 small's shape), 8 prompt pairs of 16 tokens: EAP
+    against a bare forward, EAP-IG against a forward and backward, exact patching per edge (on a sample)
+    against a forward; and EAP-IG's peak memory."""
+    import resource
+
+    from interp import circuits
+
+    torch.manual_seed(0)
+    device = model.cfg.device
+    clean = torch.randint(0, model.cfg.d_vocab, (8, 16), device=device)
+    corrupted = torch.randint(0, model.cfg.d_vocab, (8, 16), device=device)
+
+    def metric(logits):
+        return logits[:, -1].log_softmax(-1)[:, 42]
+
+    def forward_backward():  # the metric's gradient at the embeddings: what one EAP-IG step costs at least
+        leaves = []
+
+        def leaf(act, hook):
+            leaves.append(act.detach().requires_grad_(True))
+            return leaves[-1]
+
+        with torch.enable_grad(), temporary_hooks(model, [("hook_embed", leaf)]):
+            metric(model(clean)).sum().backward(inputs=leaves)
+
+    g = circuits.graph(model)
+    edges = [g.edges[i] for i in torch.randperm(len(g.edges), generator=torch.Generator().manual_seed(0))[:sample]]
+
+    def exact_sample():
+        with circuits._edge_hooks_on(model):
+            circuits._exact(model, g, clean, corrupted, metric, 16, edges)
+
+    steps = 5
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    if device.startswith("cuda"):
+        torch.cuda.reset_peak_memory_stats()
+    with torch.no_grad():
+        times = interleaved({
+            "forward": lambda: model(clean),
+            "forward_backward": forward_backward,
+            "eap": lambda: circuits.edge_attribution(model, clean, corrupted, metric, method="eap"),
+            "eap_ig": lambda: circuits.edge_attribution(model, clean, corrupted, metric, method="eap-ig", steps=steps),
+            "exact_sample": exact_sample,
+        }, reps)
+    memory = {"edges": len(g.edges), "pairs": 8, "tokens": 16, "eap_ig_steps": steps,
+              "peak_rss_growth_mib": (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024,
+              "cuda_peak_mib": torch.cuda.max_memory_allocated() / 2**20 if device.startswith("cuda") else None}
+    per_edge = {**times, "exact_sample": [t / sample for t in times["exact_sample"]]}
+    rows = [row(f"EAP, all {len(g.edges)} edges, 8 pairs x 16 tokens, vs one forward", times, "eap", "forward",
+                "<= 3.5x"),
+            row(f"EAP-IG ({steps} steps) vs one forward and backward", times, "eap_ig", "forward_backward",
+                f"<= {1.1 * (steps + 1):.1f}x ((steps + 1) x 1.1)"),
+            row(f"exact edge patching, per edge ({sample} sampled edges, 16 per forward), vs one forward",
+                per_edge, "exact_sample", "forward", "<= 1x")]
+    return rows, memory
+
+
 def roofline(model, reps: int) -> dict:
     """Best observed matmul rate against the best observed forward (minimum times: peak against peak,
     which a noisy shared machine distorts least)."""
@@ -185,6 +244,12 @@ def end_to_end(args: list[str], goal: str) -> dict:
         raise RuntimeError(f"python -m experiments {' '.join(args)} failed:\n{proc.stderr[-2000:]}")
     return {"command": "python -m experiments " + " ".join(args), "seconds": time.perf_counter() - start,
             "goal": goal}
+
+
+def _circuits(results: dict, model, reps: int) -> None:
+    rows, memory = bench_circuits(model, reps)
+    results["rows"].extend(rows)
+    results["circuits_memory"] = memory
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -227,6 +292,7 @@ def main(argv: list[str] | None = None) -> int:
             steps.append(("sampling, batch 16", lambda: results["rows"].extend(
                 bench_generate(models, hf, 16, 64, max(2, args.reps // 2)))))
         steps.append(("patching", lambda: results["rows"].extend(bench_patching(model, max(2, args.reps // 2)))))
+        steps.append(("circuits", lambda: _circuits(results, model, max(2, args.reps // 2))))
         steps.append(("roofline", lambda: results.update(roofline=roofline(model, args.reps))))
         if not args.quick:
             bundled = ["--model", "bundled", "--device", device]
@@ -249,6 +315,9 @@ def main(argv: list[str] | None = None) -> int:
     rl = results["roofline"]
     print(f"matmul {rl['matmul_gflops']:.0f} GFLOP/s; forward {rl['forward_tokens_per_s']:.0f} tokens/s = "
           f"{rl['forward_gflops']:.0f} GFLOP/s = {100 * rl['fraction_of_matmul_peak']:.0f}% of the matmul rate")
+    cm = results["circuits_memory"]
+    print(f"EAP-IG over {cm['edges']} edges: the process's peak RSS grew by {cm['peak_rss_growth_mib']:.0f} MiB"
+          + (f"; CUDA peak {cm['cuda_peak_mib']:.0f} MiB" if cm["cuda_peak_mib"] is not None else ""))
     for key in ("end_to_end", "mechanisms"):
         if key in results:
             print(f"{results[key]['command']}: {results[key]['seconds']:.0f}s end to end (goal {results[key]['goal']})")

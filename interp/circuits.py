@@ -128,6 +128,15 @@ class Graph:
                      for s in range(n))
 
     @cached_property
+    def edge_endpoints(self) -> tuple[Tensor, Tensor]:
+        """Each edge's sender index (into ``senders``) and receiver index (into ``receivers``)."""
+        senders, receivers = [], []
+        for r, (_, _, _, n) in enumerate(self.receivers):
+            senders += range(n)
+            receivers += [r] * n
+        return torch.tensor(senders), torch.tensor(receivers)
+
+    @cached_property
     def edge_index(self) -> dict[Edge, int]:
         return {edge: i for i, edge in enumerate(self.edges)}
 
@@ -212,23 +221,22 @@ def _head_of(receiver: str) -> int | None:
     return int(receiver.split(".h")[1]) if receiver.startswith("a") else None
 
 
-def _sender_outputs(model, tokens: Tensor) -> dict[int, Tensor]:
-    """Every sender's output on ``tokens``, from one forward (the edge hook points must be on)."""
+def _sender_outputs(model, tokens: Tensor) -> tuple[dict[int, Tensor], Tensor]:
+    """Every sender's output on ``tokens``, and the logits, from one forward (the edge hook points must be on)."""
     g = graph(model)
     store: dict[int, Tensor] = {}
     with torch.no_grad(), temporary_hooks(model, _sender_hooks(model, g, store)):
-        model(tokens, return_type=None)
-    return store
+        logits = model(tokens)
+    return store, logits
 
 
 def _patched_logits(model, tokens: Tensor, source: dict[int, Tensor],
                     patches: dict[tuple[str, str], list[tuple[int, slice]]]) -> Tensor:
     """Logits of ``tokens`` with each receiver's input shifted by ``source - current`` of the listed senders,
-    in the listed rows. ``patches[(receiver, input)] = [(sender index, rows), ...]``; the model's edge hook
-    points must be on. ``source`` rows repeat with period ``len(source[0])`` when ``tokens`` has more rows."""
+    in the listed rows. ``patches[(receiver, input)] = [(sender index, rows), ...]``, where ``rows`` selects as
+    many rows as the source has (all of them, or one copy of the batch); the edge hook points must be on."""
     g = graph(model)
     current: dict[int, Tensor] = {}
-    period = next(iter(source.values())).shape[0]
     by_hook: dict[str, list] = {}
     for receiver, qkv, layer, _ in g.receivers:
         if (receiver, qkv) in patches:
@@ -240,11 +248,8 @@ def _patched_logits(model, tokens: Tensor, source: dict[int, Tensor],
             act = act.clone()
             for head, senders in by_hook[name]:
                 target = act if head is None else act[:, :, head]
-                for s, rows in senders:
-                    src = source[s]
-                    if act.shape[0] != period:  # a batch of copies: the source repeats
-                        src = src.repeat(act.shape[0] // period, 1, 1)
-                    target[rows] += (src[rows] - current[s][rows]).to(act.dtype)
+                for s, rows in senders:  # rows: the source's batch, at its place among the copies
+                    target[rows] += (source[s] - current[s][rows]).to(act.dtype)
             return act
         return hook
 
@@ -278,7 +283,7 @@ def patch_edges(model, edges: Sequence[Edge], source_tokens: Int[Tensor, "batch 
     edges = g.check_edges(edges)
     source_tokens = check_tokens(model, source_tokens)
     with _edge_hooks_on(model):
-        source = _sender_outputs(model, source_tokens)
+        source, _ = _sender_outputs(model, source_tokens)
         patches = _patches_for(g, edges)
         current: dict[int, Tensor] = {}
         by_hook: dict[str, list] = {}
@@ -320,10 +325,21 @@ class EdgeScores:
     steps: int | None  # EAP-IG's Riemann steps
     scores: Float[Tensor, " edge"]
     per_pair: Float[Tensor, "edge pair"] | None  # None when the metric returns a scalar
-    ci_low: Float[Tensor, " edge"] | None
-    ci_high: Float[Tensor, " edge"] | None
     clean_metric: float
     corrupted_metric: float
+
+    @cached_property
+    def _interval(self) -> tuple[Tensor, Tensor] | tuple[None, None]:
+        return (None, None) if self.per_pair is None else _bootstrap(self.per_pair)
+
+    @property
+    def ci_low(self) -> Float[Tensor, " edge"] | None:
+        """The 95% bootstrap interval's lower end (computed on first use; None for a scalar metric)."""
+        return self._interval[0]
+
+    @property
+    def ci_high(self) -> Float[Tensor, " edge"] | None:
+        return self._interval[1]
 
     def ranking(self) -> list[int]:
         """Edge indices by |score|, largest first (ties keep graph order)."""
@@ -348,12 +364,15 @@ class EdgeScores:
 
 
 def _bootstrap(per_pair: Tensor, resamples: int = 1000, seed: int = 0) -> tuple[Tensor, Tensor]:
-    """95% percentile interval of the mean over pairs, per edge, from seeded resamples of the pairs."""
+    """95% percentile interval of the mean over pairs, per edge, from seeded resamples of the pairs (the same
+    resamples for every edge): each resample's mean is a weighted sum, so all edges take one matmul."""
     n = per_pair.shape[1]
     generator = torch.Generator().manual_seed(seed)
-    index = torch.randint(n, (resamples, n), generator=generator)
-    means = per_pair[:, index].mean(-1)  # [edge, resample]
-    return means.quantile(0.025, dim=1), means.quantile(0.975, dim=1)
+    draws = torch.randint(n, (resamples, n), generator=generator)
+    weights = torch.zeros(resamples, n).scatter_add_(1, draws, torch.ones(resamples, n)) / n  # [resample, pair]
+    means = per_pair.float() @ weights.T  # [edge, resample]
+    low, high = (means.kthvalue(1 + round(q * (resamples - 1)), dim=1).values for q in (0.025, 0.975))
+    return low, high
 
 
 def _check_pair(model, clean_tokens, corrupted_tokens) -> None:
@@ -392,32 +411,31 @@ def edge_attribution(model, clean_tokens: Int[Tensor, "batch pos"], corrupted_to
     g = graph(model)
     base, source = ((clean_tokens, corrupted_tokens) if direction == "noising" else (corrupted_tokens, clean_tokens))
     with _edge_hooks_on(model):
-        with torch.no_grad():
-            clean_value = metric_values(metric, model(clean_tokens)).detach().float().cpu()
-            corrupted_value = metric_values(metric, model(corrupted_tokens)).detach().float().cpu()
         if method == "exact":
-            per_pair = _exact(model, g, base, source, metric, edges_per_forward)
+            per_pair, base_value, source_value = _exact(model, g, base, source, metric, edges_per_forward)
         else:
-            per_pair = _gradient_scores(model, g, base, source, metric, steps if method == "eap-ig" else None,
-                                        per_pair=one_per_pair)
-    if per_pair.ndim == 1:  # a scalar metric: no per-pair values
-        scores, ci_low, ci_high, per_pair = per_pair, None, None, None
-    else:
-        scores = per_pair.mean(1)
-        ci_low, ci_high = _bootstrap(per_pair)
-    return EdgeScores(g, method, direction, steps if method == "eap-ig" else None, scores, per_pair, ci_low,
-                      ci_high, float(clean_value.mean()), float(corrupted_value.mean()))
+            per_pair, base_value, source_value = _gradient_scores(
+                model, g, base, source, metric, steps if method == "eap-ig" else None, per_pair=one_per_pair)
+    clean_value, corrupted_value = ((base_value, source_value) if direction == "noising"
+                                    else (source_value, base_value))
+    scores, per_pair = (per_pair, None) if per_pair.ndim == 1 else (per_pair.mean(1), per_pair)
+    return EdgeScores(g, method, direction, steps if method == "eap-ig" else None, scores, per_pair, clean_value,
+                      corrupted_value)
 
 
-def _exact(model, g: Graph, base: Tensor, source_tokens: Tensor, metric: Metric, chunk: int) -> Tensor:
-    """One forward's work per edge: copy c of the batch patches edge c of the chunk."""
+def _exact(model, g: Graph, base: Tensor, source_tokens: Tensor, metric: Metric, chunk: int,
+           edges: Sequence[Edge] | None = None) -> tuple[Tensor, float, float]:
+    """One forward's work per edge (of ``edges``, default all): copy c of the batch patches edge c of the chunk.
+    Returns the scores ``[edge, batch]`` (``[edge]`` for a scalar metric) and the unpatched and source
+    metrics. The edge hook points must be on."""
     batch = base.shape[0]
-    source = _sender_outputs(model, source_tokens)
+    chosen = g.edges if edges is None else tuple(edges)
+    source, source_logits = _sender_outputs(model, source_tokens)
     with torch.no_grad():
         unpatched = metric_values(metric, model(base)).float()
     out = []
-    for start in range(0, len(g.edges), chunk):
-        edges = g.edges[start:start + chunk]
+    for start in range(0, len(chosen), chunk):
+        edges = chosen[start:start + chunk]
         patches: dict[tuple[str, str], list] = {}
         for c, edge in enumerate(edges):
             patches.setdefault((edge.receiver, edge.input), []).append(
@@ -426,37 +444,49 @@ def _exact(model, g: Graph, base: Tensor, source_tokens: Tensor, metric: Metric,
         for c in range(len(edges)):
             value = metric_values(metric, logits[c * batch:(c + 1) * batch]).float()
             out.append((value - unpatched).cpu())
-    return torch.stack(out)  # [edge, batch] or [edge]
+    source_value = float(metric_values(metric, source_logits).float().mean())
+    return torch.stack(out), float(unpatched.mean()), source_value
 
 
 def _gradient_scores(model, g: Graph, base: Tensor, source_tokens: Tensor, metric: Metric,
-                     steps: int | None, per_pair: bool) -> Tensor:
+                     steps: int | None, per_pair: bool) -> tuple[Tensor, float, float]:
     """EAP (``steps`` None: the gradient on the unpatched run) or EAP-IG (the gradient averaged over
-    ``steps`` midpoints of the straight line from the unpatched run's embeddings to the source's)."""
-    base_out = _sender_outputs(model, base)
-    source_out = _sender_outputs(model, source_tokens)
+    ``steps`` midpoints of the straight line from the unpatched run's embeddings to the source's). Returns
+    the scores and the unpatched and source metrics. EAP records the unpatched run's sender outputs in its
+    gradient run: one forward with gradients, one backward and the source's forward in all."""
+    source_out, source_logits = _sender_outputs(model, source_tokens)
+    if steps is None:
+        base_out: dict[int, Tensor] = {}
+        grads, base_logits = _receiver_gradients(model, g, base, None, None, None, metric, record=base_out)
+    else:
+        base_out, base_logits = _sender_outputs(model, base)
+        grads = None
+        for k in range(steps):
+            step, _ = _receiver_gradients(model, g, base, base_out[0], source_out[0], (k + 0.5) / steps, metric)
+            grads = step if grads is None else [a + b for a, b in zip(grads, step)]
     delta = torch.stack([source_out[s] - base_out[s] for s in range(len(g.senders))])  # [sender, b, p, d]
-    alphas = [None] if steps is None else [(k + 0.5) / steps for k in range(steps)]
-    grads = None
-    for alpha in alphas:
-        step = _receiver_gradients(model, g, base, base_out[0], source_out[0], alpha, metric)
-        grads = step if grads is None else [a + b for a, b in zip(grads, step)]
-    grads = [grad / len(alphas) for grad in grads]  # [batch, pos, d_model] per receiver
-    per_pair_rows = []
-    for (receiver, qkv, layer, n), grad in zip(g.receivers, grads):
-        # [sender, batch] for this receiver's upstream senders: (source - base) . gradient, summed over pos, d
-        per_pair_rows.append(einops.einsum(delta[:n], grad.to(delta.dtype),
-                                           "sender batch pos d_model, batch pos d_model -> sender batch"))
-    scores = torch.cat(per_pair_rows).float().cpu()  # [edge, batch], in graph.edges order
-    return scores if per_pair else scores.sum(1)  # a scalar metric: the rows' shares add up to it
+    grads = [grad / (steps or 1) for grad in grads]  # [batch, pos, d_model] per receiver
+    # (source - base) . gradient, summed over pos and d_model, for every (sender, receiver) pair at once: one
+    # batched matmul [batch, sender, pos·d_model] @ [batch, pos·d_model, receiver], then the graph's pairs.
+    flat_delta = einops.rearrange(delta, "sender batch pos d_model -> batch sender (pos d_model)")
+    flat_grads = einops.rearrange(torch.stack(grads).to(delta.dtype),
+                                  "receiver batch pos d_model -> batch (pos d_model) receiver")
+    pairs = torch.bmm(flat_delta, flat_grads)  # [batch, sender, receiver]
+    senders, receivers = g.edge_endpoints
+    scores = pairs[:, senders, receivers].T.float().cpu()  # [edge, batch], in graph.edges order
+    values = [float(metric_values(metric, logits).float().mean()) for logits in (base_logits, source_logits)]
+    return (scores if per_pair else scores.sum(1)), *values  # a scalar metric: the rows' shares add up to it
 
 
-def _receiver_gradients(model, g: Graph, tokens: Tensor, base_in: Tensor, source_in: Tensor, alpha: float | None,
-                        metric: Metric) -> list[Tensor]:
-    """d sum(metric) / d (each receiver's input), in ``graph.receivers`` order: ``[batch, pos, d_model]`` each.
+def _receiver_gradients(model, g: Graph, tokens: Tensor, base_in: Tensor | None, source_in: Tensor | None,
+                        alpha: float | None, metric: Metric,
+                        record: dict[int, Tensor] | None = None) -> tuple[list[Tensor], Tensor]:
+    """d sum(metric) / d (each receiver's input), in ``graph.receivers`` order (``[batch, pos, d_model]``
+    each), and the logits.
 
     With ``alpha``, the input sender's output is ``base_in + alpha (source_in - base_in)``. Summing the
-    per-pair metric gives each pair its own gradient; the mean over pairs is taken later.
+    per-pair metric gives each pair its own gradient; the mean over pairs is taken later. ``record`` also
+    keeps every sender's output of this run.
     """
     kept: dict[tuple[str, str], Tensor] = {}
 
@@ -481,11 +511,15 @@ def _receiver_gradients(model, g: Graph, tokens: Tensor, base_in: Tensor, source
         hooks += [(f"blocks.{layer}.hook_{qkv}_input", keep(layer, qkv, False, False)) for qkv in "qkv"]
         hooks.append((f"blocks.{layer}.hook_mlp_in", keep(layer, "", True, False)))
     hooks.append((f"blocks.{g.n_layers - 1}.hook_resid_post", keep(g.n_layers - 1, "", False, True)))
+    if record is not None:  # after the leaf at resid_pre, so the input sender is read as the run has it
+        hooks += _sender_hooks(model, g, record)
     with torch.enable_grad(), temporary_hooks(model, hooks):
-        value = metric_values(metric, model(tokens)).sum()
+        logits = model(tokens)
+        value = metric_values(metric, logits).sum()
         tensors = [kept[receiver, qkv] for receiver, qkv, _, _ in g.receivers]
         grads = torch.autograd.grad(value, tensors, allow_unused=True)
-    return [torch.zeros_like(t) if grad is None else grad.detach() for t, grad in zip(tensors, grads)]
+    grads = [torch.zeros_like(t) if grad is None else grad.detach() for t, grad in zip(tensors, grads)]
+    return grads, logits.detach()
 
 
 # ---------------------------------------------------------------------------------------------- faithfulness
@@ -508,8 +542,8 @@ def _faithfulness(model, g: Graph, inside: set, clean_tokens, corrupted_tokens, 
     outside = [edge for edge in g.edges if edge not in inside]
     with _edge_hooks_on(model), torch.no_grad():
         clean = float(metric_values(metric, model(clean_tokens)).mean())
-        corrupted = float(metric_values(metric, model(corrupted_tokens)).mean())
-        source = _sender_outputs(model, corrupted_tokens)
+        source, corrupted_logits = _sender_outputs(model, corrupted_tokens)
+        corrupted = float(metric_values(metric, corrupted_logits).mean())
         logits = _patched_logits(model, clean_tokens, source, _patches_for(g, outside))
         value = float(metric_values(metric, logits).mean())
     if math.isclose(clean, corrupted, rel_tol=0, abs_tol=1e-12):

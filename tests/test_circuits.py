@@ -205,7 +205,7 @@ def test_eap_is_the_first_order_term(raw_model, pair):
 
         g = graph(model64)
         with _edge_hooks_on(model64):
-            clean_out, corrupt_out = _sender_outputs(model64, clean), _sender_outputs(model64, corrupt)
+            (clean_out, _), (corrupt_out, _) = _sender_outputs(model64, clean), _sender_outputs(model64, corrupt)
             for i in range(0, len(g.edges), 11):
                 edge = g.edges[i]
                 s = g.sender_index[edge.sender]

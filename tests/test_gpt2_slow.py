@@ -57,3 +57,37 @@ def test_ablating_the_known_induction_heads_reduces_copying(gpt2_model):
         ablated = second_copy_loss()
     assert ablated > intact + 0.5
 
+
+
+IOI_TEMPLATES = [("When Mary and John went to the store, John gave a drink to", " Mary", " John"),
+                 ("When Tom and James went to the park, James gave a ball to", " Tom", " James"),
+                 ("When Dan and Sid went to the shops, Sid gave an apple to", " Dan", " Sid"),
+                 ("After Martin and Amy went to the party, Amy gave a gift to", " Martin", " Amy")]
+
+
+def test_ioi_edges_into_the_logits_come_from_the_name_movers(gpt2_model):
+    """IOI (Wang et al. 2022): the corrupted run swaps the names, the metric is the logit difference between
+    the indirect object and the subject. Ranked by *signed* score (denoising EAP-IG: edges that restore the
+    logit difference): the top edges into the logits come from the name movers 9.9, 9.6 and 10.0. Ranking by
+    |score| would also lift the negative name movers Wang et al. report (10.7, 11.10), which this test does
+    not ask about."""
+    from interp.circuits import edge_attribution
+    from interp.inputs import to_tokens
+
+    clean = to_tokens(gpt2_model, [t for t, _, _ in IOI_TEMPLATES])
+    corrupt = to_tokens(gpt2_model, [t.replace(io.strip(), "@").replace(s.strip(), io.strip()).replace("@", s.strip())
+                                     for t, io, s in IOI_TEMPLATES])
+    io_tokens = torch.tensor([gpt2_model.to_single_token(io) for _, io, _ in IOI_TEMPLATES])
+    s_tokens = torch.tensor([gpt2_model.to_single_token(s) for _, _, s in IOI_TEMPLATES])
+
+    def logit_diff(logits):
+        last = logits[:, -1]
+        rows = torch.arange(len(last))
+        return last[rows, io_tokens] - last[rows, s_tokens]
+
+    scores = edge_attribution(gpt2_model, clean, corrupt, logit_diff, method="eap-ig", steps=5,
+                              direction="denoising")
+    into_logits = sorted(((float(v), e.sender) for e, v in zip(scores.graph.edges, scores.scores)
+                          if e.receiver == "logits"), reverse=True)
+    top = [sender for _, sender in into_logits[:6]]
+    assert {"a9.h9", "a9.h6", "a10.h0"} <= set(top), into_logits[:8]
