@@ -14,7 +14,7 @@ TL3    ?= transformer-lens>=3.9,<4
 # The tests whose outcome can depend on the major or the backend (README, "Which tests need which major").
 TL3_TESTS ?= tests/test_loading.py tests/test_hook_writes.py tests/test_trust.py tests/test_hooks.py tests/test_inputs.py \
 	tests/test_patching.py tests/test_heads.py tests/test_sampling.py tests/test_architecture.py \
-	tests/test_transformer_lens_oracles.py tests/test_bundled.py
+	tests/test_transformer_lens_oracles.py tests/test_bundled.py tests/test_circuits.py
 
 .PHONY: setup setup-tl3 figures test test-tl3 benchmark benchmark-tl3 notebook train-bundled clean
 setup: $(VENV)/.installed

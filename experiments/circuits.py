@@ -21,8 +21,8 @@ from plotly.subplots import make_subplots
 
 from experiments import common
 from experiments.common import Figure
-from experiments.mechanisms import copying_task
 from interp.circuits import CIRCUIT_FRACTIONS, edge_attribution, faithfulness_curve, graph
+from interp.heads import copying_task
 from interp.loading import model_info
 
 DESCRIPTION = "edge-level circuits of in-context copying: exact patching, EAP, EAP-IG and their faithfulness"

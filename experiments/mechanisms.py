@@ -28,7 +28,7 @@ from plotly.subplots import make_subplots
 
 from experiments import common
 from experiments.common import Figure
-from interp.heads import detector_tokens, head_scores, repeated_random_tokens
+from interp.heads import copying_task, detector_tokens, head_scores
 from interp.inputs import to_tokens
 from interp.interventions import ablate_heads
 from interp.loading import model_info
@@ -127,31 +127,6 @@ def _repetition(model, config: Config, heads: dict, progress) -> dict:
                           for kind, metrics in per_t.items()}
         progress(f"  {condition}: {len(config.temperatures)} temperatures x {len(rows)} samples")
     return out
-
-
-def copying_task(model, *, seq_len: int = 12, seed: int = 0, n_pairs: int = 1):
-    """Prompt pairs that only in-context copying solves, and their metric.
-
-    Clean: ``[BOS, r, r]`` cut before its last token; corrupted: the first copy replaced by other random
-    tokens (from the same pool), so nothing earlier says what comes next. The metric is each pair's log-prob
-    of the clean next token at the last position.
-
-    Returns:
-        ``(clean, corrupted, metric)``: two ``[n_pairs, 2·seq_len]`` token tensors and ``metric(logits) ->
-        [n_pairs]``.
-    """
-    pool = detector_tokens(model)
-    n = min(seq_len, (model.cfg.n_ctx - 1) // 2)
-    clean = repeated_random_tokens(model, seq_len=n, batch=n_pairs, seed=seed + 3, token_pool=pool)
-    corrupted = clean.clone()
-    corrupted[:, 1:n + 1] = repeated_random_tokens(model, seq_len=n, batch=n_pairs, seed=seed + 9,
-                                                   token_pool=pool)[:, 1:n + 1]
-    targets = clean[:, -1].clone()
-
-    def metric(logits):
-        return logits[:, -1].log_softmax(-1).gather(-1, targets.to(logits.device)[:, None])[:, 0]
-
-    return clean[:, :-1], corrupted[:, :-1], metric
 
 
 def _patching(model, config: Config) -> dict:

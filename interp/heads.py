@@ -38,7 +38,7 @@ from torch import Tensor
 from interp.caching import cache_heads
 from interp.inputs import check_tokens
 
-__all__ = ["DETECTORS", "Detector", "HeadScores", "detector", "detector_tokens", "head_scores",
+__all__ = ["DETECTORS", "Detector", "HeadScores", "copying_task", "detector", "detector_tokens", "head_scores",
            "repeated_random_tokens", "scores_from_pattern"]
 
 Pattern = Float[Tensor, "layer head batch query_pos key_pos"]
@@ -224,3 +224,28 @@ def detector_tokens(model) -> Int[Tensor, " n"] | None:
     if path is None or not path.exists():
         return None
     return torch.tensor(json.loads(path.read_text()), dtype=torch.long)
+
+
+def copying_task(model, *, seq_len: int = 12, seed: int = 0, n_pairs: int = 1):
+    """Prompt pairs that only in-context copying solves, and their metric.
+
+    Clean: ``[BOS, r, r]`` cut before its last token; corrupted: the first copy replaced by other random
+    tokens (from the same pool), so nothing earlier says what comes next. The metric is each pair's log-prob
+    of the clean next token at the last position.
+
+    Returns:
+        ``(clean, corrupted, metric)``: two ``[n_pairs, 2·seq_len]`` token tensors and ``metric(logits) ->
+        [n_pairs]``.
+    """
+    pool = detector_tokens(model)
+    n = min(seq_len, (model.cfg.n_ctx - 1) // 2)
+    clean = repeated_random_tokens(model, seq_len=n, batch=n_pairs, seed=seed + 3, token_pool=pool)
+    corrupted = clean.clone()
+    corrupted[:, 1:n + 1] = repeated_random_tokens(model, seq_len=n, batch=n_pairs, seed=seed + 9,
+                                                   token_pool=pool)[:, 1:n + 1]
+    targets = clean[:, -1].clone()
+
+    def metric(logits):
+        return logits[:, -1].log_softmax(-1).gather(-1, targets.to(logits.device)[:, None])[:, 0]
+
+    return clean[:, :-1], corrupted[:, :-1], metric

@@ -262,7 +262,7 @@ def bundled():
 @pytest.fixture(scope="module")
 def copying(bundled):
     """Repeated random tokens, 4 pairs of 10-token copies; the corrupted run has another first copy."""
-    from experiments.mechanisms import copying_task
+    from interp.heads import copying_task
 
     return copying_task(bundled, n_pairs=4, seq_len=10, seed=0)
 

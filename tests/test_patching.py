@@ -7,8 +7,8 @@ import pytest
 import torch
 
 import interp
-from experiments.mechanisms import copying_task
 from interp.backends import AVAILABLE_BACKENDS
+from interp.heads import copying_task
 from interp.hooks import attached_hooks
 from interp.interventions import patch_activation
 from interp.loading import load_model
