@@ -1,0 +1,495 @@
+"""Harvest activations (or only their statistics) over a corpus: sharded, resumable, and the same bytes on one
+process or many (``torchrun``).
+
+- **Input**: text files or folders (one document per file, files in sorted order), pre-tokenised ``.npy``
+  files (one 1-d integer array per document), or a Hugging Face ``datasets`` dataset with a ``text`` column.
+- **Packing**: documents are joined with the end-of-text token (50256, also GPT-2's BOS) and cut into rows of
+  ``context`` tokens, each starting with BOS; a document runs on into the next row; the last partial row is
+  dropped. Every process tokenises the whole corpus as a stream (cheap next to the forward) and keeps the
+  rows of its own shards only, so memory stays bounded by one shard.
+- **Work**: rows run through the model in micro-batches of ``batch_size`` (fixed, whatever the number of
+  processes), and the forward stops as soon as every requested hook has fired. Activations are kept in
+  ``dtype`` (float32 by default).
+- **Output** in ``out``: ``shard-00000.safetensors``, ... each with ``tokens`` ``[rows, context]``, one tensor
+  per hook keyed by its name (``[rows, context, ...]``; left out with ``stats_only``) and the shard's statistic
+  partials (``stats.{hook}.count``, ``.sum`` and ``.sumsq``, float64); a ``.sha256`` beside each; ``run.json``
+  (what was asked, checked on a rerun); ``manifest.json`` (the model and its weights hash, the tokenizer, the
+  corpus files and their hashes, the context, the dtype, each shard's rows, token range and sha256) and
+  ``stats.safetensors`` (count, mean and variance per hook), written when every shard is there.
+- **Distributed**: under ``torchrun`` (``WORLD_SIZE`` > 1) ``harvest`` joins the process group itself (gloo on
+  CPU, nccl on GPU). Shard ``i`` holds the global rows ``[i * shard_rows, (i + 1) * shard_rows)`` and goes whole
+  to rank ``i % world_size``; nothing written carries a rank, a time or the world size, and the statistics are
+  summed shard by shard in shard order, so N processes write exactly what one writes.
+- **Resumable**: a shard is written to a temporary name and renamed, so it is never seen half-written; a rerun
+  of the same command skips the shards already there. A rerun with another model, hook, corpus or setting into
+  the same folder is refused (``HarvestMismatchError``).
+
+Example:
+    >>> harvest(model, "/usr/lib/python3.11/json", hooks=["blocks.1.hook_resid_pre"], out="harvest/json")
+    >>> h = open("harvest/json")
+    >>> h["blocks.1.hook_resid_pre"].shape      # [rows, context, d_model], memory-mapped
+    >>> h.mean("blocks.1.hook_resid_pre")       # [d_model]
+"""
+
+from __future__ import annotations
+
+import argparse
+import builtins
+import hashlib
+import json
+import os
+import struct
+import sys
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from interp.figures import atomic_write
+from interp.hooks import check_hook_names, temporary_hooks
+from interp.inputs import check_positive_int
+
+__all__ = ["Harvest", "HarvestMismatchError", "harvest", "open"]
+
+EOT = 50256  # GPT-2's end-of-text token, which is also its BOS
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+class HarvestMismatchError(ValueError):
+    """The output folder holds a harvest of another model, hook, corpus or setting."""
+
+
+class _Stop(Exception):
+    """Raised by the last hook to fire: the rest of the forward is not needed."""
+
+
+# ---------------------------------------------------------------------------------------------- the corpus
+
+
+@dataclass(frozen=True)
+class _Document:
+    name: str  # a path relative to the corpus root, or "dataset[i]"
+    sha256: str
+    text: str | None = None
+    tokens: np.ndarray | None = None
+
+
+def _corpus_files(corpus: Sequence[str | os.PathLike], pattern: str) -> list[tuple[Path, str]]:
+    files = []
+    for item in corpus:
+        root = Path(item)
+        if root.is_dir():
+            files += [(p, str(p.relative_to(root.parent))) for p in sorted(root.glob(pattern)) if p.is_file()]
+        elif root.is_file():
+            files.append((root, root.name))
+        else:
+            raise FileNotFoundError(f"corpus item {str(root)!r} is neither a file nor a folder")
+    if not files:
+        raise ValueError(f"the corpus {[str(c) for c in corpus]} has no files matching {pattern!r}")
+    return sorted(files, key=lambda f: f[1])
+
+
+def _documents(corpus, pattern: str) -> Iterator[_Document]:
+    """The corpus's documents, in order, one at a time."""
+    if hasattr(corpus, "column_names"):  # a Hugging Face dataset
+        for i, row in enumerate(corpus):
+            text = row["text"]
+            yield _Document(f"dataset[{i}]", hashlib.sha256(text.encode()).hexdigest(), text=text)
+        return
+    for path, name in _corpus_files([corpus] if isinstance(corpus, str | os.PathLike) else corpus, pattern):
+        data = path.read_bytes()
+        digest = hashlib.sha256(data).hexdigest()
+        if path.suffix == ".npy":
+            yield _Document(name, digest, tokens=np.load(path))
+        else:
+            yield _Document(name, digest, text=data.decode("utf-8", errors="replace"))
+
+
+def _rows(documents: Iterable[_Document], tokenizer, context: int) -> Iterator[list[int]]:
+    """Rows of ``context`` tokens: BOS, then the document stream (each document followed by EOT)."""
+    stream: list[int] = []
+    for doc in documents:
+        ids = (doc.tokens.tolist() if doc.tokens is not None else
+               tokenizer(doc.text, add_special_tokens=False, verbose=False)["input_ids"])
+        stream += ids + [EOT]
+        while len(stream) >= context - 1:
+            yield [EOT] + stream[:context - 1]
+            del stream[:context - 1]
+
+
+# ---------------------------------------------------------------------------------------------- distributed
+
+
+def _world() -> tuple[int, int]:
+    """(rank, world size); joins the process group from torchrun's environment when there is more than one."""
+    import torch.distributed as dist
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if torch.cuda.is_available() else "gloo")
+    return (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
+
+
+def _barrier() -> None:
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        dist.barrier()
+
+
+# ---------------------------------------------------------------------------------------------- harvest
+
+
+def _forward(model, rows: Tensor, hooks: Sequence[str]) -> dict[str, Tensor]:
+    """The hooks' activations on ``rows``; the forward stops once every hook has fired."""
+    kept: dict[str, Tensor] = {}
+
+    def keep(name: str):
+        def hook(act, hook):
+            kept[name] = act.detach()
+            if len(kept) == len(hooks):
+                raise _Stop
+        return hook
+
+    try:
+        with torch.no_grad(), temporary_hooks(model, [(name, keep(name)) for name in hooks]):
+            model(rows, return_type=None)
+    except _Stop:
+        pass
+    return kept
+
+
+def _fingerprint(model, corpus_docs: list[dict], hooks, context, dtype, batch_size, shard_rows, stats_only) -> dict:
+    from interp.loading import model_info
+
+    info = model_info(model)
+    vocab = json.dumps(sorted(model.tokenizer.get_vocab().items()), ensure_ascii=False).encode()
+    tokenizer = {"class": type(model.tokenizer).__name__, "vocab_size": len(model.tokenizer),
+                 "vocab_sha256": hashlib.sha256(vocab).hexdigest()}
+    # The checkpoint file's hash, not the processed state dict's: LayerNorm folding in float32 rounds
+    # differently with 1 and 2 threads (torchrun sets 1), which would make one process and many disagree.
+    return {"model": {"spec": info.spec, "label": info.label, "checkpoint_sha256": _checkpoint_sha256(info)},
+            "tokenizer": tokenizer, "corpus": corpus_docs, "hooks": list(hooks), "context": context,
+            "dtype": dtype, "batch_size": batch_size, "shard_rows": shard_rows, "stats_only": stats_only,
+            "packing": "documents joined with token 50256, rows of `context` tokens each starting with 50256"}
+
+
+def _checkpoint_sha256(info) -> str:
+    """sha256 of the checkpoint's weights file (local, or the Hugging Face cache's copy of a named model)."""
+    if info.checkpoint is not None:
+        path = Path(info.checkpoint) / "model.safetensors"
+    else:
+        from huggingface_hub import try_to_load_from_cache
+
+        found = [try_to_load_from_cache(repo, name) for repo in (info.spec, f"openai-community/{info.spec}")
+                 for name in ("model.safetensors", "pytorch_model.bin")]
+        path = next((Path(f) for f in found if isinstance(f, str)), None)
+        if path is None:
+            return "unknown"
+    digest = hashlib.sha256()
+    with builtins.open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 24), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _shard_name(index: int) -> str:
+    return f"shard-{index:05d}.safetensors"
+
+
+def harvest(model, corpus, *, hooks: Sequence[str], out: str | os.PathLike, context: int = 128,
+            dtype: str = "float32", batch_size: int = 8, shard_rows: int = 256, stats_only: bool = False,
+            pattern: str = "**/*", progress: bool = True) -> Path:
+    """Harvest ``hooks``' activations over ``corpus`` into ``out`` (see the module docstring).
+
+    Args:
+        corpus: a file, a folder, a list of them, or a ``datasets.Dataset`` with a ``text`` column.
+        hooks: hook names, e.g. ``["blocks.1.hook_resid_pre"]``.
+        context: tokens per row, BOS included (default 128; at most the model's n_ctx).
+        dtype: "float32" (default), "float16" or "bfloat16", for the stored activations.
+        batch_size: rows per forward (fixed, so one process and many compute the same batches).
+        shard_rows: rows per shard file (the unit of work, resumption and distribution).
+        stats_only: keep the statistics (count, mean, variance per hook) and the tokens, not the activations.
+        pattern: which files of a folder are documents (default every file; e.g. ``"**/*.py"``).
+
+    Returns:
+        ``out``, a ``Path``.
+    """
+    hooks = list(dict.fromkeys(hooks))
+    if not hooks:
+        raise ValueError("hooks is empty: name at least one hook point, e.g. blocks.0.hook_resid_pre")
+    check_hook_names(model, hooks)
+    context = check_positive_int(context, "context", low=2, high=model.cfg.n_ctx)
+    batch_size = check_positive_int(batch_size, "batch_size")
+    shard_rows = check_positive_int(shard_rows, "shard_rows")
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype must be one of {tuple(DTYPES)}, got {dtype!r}")
+    out = Path(out)
+    rank, world = _world()
+    docs = [{"name": d.name, "sha256": d.sha256} for d in _documents(corpus, pattern)]  # checks the corpus
+    fingerprint = _fingerprint(model, docs, hooks, context, dtype, batch_size, shard_rows, stats_only)
+    run_file = out / "run.json"
+    if run_file.exists():
+        before = json.loads(run_file.read_text())
+        if before != fingerprint:
+            differ = sorted(k for k in set(before) | set(fingerprint) if before.get(k) != fingerprint.get(k))
+            raise HarvestMismatchError(f"{out} holds a harvest with another {', '.join(differ)}: use another "
+                                       "folder, or delete this one to start again")
+    elif rank == 0:
+        atomic_write(run_file, json.dumps(fingerprint, indent=1, sort_keys=True) + "\n")
+    if rank == 0:  # what a killed run left mid-write: never renamed into place, so never read
+        for partial in out.glob(".shard-*.tmp"):
+            partial.unlink()
+    _barrier()
+
+    device = model.cfg.device
+    bar = None
+    if progress and rank == 0:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(unit="tok", unit_scale=True, desc=f"harvest ({world} process{'es' if world > 1 else ''})",
+                   file=sys.stderr)
+    shard_rows_seen: list[list[int]] = []
+    n_rows = 0
+    for row in _rows(_documents(corpus, pattern), model.tokenizer, context):
+        shard = n_rows // shard_rows
+        n_rows += 1
+        if shard % world != rank or (out / _shard_name(shard)).exists():
+            continue
+        shard_rows_seen.append(row)
+        if len(shard_rows_seen) == shard_rows:
+            _write_shard(model, out, shard, shard_rows_seen, hooks, batch_size, DTYPES[dtype], stats_only, device,
+                         bar, world)
+            shard_rows_seen = []
+    last = (n_rows - 1) // shard_rows
+    if shard_rows_seen:  # the last shard may be short; it is this rank's when its index says so
+        _write_shard(model, out, last, shard_rows_seen, hooks, batch_size, DTYPES[dtype], stats_only, device, bar,
+                     world)
+    if bar is not None:
+        bar.close()
+    if n_rows == 0:
+        raise ValueError(f"the corpus has fewer than {context - 1} tokens: no row of {context} could be made")
+    _barrier()
+    if rank == 0:
+        _finish(out, fingerprint, n_rows, shard_rows, context, hooks)
+    _barrier()
+    return out
+
+
+def _write_shard(model, out: Path, index: int, rows: list[list[int]], hooks, batch_size, dtype, stats_only, device,
+                 bar, world) -> None:
+    from safetensors.torch import save
+
+    tokens = torch.tensor(rows, dtype=torch.int64)
+    parts: dict[str, list[Tensor]] = {name: [] for name in hooks}
+    stats: dict[str, Tensor] = {}
+    for start in range(0, len(tokens), batch_size):
+        acts = _forward(model, tokens[start:start + batch_size].to(device), hooks)
+        for name in hooks:
+            act = acts[name].float().cpu()
+            flat = act.reshape(act.shape[0] * act.shape[1], -1).double()  # [tokens, features]
+            stats[f"shape.{name}"] = torch.tensor(act.shape[2:], dtype=torch.int64)
+            for key, value in ((f"stats.{name}.count", torch.tensor([flat.shape[0]], dtype=torch.float64)),
+                               (f"stats.{name}.sum", flat.sum(0)), (f"stats.{name}.sumsq", flat.pow(2).sum(0))):
+                stats[key] = stats[key] + value if key in stats else value
+            if not stats_only:
+                parts[name].append(acts[name].to(dtype).cpu())
+        if bar is not None:
+            bar.update(min(batch_size, len(tokens) - start) * tokens.shape[1] * world)  # this rank's share, scaled
+    tensors = {"tokens": tokens, **stats}
+    if not stats_only:
+        tensors |= {name: torch.cat(parts[name]).contiguous() for name in hooks}
+    data = save(tensors)
+    atomic_write(out / _shard_name(index), data)
+    atomic_write(out / (_shard_name(index) + ".sha256"), hashlib.sha256(data).hexdigest() + "\n")
+
+
+def _shard_sha(out: Path, index: int) -> str:
+    sidecar = out / (_shard_name(index) + ".sha256")
+    if sidecar.exists():
+        return sidecar.read_text().strip()
+    digest = hashlib.sha256((out / _shard_name(index)).read_bytes()).hexdigest()  # killed between the two
+    atomic_write(sidecar, digest + "\n")
+    return digest
+
+
+def _finish(out: Path, fingerprint: dict, n_rows: int, shard_rows: int, context: int, hooks) -> None:
+    """The manifest and the combined statistics, summed shard by shard in shard order."""
+    from safetensors import safe_open
+    from safetensors.torch import save
+
+    n_shards = -(-n_rows // shard_rows)
+    shards, totals = [], {}
+    for index in range(n_shards):
+        first, last = index * shard_rows, min((index + 1) * shard_rows, n_rows)
+        shards.append({"file": _shard_name(index), "rows": [first, last],
+                       "tokens": [first * context, last * context], "sha256": _shard_sha(out, index)})
+        with safe_open(str(out / _shard_name(index)), framework="pt") as f:
+            for key in f.keys():  # noqa: SIM118 - safe_open has no __iter__
+                if key.startswith("stats."):  # float64 partials, summed in shard order
+                    value = f.get_tensor(key)
+                    totals[key] = totals[key] + value if key in totals else value
+                elif key.startswith("shape.") and key not in totals:
+                    totals[key] = f.get_tensor(key)
+    stats = {}
+    for name in hooks:
+        count = totals[f"stats.{name}.count"]
+        mean = totals[f"stats.{name}.sum"] / count
+        stats[f"{name}.count"] = count
+        stats[f"{name}.mean"] = mean.float()
+        stats[f"{name}.var"] = (totals[f"stats.{name}.sumsq"] / count - mean.pow(2)).clamp_min(0).float()
+    atomic_write(out / "stats.safetensors", save(stats))
+    manifest = {**fingerprint, "rows": n_rows, "shards": shards,
+                "feature_shapes": {name: totals[f"shape.{name}"].tolist() for name in hooks}}
+    atomic_write(out / "manifest.json", json.dumps(manifest, indent=1, sort_keys=True) + "\n")
+
+
+# ---------------------------------------------------------------------------------------------- reading
+
+
+def _mmap(path: Path, name: str) -> Tensor:
+    """One tensor of a safetensors file, memory-mapped (read-only), without reading the rest."""
+    with builtins.open(path, "rb") as f:
+        header_len = struct.unpack("<Q", f.read(8))[0]
+        header = json.loads(f.read(header_len))
+    meta = header[name]
+    kinds = {"F32": (np.float32, None), "F16": (np.float16, None), "BF16": (np.uint16, torch.bfloat16),
+             "I64": (np.int64, None), "F64": (np.float64, None)}
+    np_dtype, view = kinds[meta["dtype"]]
+    start, end = meta["data_offsets"]
+    array = np.memmap(path, dtype=np_dtype, mode="r", offset=8 + header_len + start, shape=tuple(meta["shape"]))
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # "the given NumPy array is not writable": it is read-only
+        tensor = torch.from_numpy(array)
+    return tensor.view(view) if view is not None else tensor
+
+
+class Harvest:
+    """A finished harvest, read back: memory-mapped shards, statistics, and seeded shuffled batches.
+
+    Each shard's sha256 is checked on its first access (``verify=False`` skips it), not on open.
+    """
+
+    def __init__(self, path: str | os.PathLike, *, verify: bool = True):
+        self.path = Path(path)
+        manifest = self.path / "manifest.json"
+        if not manifest.exists():
+            raise FileNotFoundError(f"{self.path} has no manifest.json: the harvest is unfinished (rerun it) or "
+                                    "this is not a harvest folder")
+        self.manifest = json.loads(manifest.read_text())
+        self.hooks: list[str] = self.manifest["hooks"]
+        self.verify = verify
+        self._checked: set[str] = set()
+
+    def __repr__(self) -> str:
+        m = self.manifest
+        return (f"Harvest({str(self.path)!r}: {m['rows']} rows x {m['context']} tokens of {m['model']['label']}, "
+                f"hooks {self.hooks}, {len(m['shards'])} shards{', statistics only' if m['stats_only'] else ''})")
+
+    def _shard(self, entry: dict) -> Path:
+        path = self.path / entry["file"]
+        if self.verify and entry["file"] not in self._checked:
+            digest = hashlib.sha256(path.read_bytes()).hexdigest()
+            if digest != entry["sha256"]:
+                raise ValueError(f"{path} does not match its sha256 in the manifest: the shard changed on disk")
+            self._checked.add(entry["file"])
+        return path
+
+    def shard(self, index: int, name: str) -> Tensor:
+        """``name`` (``"tokens"`` or a hook) of one shard, memory-mapped."""
+        if name != "tokens" and (name not in self.hooks or self.manifest["stats_only"]):
+            raise KeyError(f"{name!r} is not stored here (hooks {self.hooks}"
+                           f"{'; statistics only' if self.manifest['stats_only'] else ''})")
+        return _mmap(self._shard(self.manifest["shards"][index]), name)
+
+    def __getitem__(self, name: str) -> Tensor:
+        """Every shard's ``name``, concatenated (this copies; use ``shard`` or ``batches`` for large ones)."""
+        return torch.cat([self.shard(i, name) for i in range(len(self.manifest["shards"]))])
+
+    @property
+    def tokens(self) -> Tensor:
+        return self["tokens"]
+
+    def _stats(self) -> dict[str, Tensor]:
+        from safetensors.torch import load_file
+
+        return load_file(self.path / "stats.safetensors")
+
+    def mean(self, name: str) -> Tensor:
+        """The mean activation of hook ``name`` over every harvested token, in its per-token shape."""
+        return self._stats()[f"{name}.mean"].reshape(self._feature_shape(name))
+
+    def var(self, name: str) -> Tensor:
+        return self._stats()[f"{name}.var"].reshape(self._feature_shape(name))
+
+    def _feature_shape(self, name: str) -> tuple[int, ...]:
+        if name not in self.hooks:
+            raise KeyError(f"{name!r} was not harvested (hooks {self.hooks})")
+        shape = self.manifest.get("feature_shapes", {}).get(name)
+        return tuple(shape) if shape else (-1,)
+
+    def batches(self, name: str, batch_size: int, *, seed: int = 0) -> Iterator[Tensor]:
+        """Activations of ``name``, one token each ``[batch_size, ...]``, in a seeded shuffled order: shards in
+        a shuffled order, tokens shuffled within each shard (one shard in memory at a time)."""
+        generator = torch.Generator().manual_seed(seed)
+        for index in torch.randperm(len(self.manifest["shards"]), generator=generator).tolist():
+            acts = self.shard(index, name)
+            flat = acts.reshape(acts.shape[0] * acts.shape[1], *acts.shape[2:])
+            order = torch.randperm(len(flat), generator=generator)
+            for start in range(0, len(order), batch_size):
+                yield flat[order[start:start + batch_size]].clone()
+
+
+def open(path: str | os.PathLike, *, verify: bool = True) -> Harvest:
+    """Read a finished harvest (see ``Harvest``)."""
+    return Harvest(path, verify=verify)
+
+
+# ---------------------------------------------------------------------------------------------- command
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m interp.harvest", formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Harvest activations (or their statistics) over a corpus into safetensors shards.\n\n"
+                    "    python -m interp.harvest /usr/lib/python3.11/json --hook blocks.1.hook_resid_pre "
+                    "--out harvest/json --pattern '**/*.py'\n"
+                    "    torchrun --nproc_per_node 2 -m interp.harvest ...   # the same bytes, two processes")
+    parser.add_argument("corpus", nargs="+", help="text files or folders (one document per file), or .npy token files")
+    parser.add_argument("--hook", action="append", required=True, dest="hooks", help="a hook name (repeatable)")
+    parser.add_argument("--out", required=True, type=Path, help="output folder")
+    parser.add_argument("--model", default="bundled", help="model spec (default: bundled)")
+    parser.add_argument("--backend", default=None, help="bridge or hooked (default: the library's default)")
+    parser.add_argument("--device", default="cpu", help="cpu (default) or cuda")
+    parser.add_argument("--context", type=int, default=128, help="tokens per row, BOS included (default: 128)")
+    parser.add_argument("--dtype", default="float32", choices=tuple(DTYPES), help="stored dtype (default: float32)")
+    parser.add_argument("--batch-size", type=int, default=8, help="rows per forward (default: 8)")
+    parser.add_argument("--shard-rows", type=int, default=256, help="rows per shard (default: 256)")
+    parser.add_argument("--stats-only", action="store_true", help="keep count, mean and variance, not activations")
+    parser.add_argument("--pattern", default="**/*", help="which files of a folder are documents (default: all)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    args = parser.parse_args(argv)
+    from interp.errors import ModelLoadError
+    from interp.loading import load_model
+
+    try:
+        kwargs = {} if args.backend is None else {"backend": args.backend}
+        model = load_model(args.model, device=args.device, **kwargs)
+        out = harvest(model, args.corpus, hooks=args.hooks, out=args.out, context=args.context, dtype=args.dtype,
+                      batch_size=args.batch_size, shard_rows=args.shard_rows, stats_only=args.stats_only,
+                      pattern=args.pattern, progress=not args.no_progress)
+    except (ModelLoadError, ValueError, KeyError, FileNotFoundError) as err:
+        raise SystemExit(f"error: {err}") from None
+    rank, _ = _world()
+    if rank == 0:
+        print(f"wrote {out}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,157 @@
+"""Harvesting over a corpus (the Python standard library's ``json`` package, which every Python has):
+packing, the oracle (``run_with_cache`` on the same rows, exactly), one process against two under torchrun
+(byte for byte), a run killed with SIGKILL and resumed, a mismatched rerun refused, and reading back."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from interp import harvest as hv
+from interp.loading import load_model
+
+CORPUS = Path(json.__file__).parent  # the stdlib's json package: a few files of real Python
+HOOKS = ["blocks.1.hook_resid_pre", "blocks.0.attn.hook_z"]
+PATTERN = "**/[des]*.py"  # decoder.py, encoder.py, scanner.py: about 6,000 tokens
+SMALL = dict(context=32, shard_rows=64, batch_size=8, pattern=PATTERN)
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def model():
+    return load_model("bundled", device="cpu")
+
+
+@pytest.fixture(scope="module")
+def harvested(model, tmp_path_factory):
+    out = tmp_path_factory.mktemp("harvest") / "json"
+    hv.harvest(model, CORPUS, hooks=HOOKS, out=out, progress=False, **SMALL)
+    return out
+
+
+def test_rows_pack_the_documents_in_order_each_starting_with_bos(model, harvested):
+    h = hv.open(harvested)
+    tokens = h.tokens
+    assert (tokens[:, 0] == hv.EOT).all() and tokens.shape[1] == 32
+    stream = []
+    for path in sorted(CORPUS.glob(PATTERN), key=lambda p: str(p.relative_to(CORPUS.parent))):
+        stream += model.tokenizer(path.read_text(), add_special_tokens=False, verbose=False)["input_ids"] + [hv.EOT]
+    n = len(stream) // 31
+    assert tokens.shape[0] == n, "every full row, and the last partial one dropped"
+    assert tokens[:, 1:].flatten().tolist() == stream[:31 * n]
+    assert [d["name"] for d in h.manifest["corpus"]] == sorted(d["name"] for d in h.manifest["corpus"])
+
+
+def test_harvested_activations_equal_run_with_cache_exactly(model, harvested):
+    h = hv.open(harvested)
+    tokens = h.tokens[:128]  # the first two shards
+    for name in HOOKS:
+        ours = torch.cat([h.shard(0, name), h.shard(1, name)])
+        theirs = []
+        for start in range(0, len(tokens), 8):  # the harvest's micro-batches
+            with torch.no_grad():
+                _, cache = model.run_with_cache(tokens[start:start + 8], names_filter=[name])
+            theirs.append(cache[name])
+        assert torch.equal(ours, torch.cat(theirs)), name
+
+
+def test_statistics_are_the_activations_mean_and_variance(harvested):
+    h = hv.open(harvested)
+    for name in HOOKS:
+        acts = h[name].double()
+        flat = acts.reshape(-1, *acts.shape[2:])
+        torch.testing.assert_close(h.mean(name).double(), flat.mean(0), rtol=1e-6, atol=1e-6)
+        torch.testing.assert_close(h.var(name).double(), flat.var(0, unbiased=False), rtol=1e-5, atol=1e-6)
+
+
+def test_reading_back_checks_hashes_and_shuffles_reproducibly(harvested, tmp_path):
+    h = hv.open(harvested)
+    first = [b for b in h.batches(HOOKS[0], 100, seed=3)]
+    again = [b for b in h.batches(HOOKS[0], 100, seed=3)]
+    assert all(torch.equal(a, b) for a, b in zip(first, again))
+    everything = torch.cat(first)
+    assert everything.shape[0] == h.tokens.numel()
+    assert torch.equal(everything.sum(0), h[HOOKS[0]].reshape(-1, everything.shape[1]).sum(0)) or \
+        torch.allclose(everything.sum(0), h[HOOKS[0]].reshape(-1, everything.shape[1]).sum(0), atol=1e-3)
+    broken = tmp_path / "broken"
+    shutil.copytree(harvested, broken)
+    shard = broken / "shard-00001.safetensors"
+    data = bytearray(shard.read_bytes())
+    data[-5] ^= 0xFF
+    shard.write_bytes(bytes(data))
+    with pytest.raises(ValueError, match="does not match its sha256"):
+        hv.open(broken).shard(1, HOOKS[0])
+    hv.open(broken).shard(0, HOOKS[0])  # the others still read
+
+
+def test_a_rerun_with_another_hook_or_corpus_is_refused(model, harvested, tmp_path):
+    with pytest.raises(hv.HarvestMismatchError, match="hooks"):
+        hv.harvest(model, CORPUS, hooks=HOOKS[:1], out=harvested, progress=False, **SMALL)
+    with pytest.raises(hv.HarvestMismatchError, match="corpus"):
+        hv.harvest(model, CORPUS / "decoder.py", hooks=HOOKS, out=harvested, progress=False, **SMALL)
+    stats = tmp_path / "stats"
+    hv.harvest(model, CORPUS, hooks=HOOKS, out=stats, progress=False, stats_only=True, **SMALL)
+    only = hv.open(stats)
+    torch.testing.assert_close(only.mean(HOOKS[0]), hv.open(harvested).mean(HOOKS[0]))
+    with pytest.raises(KeyError, match="statistics only"):
+        only.shard(0, HOOKS[0])
+
+
+def test_bad_input_is_refused_before_any_forward(model, tmp_path):
+    with pytest.raises(KeyError, match="no hook point"):
+        hv.harvest(model, CORPUS, hooks=["blocks.9.hook_resid_pre"], out=tmp_path / "a", progress=False)
+    with pytest.raises(FileNotFoundError, match="neither a file nor a folder"):
+        hv.harvest(model, tmp_path / "missing", hooks=HOOKS, out=tmp_path / "b", progress=False)
+    with pytest.raises(ValueError, match="context must be in"):
+        hv.harvest(model, CORPUS, hooks=HOOKS, out=tmp_path / "c", context=10**6, progress=False)
+    assert not (tmp_path / "a").exists() and not (tmp_path / "c").exists()
+
+
+def _cli(out: Path, *, torchrun: int = 0) -> list[str]:
+    args = ["-m", "interp.harvest", str(CORPUS), "--out", str(out), "--context", "32", "--shard-rows", "4",
+            "--pattern", PATTERN, "--no-progress"] + [f"--hook={h}" for h in HOOKS]
+    if torchrun:
+        return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={torchrun}", *args]
+    return [sys.executable, *args]
+
+
+def _files(folder: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
+
+
+def _env():
+    return {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO)}
+
+
+def test_two_processes_write_exactly_what_one_writes(tmp_path):
+    """torchrun with gloo on the CPU: 2 processes (1 thread each) against 1 (the machine's threads)."""
+    one, two = tmp_path / "one", tmp_path / "two"
+    subprocess.run(_cli(one), check=True, env=_env(), capture_output=True, timeout=300)
+    run = subprocess.run(_cli(two, torchrun=2), env=_env(), capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert _files(one) == _files(two)
+
+
+def test_a_run_killed_with_sigkill_resumes_to_the_same_bytes(tmp_path):
+    whole, killed = tmp_path / "whole", tmp_path / "killed"
+    subprocess.run(_cli(whole), check=True, env=_env(), capture_output=True, timeout=300)
+    proc = subprocess.Popen(_cli(killed), env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline and len(list(killed.glob("shard-*.safetensors"))) < 3:
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    written = len(list(killed.glob("shard-*.safetensors")))
+    assert 3 <= written < len(list(whole.glob("shard-*.safetensors"))), "killed mid-run"
+    assert not (killed / "manifest.json").exists()
+    subprocess.run(_cli(killed), check=True, env=_env(), capture_output=True, timeout=300)
+    assert _files(killed) == _files(whole), "the same files, bytes and all; no partial file left"
