@@ -215,6 +215,71 @@ def bench_circuits(model, reps: int, sample: int = 64) -> tuple[list[dict], dict
     return rows, memory
 
 
+def bench_harvest(model, label: str, corpus: Path, reps: int) -> tuple[list[dict], dict]:
+    """Harvest throughput against a bare forward of the same rows that also stops at the last hook, on a
+    stdlib package, one process; and the share of the harvest's wall time spent writing shards."""
+    from interp import harvest as hv
+
+    hooks = [f"blocks.{model.cfg.n_layers // 2}.hook_resid_pre"]
+    options = dict(context=128, batch_size=8, shard_rows=32, pattern="**/*.py")
+    device = model.cfg.device
+    rows = torch.tensor(list(hv._rows(hv._documents(corpus, options["pattern"]), model.tokenizer,
+                                      options["context"])))
+    write_time = [0.0]
+    real_write = hv.atomic_write
+
+    def timed_write(path, data):
+        start = time.perf_counter()
+        real_write(path, data)
+        write_time[0] += time.perf_counter() - start
+
+    def bare():
+        for start in range(0, len(rows), options["batch_size"]):
+            hv._forward(model, rows[start:start + options["batch_size"]].to(device), hooks)
+
+    def harvest_once():
+        with tempfile.TemporaryDirectory() as tmp:
+            hv.harvest(model, corpus, hooks=hooks, out=Path(tmp) / "h", progress=False, **options)
+
+    hv.atomic_write = timed_write
+    try:
+        times = interleaved({"bare_forward": bare, "harvest": harvest_once}, reps)
+    finally:
+        hv.atomic_write = real_write
+    tokens = rows.numel()
+    calls = reps + 1  # the warm-up call writes too
+    share = write_time[0] / calls / statistics.median(times["harvest"])
+    detail = {"model": label, "corpus": f"the stdlib's {corpus.name} package", "rows": len(rows), "tokens": tokens, "hooks": hooks,
+              "harvest_tokens_per_s": tokens / statistics.median(times["harvest"]),
+              "bare_tokens_per_s": tokens / statistics.median(times["bare_forward"]),
+              "shard_writing_share_of_wall": share}
+    return [row(f"harvest ({label}, stdlib {corpus.name}: {len(rows)} rows x 128 tokens, 1 process) vs bare forward stopping at the "
+                "same hook: time, so >= 0.9x throughput is <= 1.11x", times, "harvest", "bare_forward",
+                "<= 1.11x (>= 0.9x tokens/s)")], detail
+
+
+def bench_harvest_processes() -> dict:
+    """Wall time of the harvest command with 1 and 2 processes (torchrun, gloo) on the stdlib's email
+    package with the bundled model, model loading included."""
+    import email
+
+    corpus = str(Path(email.__file__).parent)
+    out = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for n in (1, 2):
+            args = ["-m", "interp.harvest", corpus, "--out", f"{tmp}/n{n}", "--hook", "blocks.1.hook_resid_pre",
+                    "--pattern", "**/*.py", "--no-progress", "--stats-only"]
+            command = [sys.executable, *args] if n == 1 else [sys.executable, "-m", "torch.distributed.run",
+                                                              "--standalone", "--nproc_per_node=2", *args]
+            start = time.perf_counter()
+            subprocess.run(command, check=True, capture_output=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+            out[f"{n}_process_s"] = time.perf_counter() - start
+        identical = all((Path(tmp) / "n1" / p.name).read_bytes() == p.read_bytes()
+                        for p in (Path(tmp) / "n2").iterdir())
+    return {**out, "speedup": out["1_process_s"] / out["2_process_s"], "identical_outputs": identical,
+            "note": "2 cores: torchrun gives each process 1 thread; model loading (about 6 s) is in both"}
+
+
 def roofline(model, reps: int) -> dict:
     """Best observed matmul rate against the best observed forward (minimum times: peak against peak,
     which a noisy shared machine distorts least)."""
@@ -244,6 +309,22 @@ def end_to_end(args: list[str], goal: str) -> dict:
         raise RuntimeError(f"python -m experiments {' '.join(args)} failed:\n{proc.stderr[-2000:]}")
     return {"command": "python -m experiments " + " ".join(args), "seconds": time.perf_counter() - start,
             "goal": goal}
+
+
+def _harvest(results: dict, model, device: str, reps: int) -> None:
+    import email
+    import json as json_module
+
+    bundled = load_model("bundled", device=device)
+    details = []
+    for label, subject, corpus in (("bundled model", bundled, Path(email.__file__).parent),
+                                   ("GPT-2 small's shape", model, Path(json_module.__file__).parent)):
+        rows, detail = bench_harvest(subject, label, corpus, reps)
+        results["rows"].extend(rows)
+        details.append(detail)
+    results["harvest"] = {"throughput": details}
+    if device == "cpu":
+        results["harvest"]["processes"] = bench_harvest_processes()
 
 
 def _circuits(results: dict, model, reps: int) -> None:
@@ -293,6 +374,7 @@ def main(argv: list[str] | None = None) -> int:
                 bench_generate(models, hf, 16, 64, max(2, args.reps // 2)))))
         steps.append(("patching", lambda: results["rows"].extend(bench_patching(model, max(2, args.reps // 2)))))
         steps.append(("circuits", lambda: _circuits(results, model, max(2, args.reps // 2))))
+        steps.append(("harvest", lambda: _harvest(results, model, device, max(2, args.reps // 2))))
         steps.append(("roofline", lambda: results.update(roofline=roofline(model, args.reps))))
         if not args.quick:
             bundled = ["--model", "bundled", "--device", device]
@@ -315,6 +397,14 @@ def main(argv: list[str] | None = None) -> int:
     rl = results["roofline"]
     print(f"matmul {rl['matmul_gflops']:.0f} GFLOP/s; forward {rl['forward_tokens_per_s']:.0f} tokens/s = "
           f"{rl['forward_gflops']:.0f} GFLOP/s = {100 * rl['fraction_of_matmul_peak']:.0f}% of the matmul rate")
+    for detail in results["harvest"]["throughput"]:
+        print(f"harvest, {detail['model']}: {detail['harvest_tokens_per_s']:.0f} tokens/s against "
+              f"{detail['bare_tokens_per_s']:.0f} bare; writing shards {100 * detail['shard_writing_share_of_wall']:.1f}% "
+              "of the wall time (goal < 10%)")
+    if "processes" in results["harvest"]:
+        p = results["harvest"]["processes"]
+        print(f"harvest command, 1 process {p['1_process_s']:.1f}s, 2 processes {p['2_process_s']:.1f}s "
+              f"(x{p['speedup']:.2f}; identical outputs: {p['identical_outputs']})")
     cm = results["circuits_memory"]
     print(f"EAP-IG over {cm['edges']} edges: the process's peak RSS grew by {cm['peak_rss_growth_mib']:.0f} MiB"
           + (f"; CUDA peak {cm['cuda_peak_mib']:.0f} MiB" if cm["cuda_peak_mib"] is not None else ""))

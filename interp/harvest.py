@@ -359,7 +359,7 @@ def _mmap(path: Path, name: str) -> Tensor:
     kinds = {"F32": (np.float32, None), "F16": (np.float16, None), "BF16": (np.uint16, torch.bfloat16),
              "I64": (np.int64, None), "F64": (np.float64, None)}
     np_dtype, view = kinds[meta["dtype"]]
-    start, end = meta["data_offsets"]
+    start = meta["data_offsets"][0]
     array = np.memmap(path, dtype=np_dtype, mode="r", offset=8 + header_len + start, shape=tuple(meta["shape"]))
     import warnings
 

@@ -49,7 +49,9 @@ def ablate_heads(model, heads: Sequence[tuple[int, int]], *, mode: str = "zero",
     Args:
         heads: ``[(layer, head), ...]``.
         mode: ``"zero"``, or ``"mean"``: each head's z averaged over ``reference``'s batch and positions.
-        reference: tokens for the mean, required for ``mode="mean"``.
+        reference: for ``mode="mean"``: tokens ``[batch, pos]``, or a corpus harvest
+            (``interp.harvest.open(path)``) that holds ``blocks.{layer}.attn.hook_z``, whose mean over every
+            harvested token is used.
 
     Example:
         >>> with ablate_heads(model, [(5, 1), (5, 5)]):
@@ -67,10 +69,20 @@ def ablate_heads(model, heads: Sequence[tuple[int, int]], *, mode: str = "zero",
             raise TypeError(f"heads must be (layer, head) pairs, e.g. [(1, 1), (0, 0)]; got {pair!r} in {heads!r}")
         (layer,), (head,) = check_layers(model, [pair[0]]), check_heads(model, [pair[1]])
         by_layer.setdefault(layer, []).append(head)
-    if reference is not None:
+    from interp.harvest import Harvest
+
+    if isinstance(reference, Harvest):
+        missing = [f"blocks.{layer}.attn.hook_z" for layer in by_layer
+                   if f"blocks.{layer}.attn.hook_z" not in reference.hooks]
+        if missing:
+            raise ValueError(f"the harvest has no {', '.join(missing)}: harvest those hooks for their means")
+    elif reference is not None:
         check_tokens(model, reference)
     means: dict[int, Tensor] = {}
-    if mode == "mean":
+    if mode == "mean" and isinstance(reference, Harvest):
+        means = {layer: reference.mean(f"blocks.{layer}.attn.hook_z")[hs].to(model.cfg.device)
+                 for layer, hs in by_layer.items()}  # [head, d_head]
+    elif mode == "mean":
         cached = {layer: cache_heads(model, reference, layers=[layer], heads=hs, kinds=("z",)).z[0]
                   for layer, hs in by_layer.items()}  # [head, batch, pos, d_head]
         means = {layer: z.mean(dim=(1, 2)) for layer, z in cached.items()}  # [head, d_head]

@@ -155,3 +155,19 @@ def test_a_run_killed_with_sigkill_resumes_to_the_same_bytes(tmp_path):
     assert not (killed / "manifest.json").exists()
     subprocess.run(_cli(killed), check=True, env=_env(), capture_output=True, timeout=300)
     assert _files(killed) == _files(whole), "the same files, bytes and all; no partial file left"
+
+
+def test_mean_ablation_takes_its_means_from_a_harvest(model, harvested):
+    """The harvest's mean of layer 0's z over every harvested token equals the mean over the same tokens."""
+    from interp.interventions import ablate_heads
+
+    h = hv.open(harvested)
+    probe = h.tokens[:2]
+    with torch.no_grad():
+        with ablate_heads(model, [(0, 1)], mode="mean", reference=h):
+            from_harvest = model(probe)
+        with ablate_heads(model, [(0, 1)], mode="mean", reference=h.tokens):
+            from_tokens = model(probe)
+    torch.testing.assert_close(from_harvest, from_tokens, rtol=1e-4, atol=1e-4)
+    with pytest.raises(ValueError, match="has no blocks.1.attn.hook_z"):
+        ablate_heads(model, [(1, 0)], mode="mean", reference=h).__enter__()
