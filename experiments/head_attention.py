@@ -109,8 +109,8 @@ def plot_scores(result: Result) -> go.Figure:
     cols = 2 if len(names) <= 4 else 3
     rows = -(-len(names) // cols)
     fig = make_subplots(rows=rows, cols=cols, subplot_titles=[
-        f"{DETECTORS[n].description}<br>(best: {result.top[n][0][0]}.{result.top[n][0][1]} = "
-        f"{result.top[n][0][2]:.2f})" for n in names], horizontal_spacing=0.1, vertical_spacing=0.16)
+        f"{n.replace('_', ' ')} (best: {result.top[n][0][0]}.{result.top[n][0][1]} = "
+        f"{result.top[n][0][2]:.2f})" for n in names], horizontal_spacing=0.12, vertical_spacing=0.16)
     for i, name in enumerate(names):
         z = result.scores[name]
         fig.add_heatmap(z=z, x=[f"H{h}" for h in range(len(z[0]))], y=[f"L{layer}" for layer in range(len(z))],
@@ -119,7 +119,11 @@ def plot_scores(result: Result) -> go.Figure:
                         texttemplate="%{text}" if len(z) * len(z[0]) <= 48 else None,
                         hovertemplate=f"{name}<br>%{{y}} %{{x}}: %{{z:.3f}}<extra></extra>")
     fig.update_yaxes(autorange="reversed")
-    fig.update_layout(width=525 * cols, height=150 + 380 * rows, margin=dict(t=150),
+    fig.update_annotations(font_size=13)
+    captions = "<br>".join(f"<b>{n.replace('_', ' ')}</b>: {DETECTORS[n].description}" for n in names)
+    fig.add_annotation(text=captions, xref="paper", yref="paper", x=0, y=-0.06, xanchor="left", yanchor="top",
+                       showarrow=False, align="left", font=dict(size=11))
+    fig.update_layout(width=525 * cols, height=230 + 380 * rows + 18 * len(names), margin=dict(t=190, b=40 + 18 * len(names)),
                       coloraxis=dict(colorscale="Viridis", cmin=0, cmax=1, colorbar_title="mean attention"),
                       title=common.title(f"Head detector scores on repeated random tokens "
                                          f"(2 x {result.config['seq_len']} tokens, batch {result.config['batch']},<br>"
@@ -143,9 +147,9 @@ def plot_explorer(result: Result) -> go.Figure:
                           {"title.text": common.title(caption(layer, head), result.model)}])
                for layer in range(n_layers) for head in range(n_heads)]
     fig.update_layout(
-        updatemenus=[dict(buttons=buttons, direction="down", x=1.0, xanchor="right", y=1.12, yanchor="top",
+        updatemenus=[dict(buttons=buttons, direction="down", x=0.0, xanchor="left", y=1.02, yanchor="bottom",
                           showactive=True)],
-        title=common.title(caption(0, 0), result.model), width=950, height=900,
+        title=common.title(caption(0, 0), result.model), width=950, height=940, margin=dict(t=170),
         yaxis=dict(autorange="reversed", title="query token"), xaxis=dict(title="key token", tickangle=-60),
     )
     return fig

@@ -193,7 +193,7 @@ def plot_repetition(result: Result) -> go.Figure:
                 fig.add_scatter(x=d["T"], y=d["mean"], error_y=dict(type="data", array=d["std"], visible=True),
                                 mode="lines+markers", name=name, legendgroup=condition,
                                 showlegend=row == 1 and col == 1, line_color=COLORS[condition], row=row, col=col)
-    fig.update_xaxes(type="log")  # every panel: the rows share their x axes, so they must share the type too
+    fig.update_xaxes(type="log", dtick=1)  # every panel: the rows share x; dtick=1: ticks at powers of ten only
     fig.update_xaxes(title_text="temperature T (log scale)", row=2)
     fig.update_layout(width=1300, height=760, margin=dict(t=140), legend=dict(orientation="h", y=-0.12),
                       title=common.title("Is low-temperature repetition carried by the induction heads? "
@@ -206,8 +206,8 @@ def plot_patching(result: Result) -> go.Figure:
     panels = ["exact_position", "attribution_position", "exact_head", "attribution_head"]
     titles = ["activation patching, resid_pre (layer x position)", "attribution patching, resid_pre",
               "activation patching, z (layer x head)", "attribution patching, z"]
-    fig = make_subplots(rows=2, cols=2, subplot_titles=titles, vertical_spacing=0.18, horizontal_spacing=0.1)
-    labels = [f"{i}:{t!r}"[:12] for i, t in enumerate(p["tokens"])]
+    fig = make_subplots(rows=2, cols=2, subplot_titles=titles, vertical_spacing=0.3, horizontal_spacing=0.1)
+    labels = [f"{i}:{'BOS' if t == '<|endoftext|>' else repr(t)}"[:12] for i, t in enumerate(p["tokens"])]
     for i, name in enumerate(panels):
         z = p[name]["scores"]
         x = labels if name.endswith("position") else [f"H{h}" for h in range(len(z[0]))]
@@ -215,8 +215,9 @@ def plot_patching(result: Result) -> go.Figure:
                         row=i // 2 + 1, col=i % 2 + 1,
                         hovertemplate=f"{name}<br>%{{y}} %{{x}}: %{{z:.2f}}<extra></extra>")
     fig.update_yaxes(autorange="reversed")
+    fig.update_xaxes(tickangle=-50, tickfont=dict(size=10))
     lo, hi = p["exact_position"]["corrupted_metric"], p["exact_position"]["clean_metric"]
-    fig.update_layout(width=1300, height=760, margin=dict(t=150),
+    fig.update_layout(width=1300, height=860, margin=dict(t=150, b=110),
                       coloraxis=dict(colorscale="RdBu", cmin=lo, cmax=hi, colorbar_title="patched metric"),
                       title=common.title(f"Which activations carry the copy? {p['metric']}: clean {hi:.2f}, "
                                          f"corrupted {lo:.2f}", result.model))
@@ -232,7 +233,7 @@ def plot_steering(result: Result) -> go.Figure:
         d = s["by_coeff"][c]
         fig.add_bar(x=d["top_probs"][::-1], y=[repr(t) for t in d["top_tokens"]][::-1], orientation="h",
                     row=1, col=col, showlegend=False, marker_color="#4C78A8")
-        fig.update_xaxes(range=[0, 1], row=1, col=col)
+        fig.update_xaxes(range=[0, 1], title_text="next-token probability", row=1, col=col)
     fig.update_layout(width=330 * len(coeffs) + 100, height=520, margin=dict(t=160),
                       title=common.title(f"Steering {s['prompt']!r} at layer {s['layer']} along "
                                          f"{s['from']!r} - {s['to']!r} (ActAdd)", result.model))

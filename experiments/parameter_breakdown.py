@@ -109,6 +109,7 @@ def plot(result: Result) -> go.Figure:
         )
     fig.update_layout(
         barmode="stack", width=1100, height=800, legend_title_text="block component",
+        legend=dict(x=1.01, xanchor="left", y=0.42, yanchor="top"),  # beside the per-layer panel it keys
         title=title(f"Where the parameters live: {result.tied_total:,} in total "
                     f"(d_model {result.config['d_model']}, {result.config['n_layers']} layers, "
                     f"{result.config['n_heads']} heads, vocab {result.config['d_vocab']:,})", result.label),

@@ -120,7 +120,7 @@ def plot_next_token(result: Result) -> go.Figure:
         fig.add_bar(x=row["top_probs"][::-1], y=[repr(s) for s in row["top_tokens"]][::-1], orientation="h",
                     row=1, col=col, showlegend=False, marker_color="#4C78A8",
                     hovertemplate="%{y}: p = %{x:.4f}<extra></extra>")
-        fig.update_xaxes(range=[0, 1], title_text=f"H = {row['entropy_bits']:.2f} bits", row=1, col=col)
+        fig.update_xaxes(range=[0, 1], title_text=f"probability (H = {row['entropy_bits']:.2f} bits)", row=1, col=col)
     fig.update_layout(width=max(900, 260 * len(temps)), height=520, title=common.title(
         f"Next-token distribution after {result.config['prompt']!r}, at each temperature", result.model))
     return fig

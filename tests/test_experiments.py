@@ -22,14 +22,20 @@ FIGURES = ("parameter_breakdown", "head_attention_patterns", "head_scores", "hea
            "circuits_faithfulness", "circuits_scatter")
 
 
+# The smallest settings that still exercise every figure: one sample per temperature and prompt, short
+# continuations, two seeds (error bars need two), a coarse sweep, two prompt pairs.
+SMALL = ["--samples", "1", "--new-tokens", "6", "--seeds", "2", "--dense", "8", "--pairs", "2", "--steps", "2",
+         "--seq-len", "6", "--batch", "2"]
+
+
 @pytest.fixture(scope="module")
 def run_dirs(tiny_checkpoint, tmp_path_factory):
-    """Two full runs with the same seed and model, into two folders."""
+    """Two runs of every family with the same seed, model and small settings, into two folders."""
     dirs = []
     for name in ("first", "second"):
         out = tmp_path_factory.mktemp(name)
         assert runner.main(["--model", str(tiny_checkpoint), "--out", str(out), "--no-images", "--seed", "3",
-                            "--device", "cpu"]) == 0
+                            "--device", "cpu", *SMALL]) == 0
         dirs.append(out)
     return dirs
 
@@ -52,10 +58,31 @@ def test_every_figure_is_written_with_its_data_and_manifest(run_dirs, tiny_check
     assert not list(out.glob(".*.tmp")), "no temporary files left behind"
 
 
-def test_same_seed_same_data(run_dirs):
+def test_same_seed_same_data_and_the_same_html(run_dirs):
+    """A regenerated gallery shows no diff when nothing changed: the data, and the HTML too (fixed div ids)."""
     first, second = run_dirs
     for name in FIGURES:
         assert (first / f"{name}.json").read_bytes() == (second / f"{name}.json").read_bytes(), name
+        assert (first / f"{name}.html").read_bytes() == (second / f"{name}.html").read_bytes(), name
+
+
+def test_a_run_without_image_export_removes_the_images_it_could_not_remake(tmp_path):
+    from experiments.common import DEFAULT_OUT, default_out
+    from interp.figures import FigureWriter
+
+    (tmp_path / "parameter_breakdown.png").write_bytes(b"an old image")
+    from interp.architecture import architecture
+
+    result = parameter_breakdown.compute(architecture("gpt2"), parameter_breakdown.Config())
+    figure = parameter_breakdown.figures(result)[0]
+    with FigureWriter(tmp_path, {"model": "test"}, formats=()) as writer:
+        writer.save(figure.fig, "parameter_breakdown", figure.data)
+    assert not (tmp_path / "parameter_breakdown.png").exists()
+    assert [p.name for p in writer.removed] == ["parameter_breakdown.png"]
+    assert default_out(list(FAMILY_NAMES), {}, everything=True) == DEFAULT_OUT
+    partial = default_out(["temperature"], {"temperatures": (0.5,)}, everything=False)
+    assert partial.parent == DEFAULT_OUT / "runs" and partial.name.startswith("temperature-")
+    assert partial == default_out(["temperature"], {"temperatures": (0.5,)}, everything=False), "named, not timed"
 
 
 def _chromium():

@@ -213,3 +213,9 @@ def test_top_k_and_top_p_never_sample_outside_the_allowed_set(logits, k, p, temp
     batch = logits.unsqueeze(0).expand(20, -1)
     drawn = sample_next(batch, temperature, [gen] * 20, k, p)
     assert set(drawn.tolist()) <= allowed
+
+
+def test_greedy_row_lists_no_zero_probability_ties_and_no_negative_zero(tiny_model):
+    sweep = temperature_sweep(tiny_model, "The cat sat", [0, 1.0], k=5)
+    assert len(sweep.top_strings[0]) == 1 and len(sweep.top_strings[1]) == 5
+    assert str(float(sweep.entropy_bits[0])) == "0.0"
