@@ -121,6 +121,17 @@ def run_meta(model, seed: int, command: str | None = None) -> RunMeta:
     return RunMeta(info.spec, info.label, info.weights_sha256, info.backend, seed, command or command_line())
 
 
+def log_ticks(low: float, high: float) -> list[float]:
+    """Ticks at 1, 2 and 5 times each power of ten from ``low`` to ``high``: a labelled log axis without
+    plotly's bare minor digits ("5 6 7 8 9 0.1")."""
+    import math
+
+    ticks = []
+    for exponent in range(math.floor(math.log10(low)), math.ceil(math.log10(high)) + 1):
+        ticks += [m * 10.0 ** exponent for m in (1, 2, 5) if low <= m * 10.0 ** exponent <= high]
+    return [float(f"{t:.6g}") for t in ticks]
+
+
 def title(text: str, label: str) -> str:
     """A figure title that names the model that made it."""
     return f"{text}<br><sup>model: {label}</sup>"

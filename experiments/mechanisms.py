@@ -193,7 +193,8 @@ def plot_repetition(result: Result) -> go.Figure:
                 fig.add_scatter(x=d["T"], y=d["mean"], error_y=dict(type="data", array=d["std"], visible=True),
                                 mode="lines+markers", name=name, legendgroup=condition,
                                 showlegend=row == 1 and col == 1, line_color=COLORS[condition], row=row, col=col)
-    fig.update_xaxes(type="log", dtick=1)  # every panel: the rows share x; dtick=1: ticks at powers of ten only
+    temps = result.config["temperatures"]
+    fig.update_xaxes(type="log", tickvals=common.log_ticks(min(temps), max(temps)))  # every panel: one type
     fig.update_xaxes(title_text="temperature T (log scale)", row=2)
     fig.update_layout(width=1300, height=760, margin=dict(t=140), legend=dict(orientation="h", y=-0.12),
                       title=common.title("Is low-temperature repetition carried by the induction heads? "

@@ -138,7 +138,7 @@ def plot_entropy(result: Result) -> go.Figure:
                         text=[f"T={t}" for t in result.chosen], textposition="top left", row=row, col=1,
                         marker=dict(color="#E45756", size=9), showlegend=False, cliponaxis=False,
                         hovertemplate=f"chosen T=%{{x}}<br>{key}=%{{y:.4g}}<extra></extra>")
-    fig.update_xaxes(type="log")  # every row: shared axes must agree on their type
+    fig.update_xaxes(type="log", tickvals=common.log_ticks(min(d["T"]), max(d["T"])))  # every row: one type
     fig.update_xaxes(title_text="temperature T (log scale)", row=3, col=1)
     fig.update_yaxes(type="log", row=2, col=1)
     fig.update_layout(width=1000, height=850, title=common.title(
