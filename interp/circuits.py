@@ -55,6 +55,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
+from interp.backends import layer_norm, ln_affine
 from interp.hooks import temporary_hooks
 from interp.inputs import check_positive_int, check_tokens
 from interp.metrics import Metric, check_metric, metric_values
@@ -165,33 +166,33 @@ def graph(model) -> Graph:
 # ---------------------------------------------------------------------------------------------- the engine
 
 
-_FLAGS = ("use_attn_result", "use_split_qkv_input", "use_hook_mlp_in")
+# Per-head results (the head senders) and the MLP's input (its receiver). A head's q, k and v inputs are not
+# split out (``use_split_qkv_input`` would carry [batch, pos, head, d_model] through every pass): a patch there
+# recomputes that head's q (k, v) from the edited residual through ln1, and a gradient there is the gradient
+# at hook_q (k, v) taken back through W_Q and ln1 (``_through_ln1``).
+_FLAGS = ("use_attn_result", "use_hook_mlp_in")
 
 
 @contextlib.contextmanager
 def _edge_hooks_on(model) -> Iterator[None]:
-    """Turn on the hook points the graph needs (per-head results, per-head q/k/v inputs, the MLP input), and
-    restore the model's flags in ``finally``."""
-    before = {flag: bool(getattr(model.cfg, flag, False)) for flag in (*_FLAGS, "use_attn_in")}
+    """Turn on the hook points the graph needs (per-head results, the MLP input), and restore the model's
+    flags in ``finally``."""
+    before = {flag: bool(getattr(model.cfg, flag, False)) for flag in _FLAGS}
     try:
-        if before["use_attn_in"]:
-            model.set_use_attn_in(False)  # it excludes use_split_qkv_input
         for flag in _FLAGS:
             getattr(model, f"set_{flag}")(True)
         yield
     finally:
         for flag in _FLAGS:
             getattr(model, f"set_{flag}")(before[flag])
-        if before["use_attn_in"]:
-            model.set_use_attn_in(True)
 
 
-def _sender_hooks(model, g: Graph, store: dict[int, Tensor], *, keep_graph: bool = False) -> list:
+def _sender_hooks(model, g: Graph, store: dict[int, Tensor]) -> list:
     """Hooks that record each sender's output in this run into ``store[sender index]``: ``[batch, pos, d_model]``."""
 
     def keep(index: int):
         def hook(act, hook):
-            store[index] = act if keep_graph else act.detach()
+            store[index] = act.detach()
         return hook
 
     def keep_heads(layer: int):
@@ -199,7 +200,7 @@ def _sender_hooks(model, g: Graph, store: dict[int, Tensor], *, keep_graph: bool
 
         def hook(act, hook):  # [batch, pos, head, d_model]
             for head in range(g.n_heads):
-                store[first + head] = act[:, :, head] if keep_graph else act[:, :, head].detach()
+                store[first + head] = act[:, :, head].detach()
         return hook
 
     hooks = [("blocks.0.hook_resid_pre", keep(0))]
@@ -209,16 +210,89 @@ def _sender_hooks(model, g: Graph, store: dict[int, Tensor], *, keep_graph: bool
     return hooks
 
 
-def _receiver_hook_name(g: Graph, layer: int, qkv: str, receiver: str) -> str:
-    if receiver == "logits":
-        return f"blocks.{g.n_layers - 1}.hook_resid_post"
-    if receiver.startswith("m"):
-        return f"blocks.{layer}.hook_mlp_in"
-    return f"blocks.{layer}.hook_{qkv}_input"
-
-
 def _head_of(receiver: str) -> int | None:
     return int(receiver.split(".h")[1]) if receiver.startswith("a") else None
+
+
+def _projection(model, layer: int, qkv: str) -> tuple[Tensor, Tensor]:
+    """``W_{Q,K,V}`` ``[head, d_model, d_head]`` and its bias ``[head, d_head]`` of one layer."""
+    attn = model.blocks[layer].attn
+    letter = qkv.upper()
+    return getattr(attn, f"W_{letter}").detach(), getattr(attn, f"b_{letter}").detach()
+
+
+def _ln_backward(model, layer: int, resid: Tensor, grad_out: Tensor) -> Tensor:
+    """dL/dx for ln1 at ``resid`` ``[batch, pos, d_model]`` given dL/d(ln1 output) ``[batch, pos, head, d_model]``
+    (one per head). LayerNorm's backward: for y = w * (x - mean) / sigma + b, dL/dx = (u - mean(u) - x_hat
+    mean(u x_hat)) / sigma, with u = w * dL/dy and sigma = sqrt(var + eps)."""
+    w, _ = ln_affine(model.blocks[layer].ln1)
+    u = grad_out if w is None else grad_out * w
+    centred = resid - resid.mean(-1, keepdim=True)
+    sigma = (centred.pow(2).mean(-1, keepdim=True) + model.cfg.eps).sqrt()
+    x_hat, sigma = (centred / sigma).unsqueeze(2), sigma.unsqueeze(2)  # [batch, pos, 1, d_model|1]
+    return (u - u.mean(-1, keepdim=True) - x_hat * (u * x_hat).mean(-1, keepdim=True)) / sigma
+
+
+def _shift_hooks(model, g: Graph, source: dict[int, Tensor], patches: dict, current: dict[int, Tensor]) -> list:
+    """The hooks that move each patched receiver's input by ``source - current`` of its listed senders, in the
+    listed rows: added to the MLP's input or the last residual stream; for a head's q, k or v, that head's q
+    (k, v) recomputed from the edited residual stream through ln1. ``current`` is filled by the sender hooks,
+    which must come first in the forward."""
+    additive: dict[str, list] = {}
+    per_head: dict[tuple[int, str], list] = {}
+    for receiver, qkv, layer, _ in g.receivers:
+        if (receiver, qkv) not in patches:
+            continue
+        if receiver == "logits":
+            additive.setdefault(f"blocks.{g.n_layers - 1}.hook_resid_post", []).extend(patches[receiver, qkv])
+        elif receiver.startswith("m"):
+            additive.setdefault(f"blocks.{layer}.hook_mlp_in", []).extend(patches[receiver, qkv])
+        else:
+            per_head.setdefault((layer, qkv), []).append((_head_of(receiver), patches[receiver, qkv]))
+    resid: dict[int, Tensor] = {}
+
+    def deltas(senders: list, like: Tensor) -> dict[tuple, tuple[slice, Tensor]]:
+        """The summed shift per group of rows (one group for patch_edges, one per copy for exact patching)."""
+        out: dict[tuple, tuple[slice, Tensor]] = {}
+        for s, rows in senders:
+            key = (rows.start, rows.stop)
+            shift = (source[s] - current[s][rows]).to(like.dtype)
+            out[key] = (rows, out[key][1] + shift if key in out else shift)
+        return out
+
+    def add(name: str):
+        def hook(act, hook):
+            act = act.clone()
+            for rows, shift in deltas(additive[name], act).values():
+                act[rows] += shift
+            return act
+        return hook
+
+    def keep_resid(layer: int):
+        def hook(act, hook):
+            resid[layer] = act.detach()
+        return hook
+
+    def recompute(layer: int, qkv: str):
+        W, _ = _projection(model, layer, qkv)
+        affine = ln_affine(model.blocks[layer].ln1)
+
+        def hook(act, hook):  # [batch, pos, head, d_head]
+            act = act.clone()
+            for head, senders in per_head[layer, qkv]:
+                for rows, shift in deltas(senders, act).values():
+                    # q + (ln1(x + shift) - ln1(x)) W: exactly q where the shift is 0, which recomputing
+                    # ln1(x + shift) W + b from scratch would miss by rounding
+                    x = resid[layer][rows]
+                    change = layer_norm(x + shift, affine, model.cfg.eps) - layer_norm(x, affine, model.cfg.eps)
+                    act[rows, :, head] += (change @ W[head]).to(act.dtype)
+            return act
+        return hook
+
+    hooks = [(f"blocks.{layer}.hook_resid_pre", keep_resid(layer)) for layer in sorted({k[0] for k in per_head})]
+    hooks += [(f"blocks.{layer}.attn.hook_{qkv}", recompute(layer, qkv)) for layer, qkv in per_head]
+    hooks += [(name, add(name)) for name in additive]
+    return hooks
 
 
 def _sender_outputs(model, tokens: Tensor) -> tuple[dict[int, Tensor], Tensor]:
@@ -237,23 +311,7 @@ def _patched_logits(model, tokens: Tensor, source: dict[int, Tensor],
     many rows as the source has (all of them, or one copy of the batch); the edge hook points must be on."""
     g = graph(model)
     current: dict[int, Tensor] = {}
-    by_hook: dict[str, list] = {}
-    for receiver, qkv, layer, _ in g.receivers:
-        if (receiver, qkv) in patches:
-            by_hook.setdefault(_receiver_hook_name(g, layer, qkv, receiver), []).append(
-                (_head_of(receiver), patches[receiver, qkv]))
-
-    def shift(name: str):
-        def hook(act, hook):
-            act = act.clone()
-            for head, senders in by_hook[name]:
-                target = act if head is None else act[:, :, head]
-                for s, rows in senders:  # rows: the source's batch, at its place among the copies
-                    target[rows] += (source[s] - current[s][rows]).to(act.dtype)
-            return act
-        return hook
-
-    hooks = _sender_hooks(model, g, current) + [(name, shift(name)) for name in by_hook]
+    hooks = _sender_hooks(model, g, current) + _shift_hooks(model, g, source, patches, current)
     with torch.no_grad(), temporary_hooks(model, hooks):
         return model(tokens)
 
@@ -270,10 +328,10 @@ def patch_edges(model, edges: Sequence[Edge], source_tokens: Int[Tensor, "batch 
     """Inside the block, the listed edges carry their sender's output from a run on ``source_tokens``, and
     every other edge the output of the run in progress.
 
-    The source run happens once, on entry. Exact noising of one edge is the clean run under
-    ``patch_edges(model, [edge], corrupted_tokens)``. Path patching (a sender's effect through chosen receivers
-    only) is this with those edges: ``[Edge("a0.h0", "a1.h1", "k")]`` patches head 0.0's output where head
-    1.1's key reads it, and nowhere else.
+    The source run happens once, on entry; the runs inside must have the source's shape. Exact noising of one
+    edge is the clean run under ``patch_edges(model, [edge], corrupted_tokens)``. Path patching (a sender's
+    effect through chosen receivers only) is this with those edges: ``[Edge("a0.h0", "a1.h1", "k")]`` patches
+    head 0.0's output where head 1.1's key reads it, and nowhere else.
 
     Example:
         >>> with patch_edges(model, [Edge("a0.h0", "a1.h1", "k")], corrupted):
@@ -284,28 +342,15 @@ def patch_edges(model, edges: Sequence[Edge], source_tokens: Int[Tensor, "batch 
     source_tokens = check_tokens(model, source_tokens)
     with _edge_hooks_on(model):
         source, _ = _sender_outputs(model, source_tokens)
-        patches = _patches_for(g, edges)
         current: dict[int, Tensor] = {}
-        by_hook: dict[str, list] = {}
-        for receiver, qkv, layer, _ in g.receivers:
-            if (receiver, qkv) in patches:
-                by_hook.setdefault(_receiver_hook_name(g, layer, qkv, receiver), []).append(
-                    (_head_of(receiver), patches[receiver, qkv]))
 
-        def shift(name: str):
-            def hook(act, hook):
-                if act.shape[:2] != source[0].shape[:2]:
-                    raise ValueError(f"patch_edges: the run's tokens {tuple(act.shape[:2])} must have the shape "
-                                     f"of the source tokens {tuple(source[0].shape[:2])}")
-                act = act.clone()
-                for head, senders in by_hook[name]:
-                    target = act if head is None else act[:, :, head]
-                    for s, _ in senders:
-                        target += (source[s] - current[s]).to(act.dtype)
-                return act
-            return hook
+        def same_shape(act, hook):
+            if act.shape[:2] != source[0].shape[:2]:
+                raise ValueError(f"patch_edges: the run's tokens {tuple(act.shape[:2])} must have the shape of the "
+                                 f"source tokens {tuple(source[0].shape[:2])}")
 
-        hooks = _sender_hooks(model, g, current) + [(name, shift(name)) for name in by_hook]
+        hooks = [("blocks.0.hook_resid_pre", same_shape), *_sender_hooks(model, g, current),
+                 *_shift_hooks(model, g, source, _patches_for(g, edges), current)]
         with temporary_hooks(model, hooks):
             yield
 
@@ -489,37 +534,50 @@ def _receiver_gradients(model, g: Graph, tokens: Tensor, base_in: Tensor | None,
     keeps every sender's output of this run.
     """
     kept: dict[tuple[str, str], Tensor] = {}
+    resid: dict[int, Tensor] = {}
 
     def start(act, hook):  # a leaf, so the graph exists though no parameter requires grad
         new = act if alpha is None else base_in + alpha * (source_in - base_in)
         return new.detach().to(act.dtype).requires_grad_(True)
 
-    def keep(layer: int, qkv: str, is_mlp: bool, is_logits: bool):
+    def keep_resid(layer: int):
         def hook(act, hook):
-            if is_logits or is_mlp:
-                act = act.clone()  # its own node: the gradient of this receiver's input alone
-                kept["logits" if is_logits else f"m{layer}", ""] = act
-                return act
-            heads = [act[:, :, head].clone() for head in range(g.n_heads)]  # [batch, pos, d_model] each
-            for head, x in enumerate(heads):
-                kept[f"a{layer}.h{head}", qkv] = x
-            return torch.stack(heads, dim=2)  # what the heads read is these very tensors
+            resid[layer] = act.detach()
+        return hook
+
+    def keep(key: tuple[str, str]):
+        def hook(act, hook):
+            act = act.clone()  # its own node: the gradient of this receiver alone
+            kept[key] = act
+            return act
         return hook
 
     hooks = [("blocks.0.hook_resid_pre", start)]
     for layer in range(g.n_layers):
-        hooks += [(f"blocks.{layer}.hook_{qkv}_input", keep(layer, qkv, False, False)) for qkv in "qkv"]
-        hooks.append((f"blocks.{layer}.hook_mlp_in", keep(layer, "", True, False)))
-    hooks.append((f"blocks.{g.n_layers - 1}.hook_resid_post", keep(g.n_layers - 1, "", False, True)))
+        hooks.append((f"blocks.{layer}.hook_resid_pre", keep_resid(layer)))
+        hooks += [(f"blocks.{layer}.attn.hook_{qkv}", keep((f"L{layer}", qkv))) for qkv in "qkv"]
+        hooks.append((f"blocks.{layer}.hook_mlp_in", keep((f"m{layer}", ""))))
+    hooks.append((f"blocks.{g.n_layers - 1}.hook_resid_post", keep(("logits", ""))))
     if record is not None:  # after the leaf at resid_pre, so the input sender is read as the run has it
         hooks += _sender_hooks(model, g, record)
     with torch.enable_grad(), temporary_hooks(model, hooks):
         logits = model(tokens)
         value = metric_values(metric, logits).sum()
-        tensors = [kept[receiver, qkv] for receiver, qkv, _, _ in g.receivers]
-        grads = torch.autograd.grad(value, tensors, allow_unused=True)
-    grads = [torch.zeros_like(t) if grad is None else grad.detach() for t, grad in zip(tensors, grads)]
-    return grads, logits.detach()
+        keys = list(kept)
+        grads = torch.autograd.grad(value, [kept[k] for k in keys], allow_unused=True)
+    by_key = {k: torch.zeros_like(kept[k]) if grad is None else grad.detach() for k, grad in zip(keys, grads)}
+    per_head: dict[tuple[str, str], Tensor] = {}
+    for layer in range(g.n_layers):
+        for qkv in "qkv":
+            W, _ = _projection(model, layer, qkv)
+            into_ln = einops.einsum(by_key[f"L{layer}", qkv], W.to(by_key[f"L{layer}", qkv].dtype),
+                                    "batch pos head d_head, head d_model d_head -> batch pos head d_model")
+            at_input = _ln_backward(model, layer, resid[layer], into_ln)  # [batch, pos, head, d_model]
+            for head in range(g.n_heads):
+                per_head[f"a{layer}.h{head}", qkv] = at_input[:, :, head]
+    out = [per_head[receiver, qkv] if receiver.startswith("a") else by_key[receiver, qkv]
+           for receiver, qkv, _, _ in g.receivers]
+    return out, logits.detach()
 
 
 # ---------------------------------------------------------------------------------------------- faithfulness
