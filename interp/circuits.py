@@ -58,7 +58,7 @@ from torch import Tensor
 from interp.backends import layer_norm, ln_affine
 from interp.hooks import temporary_hooks
 from interp.inputs import check_positive_int, check_tokens
-from interp.metrics import Metric, check_metric, metric_values
+from interp.metrics import Metric, bootstrap_interval, check_metric, metric_values
 
 __all__ = ["CIRCUIT_FRACTIONS", "Edge", "EdgeScores", "FaithfulnessCurve", "Graph", "edge_attribution",
            "faithfulness", "faithfulness_curve", "graph", "patch_edges"]
@@ -375,7 +375,7 @@ class EdgeScores:
 
     @cached_property
     def _interval(self) -> tuple[Tensor, Tensor] | tuple[None, None]:
-        return (None, None) if self.per_pair is None else _bootstrap(self.per_pair)
+        return (None, None) if self.per_pair is None else bootstrap_interval(self.per_pair)
 
     @property
     def ci_low(self) -> Float[Tensor, " edge"] | None:
@@ -406,18 +406,6 @@ class EdgeScores:
         if self.ci_low is not None:
             frame["ci_low"], frame["ci_high"] = self.ci_low.tolist(), self.ci_high.tolist()
         return frame.iloc[self.ranking()].reset_index(drop=True)
-
-
-def _bootstrap(per_pair: Tensor, resamples: int = 1000, seed: int = 0) -> tuple[Tensor, Tensor]:
-    """95% percentile interval of the mean over pairs, per edge, from seeded resamples of the pairs (the same
-    resamples for every edge): each resample's mean is a weighted sum, so all edges take one matmul."""
-    n = per_pair.shape[1]
-    generator = torch.Generator().manual_seed(seed)
-    draws = torch.randint(n, (resamples, n), generator=generator)
-    weights = torch.zeros(resamples, n).scatter_add_(1, draws, torch.ones(resamples, n)) / n  # [resample, pair]
-    means = per_pair.float() @ weights.T  # [edge, resample]
-    low, high = (means.kthvalue(1 + round(q * (resamples - 1)), dim=1).values for q in (0.025, 0.975))
-    return low, high
 
 
 def _check_pair(model, clean_tokens, corrupted_tokens) -> None:

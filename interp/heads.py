@@ -38,8 +38,8 @@ from torch import Tensor
 from interp.caching import cache_heads
 from interp.inputs import check_tokens
 
-__all__ = ["DETECTORS", "Detector", "HeadScores", "copying_task", "detector", "detector_tokens", "head_scores",
-           "repeated_random_tokens", "scores_from_pattern"]
+__all__ = ["DETECTORS", "CorpusHeadScores", "Detector", "HeadScores", "copying_task", "corpus_head_scores", "detector",
+           "detector_tokens", "head_scores", "repeated_random_tokens", "scores_from_pattern"]
 
 Pattern = Float[Tensor, "layer head batch query_pos key_pos"]
 
@@ -249,3 +249,60 @@ def copying_task(model, *, seq_len: int = 12, seed: int = 0, n_pairs: int = 1):
         return logits[:, -1].log_softmax(-1).gather(-1, targets.to(logits.device)[:, None])[:, 0]
 
     return clean[:, :-1], corrupted[:, :-1], metric
+
+
+@dataclass(frozen=True)
+class CorpusHeadScores:
+    """The detectors that take any text, scored row by row over corpus rows: the mean ``[layer, head]`` and a
+    95% bootstrap interval over rows (``scores[name]``, ``ci_low[name]``, ``ci_high[name]``)."""
+
+    scores: dict[str, Float[Tensor, "layer head"]]
+    ci_low: dict[str, Float[Tensor, "layer head"]]
+    ci_high: dict[str, Float[Tensor, "layer head"]]
+    rows: int
+
+    def to_frame(self):
+        import pandas as pd
+
+        n_layers, n_heads = next(iter(self.scores.values())).shape
+        return pd.DataFrame([{"layer": layer, "head": head, "detector": name, "score": float(v[layer, head]),
+                              "ci_low": float(self.ci_low[name][layer, head]),
+                              "ci_high": float(self.ci_high[name][layer, head])}
+                             for name, v in self.scores.items() for layer in range(n_layers)
+                             for head in range(n_heads)])
+
+
+def corpus_head_scores(model, rows, *, detectors: Sequence[str] | None = None, batch_size: int = 8,
+                       seed: int = 0) -> CorpusHeadScores:
+    """How much each head behaves as the detectors say on real text: every detector that takes any text
+    (default) scored on each corpus row, then the mean and a bootstrap interval over rows.
+
+    Args:
+        rows: ``[rows, pos]`` token rows, or a corpus harvest (``interp.harvest.open(path)``: its rows).
+
+    Example:
+        >>> corpus = corpus_head_scores(model, interp.harvest.open("harvest/json"))
+        >>> corpus.scores["previous_token"], corpus.ci_low["previous_token"]
+    """
+    from interp.harvest import Harvest
+    from interp.metrics import bootstrap_interval
+
+    tokens = check_tokens(model, rows.tokens if isinstance(rows, Harvest) else rows)
+    names = _check_detectors(detectors, repeated=False)
+    repeated = [n for n in names if DETECTORS[n].repeated_tokens]
+    if repeated:
+        raise ValueError(f"{repeated} need repeated random tokens, not corpus text: use head_scores for them")
+    per_row: dict[str, list[Tensor]] = {name: [] for name in names}
+    for start in range(0, len(tokens), batch_size):
+        chunk = tokens[start:start + batch_size]
+        pattern = cache_heads(model, chunk, kinds=("pattern",)).pattern  # [layer, head, batch, q, k]
+        for i in range(len(chunk)):
+            for name in names:
+                per_row[name].append(DETECTORS[name].fn(pattern[:, :, i:i + 1], chunk[i:i + 1]).cpu())
+    scores, low, high = {}, {}, {}
+    for name in names:
+        stacked = torch.stack(per_row[name], dim=-1)  # [layer, head, row]
+        scores[name] = stacked.mean(-1)
+        lo, hi = bootstrap_interval(stacked.flatten(0, 1), seed=seed)
+        low[name], high[name] = lo.reshape(stacked.shape[:2]), hi.reshape(stacked.shape[:2])
+    return CorpusHeadScores(scores, low, high, len(tokens))

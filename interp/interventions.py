@@ -113,7 +113,16 @@ def patch_activation(model, name: str, source: Tensor, *, positions: Sequence[in
 
     During ``generate`` the activation grows one position per step; the source's positions are patched at
     every step and the generated ones are left alone.
+
+    ``source`` may also be a corpus harvest of ``name`` (``interp.harvest.open(path)``): its mean over every
+    harvested token is patched in at every position (or at ``positions``), for every prompt.
     """
+    from interp.harvest import Harvest
+
+    if isinstance(source, Harvest):
+        with _patch_mean(model, name, source, positions, heads):
+            yield
+        return
     if not isinstance(source, Tensor) or not source.is_floating_point() or source.ndim < 2:
         got = tuple(source.shape) if isinstance(source, Tensor) else type(source).__name__
         raise TypeError(f"source must be a floating activation tensor [batch, pos, ...]; got {got}")
@@ -147,6 +156,35 @@ def patch_activation(model, name: str, source: Tensor, *, positions: Sequence[in
         else:
             for head in heads:
                 patched[:, :n_pos, head][:, pos] = source[:, pos, head].to(act.dtype)
+        return patched
+
+    with temporary_hooks(model, [(name, hook)]):
+        yield
+
+
+@contextlib.contextmanager
+def _patch_mean(model, name: str, harvest, positions, heads) -> Iterator[None]:
+    """``patch_activation`` with a harvest: its mean of ``name``, at every position or at ``positions``."""
+    check_hook_names(model, [name])
+    if name not in harvest.hooks:
+        raise ValueError(f"the harvest has no {name}: harvest that hook for its mean (it has {harvest.hooks})")
+    mean = check_finite(harvest.mean(name), "the harvest's mean")
+    expected = activation_tail(model, name)
+    if expected is not None and tuple(mean.shape) != expected:
+        raise ValueError(f"the harvest's mean of {name} has shape {tuple(mean.shape)}, the model's is {expected}")
+    positions = None if positions is None else [check_index(p, "position") for p in positions]
+    heads = None if heads is None else list(check_heads(model, heads))
+
+    def hook(act: Tensor, hook) -> Tensor:
+        if positions is not None and not all(-act.shape[1] <= p < act.shape[1] for p in positions):
+            raise ValueError(f"positions {positions} do not fit the {act.shape[1]}-token input")
+        patched, value = act.clone(), mean.to(act.device, act.dtype)
+        at = slice(None) if positions is None else positions
+        if heads is None:
+            patched[:, at] = value
+        else:
+            for head in heads:
+                patched[:, at, head] = value[head]
         return patched
 
     with temporary_hooks(model, [(name, hook)]):

@@ -171,3 +171,48 @@ def test_mean_ablation_takes_its_means_from_a_harvest(model, harvested):
     torch.testing.assert_close(from_harvest, from_tokens, rtol=1e-4, atol=1e-4)
     with pytest.raises(ValueError, match="has no blocks.1.attn.hook_z"):
         ablate_heads(model, [(1, 0)], mode="mean", reference=h).__enter__()
+
+
+def test_head_scores_on_corpus_rows_with_an_interval(model, harvested):
+    """Row by row, the mean equals head_scores on all the rows at once (the detectors average over rows and
+    positions alike, and every row has the same length); the interval contains it."""
+    from interp.heads import corpus_head_scores, head_scores
+
+    h = hv.open(harvested)
+    rows = h.tokens[:24]
+    corpus = corpus_head_scores(model, rows)
+    whole = head_scores(model, tokens=rows)
+    for name in corpus.scores:
+        torch.testing.assert_close(corpus.scores[name], whole[name], rtol=1e-5, atol=1e-6)
+        assert bool((corpus.ci_low[name] <= corpus.scores[name] + 1e-6).all())
+        assert bool((corpus.scores[name] <= corpus.ci_high[name] + 1e-6).all())
+    assert len(corpus.to_frame()) == len(corpus.scores) * model.cfg.n_layers * model.cfg.n_heads
+    assert corpus_head_scores(model, h).rows == len(h.tokens)
+
+
+def test_a_datasets_corpus_packs_like_the_same_texts_in_files(model, tmp_path):
+    datasets = pytest.importorskip("datasets")
+    texts = [(CORPUS / name).read_text() for name in ("decoder.py", "encoder.py")]
+    folder = tmp_path / "texts"
+    folder.mkdir()
+    for i, text in enumerate(texts):
+        (folder / f"{i}.txt").write_text(text)
+    options = dict(context=32, shard_rows=64, batch_size=8, progress=False, stats_only=True)
+    hv.harvest(model, folder, hooks=HOOKS[:1], out=tmp_path / "files", **options)
+    hv.harvest(model, datasets.Dataset.from_dict({"text": texts}), hooks=HOOKS[:1], out=tmp_path / "ds", **options)
+    assert torch.equal(hv.open(tmp_path / "files").tokens, hv.open(tmp_path / "ds").tokens)
+
+
+def test_patching_in_a_harvest_mean_equals_patching_the_mean_tensor(model, harvested):
+    from interp.interventions import patch_activation
+
+    h = hv.open(harvested)
+    probe = h.tokens[:2, :12]
+    name = HOOKS[0]
+    mean = h.mean(name)
+    with torch.no_grad():
+        with patch_activation(model, name, h, positions=[3, 5]):
+            ours = model(probe)
+        with patch_activation(model, name, mean.expand(2, 12, -1).clone(), positions=[3, 5]):
+            theirs = model(probe)
+    assert torch.equal(ours, theirs)
