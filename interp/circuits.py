@@ -580,21 +580,23 @@ def faithfulness(model, circuit: Sequence[Edge], clean_tokens: Int[Tensor, "batc
     _check_pair(model, clean_tokens, corrupted_tokens)
     check_metric(metric, model, *clean_tokens.shape)
     g = graph(model)
-    inside = set(g.check_edges(circuit))
-    return _faithfulness(model, g, inside, clean_tokens, corrupted_tokens, metric)
+    return _faithfulness(model, g, [set(g.check_edges(circuit))], clean_tokens, corrupted_tokens, metric)[0]
 
 
-def _faithfulness(model, g: Graph, inside: set, clean_tokens, corrupted_tokens, metric) -> float:
-    outside = [edge for edge in g.edges if edge not in inside]
+def _faithfulness(model, g: Graph, circuits: list[set], clean_tokens, corrupted_tokens, metric) -> list[float]:
+    """Faithfulness of each circuit; the clean run, the corrupted run and its sender outputs are run once."""
     with _edge_hooks_on(model), torch.no_grad():
         clean = float(metric_values(metric, model(clean_tokens)).mean())
         source, corrupted_logits = _sender_outputs(model, corrupted_tokens)
         corrupted = float(metric_values(metric, corrupted_logits).mean())
-        logits = _patched_logits(model, clean_tokens, source, _patches_for(g, outside))
-        value = float(metric_values(metric, logits).mean())
-    if math.isclose(clean, corrupted, rel_tol=0, abs_tol=1e-12):
-        raise ValueError(f"the clean and corrupted metrics are equal ({clean:.6g}): faithfulness is undefined")
-    return (value - corrupted) / (clean - corrupted)
+        if math.isclose(clean, corrupted, rel_tol=0, abs_tol=1e-12):
+            raise ValueError(f"the clean and corrupted metrics are equal ({clean:.6g}): faithfulness is undefined")
+        values = []
+        for inside in circuits:
+            outside = [edge for edge in g.edges if edge not in inside]
+            logits = _patched_logits(model, clean_tokens, source, _patches_for(g, outside))
+            values.append((float(metric_values(metric, logits).mean()) - corrupted) / (clean - corrupted))
+    return values
 
 
 @dataclass(frozen=True)
@@ -621,5 +623,5 @@ def faithfulness_curve(model, scores: EdgeScores | Sequence[Edge], clean_tokens,
     g = graph(model)
     ranked = (list(scores.circuit(len(g.edges))) if isinstance(scores, EdgeScores) else list(g.check_edges(scores)))
     sizes = tuple(round(f * len(g.edges)) for f in fractions)
-    values = tuple(_faithfulness(model, g, set(ranked[:n]), clean_tokens, corrupted_tokens, metric) for n in sizes)
-    return FaithfulnessCurve(tuple(fractions), sizes, values)
+    values = _faithfulness(model, g, [set(ranked[:n]) for n in sizes], clean_tokens, corrupted_tokens, metric)
+    return FaithfulnessCurve(tuple(fractions), sizes, tuple(values))

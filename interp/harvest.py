@@ -92,20 +92,21 @@ def _corpus_files(corpus: Sequence[str | os.PathLike], pattern: str) -> list[tup
     return sorted(files, key=lambda f: f[1])
 
 
-def _documents(corpus, pattern: str) -> Iterator[_Document]:
-    """The corpus's documents, in order, one at a time."""
+def _documents(corpus, pattern: str, *, digest: bool = True) -> Iterator[_Document]:
+    """The corpus's documents, in order, one at a time (their sha256 only with ``digest``: the streaming
+    pass, after the fingerprint has hashed every document once, does not need it)."""
     if hasattr(corpus, "column_names"):  # a Hugging Face dataset
         for i, row in enumerate(corpus):
             text = row["text"]
-            yield _Document(f"dataset[{i}]", hashlib.sha256(text.encode()).hexdigest(), text=text)
+            yield _Document(f"dataset[{i}]", hashlib.sha256(text.encode()).hexdigest() if digest else "", text=text)
         return
     for path, name in _corpus_files([corpus] if isinstance(corpus, str | os.PathLike) else corpus, pattern):
         data = path.read_bytes()
-        digest = hashlib.sha256(data).hexdigest()
+        sha = hashlib.sha256(data).hexdigest() if digest else ""
         if path.suffix == ".npy":
-            yield _Document(name, digest, tokens=np.load(path))
+            yield _Document(name, sha, tokens=np.load(path))
         else:
-            yield _Document(name, digest, text=data.decode("utf-8", errors="replace"))
+            yield _Document(name, sha, text=data.decode("utf-8", errors="replace"))
 
 
 def _rows(documents: Iterable[_Document], tokenizer, context: int) -> Iterator[list[int]]:
@@ -254,7 +255,7 @@ def harvest(model, corpus, *, hooks: Sequence[str], out: str | os.PathLike, cont
                    file=sys.stderr)
     shard_rows_seen: list[list[int]] = []
     n_rows = 0
-    for row in _rows(_documents(corpus, pattern), model.tokenizer, context):
+    for row in _rows(_documents(corpus, pattern, digest=False), model.tokenizer, context):
         shard = n_rows // shard_rows
         n_rows += 1
         if shard % world != rank or (out / _shard_name(shard)).exists():

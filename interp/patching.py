@@ -26,7 +26,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from interp.hooks import temporary_hooks
-from interp.inputs import check_finite, check_index, check_layers, check_tokens, to_tokens
+from interp.inputs import check_finite, check_index, check_layers, check_positive_int, check_tokens, to_tokens
 from interp.metrics import Metric, check_metric, metric_mean
 
 __all__ = ["PatchingResult", "activation_patching", "attribution_patching", "steer", "steering_vector"]
@@ -101,8 +101,7 @@ def activation_patching(model, clean_tokens: Int[Tensor, "batch pos"], corrupted
         ``PatchingResult`` with ``scores[layer, pos]`` or ``scores[layer, head]``.
     """
     _check(model, clean_tokens, corrupted_tokens, hook, by)
-    if isinstance(cells_per_forward, bool) or not isinstance(cells_per_forward, int) or cells_per_forward < 1:
-        raise ValueError(f"cells_per_forward must be an integer >= 1, got {cells_per_forward!r}")
+    cells_per_forward = check_positive_int(cells_per_forward, "cells_per_forward")
     check_metric(metric, model, *clean_tokens.shape)
     clean, clean_logits = _cache(model, clean_tokens, hook)
     n_layers, batch, n_pos = model.cfg.n_layers, *corrupted_tokens.shape
