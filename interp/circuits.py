@@ -169,7 +169,7 @@ def graph(model) -> Graph:
 # Per-head results (the head senders) and the MLP's input (its receiver). A head's q, k and v inputs are not
 # split out (``use_split_qkv_input`` would carry [batch, pos, head, d_model] through every pass): a patch there
 # recomputes that head's q (k, v) from the edited residual through ln1, and a gradient there is the gradient
-# at hook_q (k, v) taken back through W_Q and ln1 (``_through_ln1``).
+# at hook_q (k, v) taken back through W_Q and ln1 (``_ln1_backward``).
 _FLAGS = ("use_attn_result", "use_hook_mlp_in")
 
 
@@ -219,18 +219,6 @@ def _projection(model, layer: int, qkv: str) -> tuple[Tensor, Tensor]:
     attn = model.blocks[layer].attn
     letter = qkv.upper()
     return getattr(attn, f"W_{letter}").detach(), getattr(attn, f"b_{letter}").detach()
-
-
-def _ln_backward(model, layer: int, resid: Tensor, grad_out: Tensor) -> Tensor:
-    """dL/dx for ln1 at ``resid`` ``[batch, pos, d_model]`` given dL/d(ln1 output) ``[batch, pos, head, d_model]``
-    (one per head). LayerNorm's backward: for y = w * (x - mean) / sigma + b, dL/dx = (u - mean(u) - x_hat
-    mean(u x_hat)) / sigma, with u = w * dL/dy and sigma = sqrt(var + eps)."""
-    w, _ = ln_affine(model.blocks[layer].ln1)
-    u = grad_out if w is None else grad_out * w
-    centred = resid - resid.mean(-1, keepdim=True)
-    sigma = (centred.pow(2).mean(-1, keepdim=True) + model.cfg.eps).sqrt()
-    x_hat, sigma = (centred / sigma).unsqueeze(2), sigma.unsqueeze(2)  # [batch, pos, 1, d_model|1]
-    return (u - u.mean(-1, keepdim=True) - x_hat * (u * x_hat).mean(-1, keepdim=True)) / sigma
 
 
 def _shift_hooks(model, g: Graph, source: dict[int, Tensor], patches: dict, current: dict[int, Tensor]) -> list:
@@ -481,6 +469,40 @@ def _exact(model, g: Graph, base: Tensor, source_tokens: Tensor, metric: Metric,
     return torch.stack(out), float(unpatched.mean()), source_value
 
 
+def _ln1_backward(model, layer: int, resid: Float[Tensor, "row pos d_model"],
+                  grad_qkv: Float[Tensor, "row pos qkv head d_head"], qkv: Float[Tensor, "row pos qkv head d_head"],
+                  copies: int, out: Float[Tensor, "head_qkv batch pos_d"]) -> None:
+    """Write d metric / d (each head's q, k and v input) into ``out`` (receivers in graph order), from the
+    gradient at hook_q, hook_k and hook_v (``grad_qkv``, at the activations ``qkv``) taken back through
+    W_{Q,K,V} and ln1 at ``resid``, summed over the ``copies`` of the batch.
+
+    LayerNorm's backward, for y = w x_hat + b_ln with x_hat = (x - mean) / sigma and u = w * dL/dy, is
+    dL/dx = (u - mean(u) - x_hat mean(u x_hat)) / sigma. Here u = (w W) g for each head's gradient g, so
+    (u - mean(u)) / sigma is g / sigma through w W centred over d_model: one batched matmul, written in place.
+    And x_hat (w W) is the head's own q - (b_ln W + b_Q), so mean(u x_hat) / sigma = (g / sigma) . (q - b_ln W -
+    b_Q) / d_model needs no matmul: a rank-one correction per position."""
+    w, b_ln = ln_affine(model.blocks[layer].ln1)
+    attn = model.blocks[layer].attn
+    W = torch.stack([getattr(attn, f"W_{x}").detach() for x in "QKV"], dim=1).to(grad_qkv.dtype)  # [head, qkv, d, e]
+    offset = torch.stack([getattr(attn, f"b_{x}").detach() for x in "QKV"]).to(grad_qkv.dtype)  # [qkv, head, e]
+    if w is not None:
+        offset = offset + einops.einsum(b_ln.to(W.dtype), W, "d, head qkv d e -> qkv head e")
+        W = W * w.to(W.dtype)[:, None]
+    d_model = W.shape[2]
+    centred = resid - resid.mean(-1, keepdim=True)
+    sigma = (centred.pow(2).mean(-1, keepdim=True) + model.cfg.eps).sqrt()
+    x_hat = centred / sigma  # [row, pos, d_model]
+    g = grad_qkv / sigma[..., None, None]
+    along = einops.rearrange((g * (qkv - offset)).sum(-1) / d_model, "(copy b) pos qkv head -> (head qkv) copy (b pos)",
+                             copy=copies)
+    summed_g = einops.reduce(g, "(copy b) pos qkv head e -> (head qkv) (b pos) e", "sum", copy=copies)
+    centred_W = (W - W.mean(2, keepdim=True)).flatten(0, 1).transpose(1, 2)  # [(head qkv), d_head, d_model]
+    into = out.view(out.shape[0], -1, d_model)  # [(head qkv), (batch pos), d_model]
+    torch.bmm(summed_g, centred_W, out=into)
+    for copy, x_hat_copy in enumerate(x_hat.view(copies, -1, d_model)):  # the rank-one correction, in place
+        into.addcmul_(along[:, copy, :, None], x_hat_copy, value=-1)
+
+
 def _gradient_scores(model, g: Graph, base: Tensor, source_tokens: Tensor, metric: Metric,
                      steps: int | None, per_pair: bool) -> tuple[Tensor, float, float]:
     """EAP (``steps`` None: the gradient on the unpatched run) or EAP-IG (the gradient averaged over
@@ -490,43 +512,45 @@ def _gradient_scores(model, g: Graph, base: Tensor, source_tokens: Tensor, metri
     source_out, source_logits = _sender_outputs(model, source_tokens)
     if steps is None:
         base_out: dict[int, Tensor] = {}
-        grads, base_logits = _receiver_gradients(model, g, base, None, None, None, metric, record=base_out)
+        runs = [_gradient_run(model, g, base, metric, record=base_out)]
+        base_logits = runs[0].logits
     else:
         base_out, base_logits = _sender_outputs(model, base)
-        grads = None
-        for k in range(steps):
-            step, _ = _receiver_gradients(model, g, base, base_out[0], source_out[0], (k + 0.5) / steps, metric)
-            grads = step if grads is None else [a + b for a, b in zip(grads, step)]
-    delta = torch.stack([source_out[s] - base_out[s] for s in range(len(g.senders))])  # [sender, b, p, d]
-    grads = [grad / (steps or 1) for grad in grads]  # [batch, pos, d_model] per receiver
-    # (source - base) . gradient, summed over pos and d_model, for every (sender, receiver) pair at once: one
-    # batched matmul [batch, sender, pos·d_model] @ [batch, pos·d_model, receiver], then the graph's pairs.
-    flat_delta = einops.rearrange(delta, "sender batch pos d_model -> batch sender (pos d_model)")
-    flat_grads = einops.rearrange(torch.stack(grads).to(delta.dtype),
-                                  "receiver batch pos d_model -> batch (pos d_model) receiver")
-    pairs = torch.bmm(flat_delta, flat_grads)  # [batch, sender, receiver]
-    senders, receivers = g.edge_endpoints
-    scores = pairs[:, senders, receivers].T.float().cpu()  # [edge, batch], in graph.edges order
+        start, end = base_out[0], source_out[0]
+        runs = [_gradient_run(model, g, base, metric, inputs=start + (k + 0.5) / steps * (end - start))
+                for k in range(steps)]
+    batch = base.shape[0]
+    delta = torch.empty(batch, len(g.senders), base_out[0][0].numel(), dtype=base_out[0].dtype,
+                        device=base_out[0].device)  # [batch, sender, pos·d_model]
+    for s in range(len(g.senders)):
+        delta[:, s] = (source_out[s] - base_out[s]).flatten(1)
+    scores = _edge_scores(model, g, runs, delta).T.float().cpu()  # [edge, batch]
+    if steps is not None:
+        scores /= steps
     values = [float(metric_values(metric, logits).float().mean()) for logits in (base_logits, source_logits)]
     return (scores if per_pair else scores.sum(1)), *values  # a scalar metric: the rows' shares add up to it
 
 
-def _receiver_gradients(model, g: Graph, tokens: Tensor, base_in: Tensor | None, source_in: Tensor | None,
-                        alpha: float | None, metric: Metric,
-                        record: dict[int, Tensor] | None = None) -> tuple[list[Tensor], Tensor]:
-    """d sum(metric) / d (each receiver's input), in ``graph.receivers`` order (``[batch, pos, d_model]``
-    each), and the logits.
+class _GradientRun(NamedTuple):
+    """One run's d sum(metric) / d (hook_q, hook_k, hook_v, hook_mlp_in and the last resid_post), the residual
+    stream before each layer (for ln1's backward), and the logits."""
 
-    With ``alpha``, the input sender's output is ``base_in + alpha (source_in - base_in)``. Summing the
+    grads: dict[tuple[str, str], Tensor]
+    acts: dict[tuple[str, str], Tensor]
+    resid: dict[int, Tensor]
+    logits: Tensor
+
+
+def _gradient_run(model, g: Graph, tokens: Tensor, metric: Metric, inputs: Tensor | None = None,
+                  record: dict[int, Tensor] | None = None) -> _GradientRun:
+    """One forward and backward. ``inputs`` replace the embeddings (``blocks.0.hook_resid_pre``). Summing the
     per-pair metric gives each pair its own gradient; the mean over pairs is taken later. ``record`` also
-    keeps every sender's output of this run.
-    """
+    keeps every sender's output of this run."""
     kept: dict[tuple[str, str], Tensor] = {}
     resid: dict[int, Tensor] = {}
 
     def start(act, hook):  # a leaf, so the graph exists though no parameter requires grad
-        new = act if alpha is None else base_in + alpha * (source_in - base_in)
-        return new.detach().to(act.dtype).requires_grad_(True)
+        return (act if inputs is None else inputs).detach().to(act.dtype).requires_grad_(True)
 
     def keep_resid(layer: int):
         def hook(act, hook):
@@ -543,29 +567,47 @@ def _receiver_gradients(model, g: Graph, tokens: Tensor, base_in: Tensor | None,
     hooks = [("blocks.0.hook_resid_pre", start)]
     for layer in range(g.n_layers):
         hooks.append((f"blocks.{layer}.hook_resid_pre", keep_resid(layer)))
-        hooks += [(f"blocks.{layer}.attn.hook_{qkv}", keep((f"L{layer}", qkv))) for qkv in "qkv"]
+        hooks += [(f"blocks.{layer}.attn.hook_{qkv}", keep((f"a{layer}", qkv))) for qkv in "qkv"]
         hooks.append((f"blocks.{layer}.hook_mlp_in", keep((f"m{layer}", ""))))
     hooks.append((f"blocks.{g.n_layers - 1}.hook_resid_post", keep(("logits", ""))))
     if record is not None:  # after the leaf at resid_pre, so the input sender is read as the run has it
         hooks += _sender_hooks(model, g, record)
     with torch.enable_grad(), temporary_hooks(model, hooks):
         logits = model(tokens)
-        value = metric_values(metric, logits).sum()
         keys = list(kept)
-        grads = torch.autograd.grad(value, [kept[k] for k in keys], allow_unused=True)
-    by_key = {k: torch.zeros_like(kept[k]) if grad is None else grad.detach() for k, grad in zip(keys, grads)}
-    per_head: dict[tuple[str, str], Tensor] = {}
+        grads = torch.autograd.grad(metric_values(metric, logits).sum(), [kept[k] for k in keys], allow_unused=True)
+    return _GradientRun({k: torch.zeros_like(kept[k]) if grad is None else grad.detach()
+                         for k, grad in zip(keys, grads)}, {k: kept[k].detach() for k in keys}, resid, logits.detach())
+
+
+def _edge_scores(model, g: Graph, runs: list[_GradientRun], delta: Float[Tensor, "batch sender pos_d"]
+                 ) -> Float[Tensor, "batch edge"]:
+    """(source - base) . d sum(metric) / d (receiver input), summed over pos, d_model and the runs, per edge
+    and pair, in graph.edges order.
+
+    Layer by layer: the gradients at the layer's receivers (a head's q, k or v input reached through ln1 once
+    for all the runs, ``_ln1_backward``) go into one reused buffer, then one batched matmul [batch, upstream
+    senders, pos·d_model] @ [batch, pos·d_model, the layer's receivers] scores every pair of them."""
+    batch, _, flat = delta.shape
+    receivers = torch.empty(3 * g.n_heads + 1, batch, flat, dtype=delta.dtype, device=delta.device)
+
+    def summed(key: tuple[str, str]) -> Tensor:  # [batch, pos·d_model]
+        return sum(run.grads[key] for run in runs).flatten(1)
+
+    def stacked(per_key: str, layer: int) -> Tensor:  # [run x batch, pos, qkv, head, d_head]
+        return torch.cat([torch.stack([getattr(run, per_key)[f"a{layer}", x] for x in "qkv"], dim=2) for run in runs])
+
+    scores, first = [], 0
     for layer in range(g.n_layers):
-        for qkv in "qkv":
-            W, _ = _projection(model, layer, qkv)
-            into_ln = einops.einsum(by_key[f"L{layer}", qkv], W.to(by_key[f"L{layer}", qkv].dtype),
-                                    "batch pos head d_head, head d_model d_head -> batch pos head d_model")
-            at_input = _ln_backward(model, layer, resid[layer], into_ln)  # [batch, pos, head, d_model]
-            for head in range(g.n_heads):
-                per_head[f"a{layer}.h{head}", qkv] = at_input[:, :, head]
-    out = [per_head[receiver, qkv] if receiver.startswith("a") else by_key[receiver, qkv]
-           for receiver, qkv, _, _ in g.receivers]
-    return out, logits.detach()
+        resid = torch.cat([run.resid[layer] for run in runs])  # [run x batch, pos, d_model]
+        _ln1_backward(model, layer, resid, stacked("grads", layer), stacked("acts", layer), len(runs), receivers[:-1])
+        receivers[-1] = summed((f"m{layer}", ""))
+        upstream = [n for _, _, _, n in g.receivers[first:first + len(receivers)]]
+        pairs = torch.bmm(delta[:, :upstream[-1]], receivers.permute(1, 2, 0))  # [batch, sender, receiver]
+        scores += [pairs[:, :n, r] for r, n in enumerate(upstream)]
+        first += len(receivers)
+    scores.append(torch.bmm(delta, summed(("logits", ""))[:, :, None])[:, :, 0])
+    return torch.cat(scores, dim=1)
 
 
 # ---------------------------------------------------------------------------------------------- faithfulness
