@@ -51,6 +51,26 @@ def test_rows_pack_the_documents_in_order_each_starting_with_bos(model, harveste
     assert [d["name"] for d in h.manifest["corpus"]] == sorted(d["name"] for d in h.manifest["corpus"])
 
 
+def test_grouped_tokenisation_packs_like_one_document_at_a_time(model, tmp_path, monkeypatch):
+    """Text documents are tokenised in groups (one call each); a group boundary, or a pre-tokenised file
+    between texts, changes no row."""
+    import numpy as np
+
+    for path in sorted(CORPUS.glob(PATTERN)):
+        shutil.copy(path, tmp_path / path.name)
+    np.save(tmp_path / "e_tokens.npy", np.arange(100, 400))  # sorts between decoder.py and encoder.py
+    names = sorted(p.name for p in tmp_path.iterdir())
+    stream = []
+    for name in names:
+        path = tmp_path / name
+        stream += (np.load(path).tolist() if name.endswith(".npy") else
+                   model.tokenizer(path.read_text(), add_special_tokens=False, verbose=False)["input_ids"]) + [hv.EOT]
+    expected = [[hv.EOT] + stream[i:i + 31] for i in range(0, len(stream) - 30, 31)]
+    for chars in (1, 5000, 1 << 30):
+        monkeypatch.setattr(hv, "_TOKENIZE_CHARS", chars)
+        assert list(hv._rows(hv._documents(tmp_path, "*"), model.tokenizer, 32)) == expected
+
+
 def test_harvested_activations_equal_run_with_cache_exactly(model, harvested):
     h = hv.open(harvested)
     tokens = h.tokens[:128]  # the first two shards
