@@ -8,14 +8,16 @@ BIN    := $(VENV)/bin
 # CUDA build. With a GPU, install your CUDA torch into $(VENV) first; a 2.13.0+cuXXX build satisfies this.
 TORCH  ?= torch==2.13.0
 ARGS   ?=
-# The second TransformerLens major: 3.9, the last with HookedTransformer (and what SAELens pins). Its own venv.
+# The second TransformerLens major: 3.9, the last with HookedTransformer (and what SAELens pins). Its own venv,
+# with SAELens as the oracle for interp.sae's format and formulas.
 VENV3  ?= .venv-tl3
 TL3    ?= transformer-lens>=3.9,<4
+SAELENS ?= sae-lens==6.54.0
 # The tests whose outcome can depend on the major or the backend (README, "Which tests need which major"). The
 # card's 768-sample writing test runs once, on the default install: it reads no backend-specific hook.
 TL3_TESTS ?= tests/test_loading.py tests/test_hook_writes.py tests/test_trust.py tests/test_hooks.py tests/test_inputs.py \
 	tests/test_patching.py tests/test_heads.py tests/test_sampling.py tests/test_architecture.py \
-	tests/test_transformer_lens_oracles.py tests/test_bundled.py tests/test_circuits.py
+	tests/test_transformer_lens_oracles.py tests/test_bundled.py tests/test_circuits.py tests/test_sae.py
 
 .PHONY: setup setup-tl3 figures test test-tl3 benchmark benchmark-tl3 notebook train-bundled clean
 setup: $(VENV)/.installed
@@ -32,7 +34,7 @@ $(VENV3)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV3)
 	$(VENV3)/bin/python -m pip install --quiet --upgrade pip
 	$(VENV3)/bin/python -m pip install --quiet "$(TORCH)"
-	$(VENV3)/bin/python -m pip install --quiet -e ".[test]" "$(TL3)"
+	$(VENV3)/bin/python -m pip install --quiet -e ".[test]" "$(TL3)" "$(SAELENS)"
 	touch $@
 
 figures: setup

@@ -14,6 +14,7 @@ __all__ = [
     "MetricError",
     "ModelLoadError",
     "NotGPT2CheckpointError",
+    "SAEFormatError",
     "UnknownModelError",
     "WeightsUnavailableError",
 ]
@@ -54,3 +55,8 @@ class DeviceUnavailableError(ModelLoadError, ValueError):
 class MetricError(TypeError, ValueError):
     """A metric broke the contract: it must map logits ``[batch, pos, d_vocab]`` to a tensor of shape
     ``[batch]`` or a scalar."""
+
+
+class SAEFormatError(ValueError):
+    """A sparse autoencoder's files are not a SAE interp can read (SAELens's format: ``cfg.json`` and
+    ``sae_weights.safetensors``), or do not fit the model they are used with."""

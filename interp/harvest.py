@@ -465,12 +465,14 @@ class Harvest:
         shape = self.manifest.get("feature_shapes", {}).get(name)
         return tuple(shape) if shape else (-1,)
 
-    def batches(self, name: str, batch_size: int, *, seed: int = 0) -> Iterator[Tensor]:
+    def batches(self, name: str, batch_size: int, *, seed: int = 0, skip_first: bool = False) -> Iterator[Tensor]:
         """Activations of ``name``, one token each ``[batch_size, ...]``, in a seeded shuffled order: shards in
-        a shuffled order, tokens shuffled within each shard (one shard in memory at a time)."""
+        a shuffled order, tokens shuffled within each shard (one shard in memory at a time). ``skip_first``
+        leaves out each row's first position (its BOS, whose activations are far out of distribution)."""
         generator = torch.Generator().manual_seed(seed)
         for index in torch.randperm(len(self.manifest["shards"]), generator=generator).tolist():
             acts = self.shard(index, name)
+            acts = acts[:, 1:] if skip_first else acts
             flat = acts.reshape(acts.shape[0] * acts.shape[1], *acts.shape[2:])
             order = torch.randperm(len(flat), generator=generator)
             for start in range(0, len(order), batch_size):

@@ -1,0 +1,688 @@
+"""Sparse autoencoders (SAEs) on one hook's activations: load and save them in SAELens's format, train them
+on a harvest (one process or many, under ``torchrun``), measure them, and splice them into the model.
+
+- **Architectures** (``architecture``): ``"standard"`` (ReLU), ``"topk"`` (the k largest pre-activations,
+  then ReLU) and ``"jumprelu"`` (ReLU where the pre-activation is above a per-latent ``threshold``), each as
+  SAELens 6 computes it: ``pre = (x - b_dec * apply_b_dec_to_input) @ W_enc + b_enc``, features from ``pre``,
+  ``decode(f) = f @ W_dec + b_dec``.
+- **On disk**, SAELens's format: ``cfg.json`` as ``SAEConfig.to_dict()`` writes it (``architecture``, ``d_in``,
+  ``d_sae``, ``k`` for TopK, ``apply_b_dec_to_input``, ``normalize_activations``, ``hook_name`` inside
+  ``metadata``) and ``sae_weights.safetensors`` with ``W_enc`` ``[d_in, d_sae]``, ``b_enc``, ``W_dec`` ``[d_sae,
+  d_in]``, ``b_dec`` and, for JumpReLU, ``threshold``. SAELens's pre-6 configs (``hook_point``, ``activation_fn``)
+  load too. Activation normalisation other than ``"none"`` is refused (``SAEFormatError``), never ignored.
+- **Splicing** (``splice``, ``ablate_features``, ``steer_features``): context managers whose hooks go through
+  ``interp.hooks.temporary_hooks`` (removed in ``finally``; they reach ``generate``). With ``with_error=True``
+  the activation becomes ``x + (decode(f') - decode(f))``: exactly ``x`` when the features are not edited, so
+  an edit acts alone.
+
+Example:
+    >>> sae = interp.sae.load("path/to/sae")               # a folder with cfg.json and sae_weights.safetensors
+    >>> interp.sae.evaluate(model, sae, tokens)            # L0, explained variance, CE-loss score, ...
+    >>> with interp.sae.steer_features(model, sae, {123: 8.0}):
+    ...     generate(model, "The weather today", temperature=0).texts
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import sys
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor, nn
+
+from interp.errors import SAEFormatError
+from interp.figures import atomic_write
+from interp.hooks import check_hook_names, temporary_hooks
+from interp.inputs import check_finite, check_index, check_positive_int, check_tokens
+from interp.interventions import activation_tail
+
+__all__ = ["ARCHITECTURES", "SAE", "SAEMetrics", "ablate_features", "evaluate", "feature_attribution", "load",
+           "logit_effects", "save", "splice", "steer_features", "train"]
+
+ARCHITECTURES = ("standard", "topk", "jumprelu")
+CFG_FILE, WEIGHTS_FILE = "cfg.json", "sae_weights.safetensors"
+SAE_LENS_VERSION = "6.54.0"  # the format version written into metadata (what SAELens reads back)
+
+
+class SAE(nn.Module):
+    """A sparse autoencoder: ``encode`` ``[..., d_in] -> [..., d_sae]``, ``decode`` back, ``forward`` both.
+
+    ``hook_name`` is the TransformerLens hook it reads (``blocks.1.hook_resid_pre``); for a hook whose
+    activation has several axes after ``[batch, pos]`` (``hook_z``: ``[head, d_head]``) the SAE reads them
+    flattened, as SAELens's ``reshape_activations="hook_z"`` does.
+    """
+
+    def __init__(self, d_in: int, d_sae: int, *, hook_name: str, architecture: str = "topk", k: int | None = None,
+                 apply_b_dec_to_input: bool = True, rescale_acts_by_decoder_norm: bool = False,
+                 metadata: Mapping | None = None, dtype: torch.dtype = torch.float32, device: str = "cpu"):
+        super().__init__()
+        if architecture not in ARCHITECTURES:
+            raise SAEFormatError(f"architecture must be one of {ARCHITECTURES}, got {architecture!r}")
+        d_in, d_sae = check_positive_int(d_in, "d_in"), check_positive_int(d_sae, "d_sae")
+        if architecture == "topk":
+            k = check_positive_int(k, "k", high=d_sae)
+        elif k is not None:
+            raise SAEFormatError(f"k is for architecture 'topk', not {architecture!r}")
+        if rescale_acts_by_decoder_norm and architecture != "topk":
+            raise SAEFormatError("rescale_acts_by_decoder_norm is a TopK option")
+        self.d_in, self.d_sae, self.hook_name, self.architecture, self.k = d_in, d_sae, hook_name, architecture, k
+        self.apply_b_dec_to_input = bool(apply_b_dec_to_input)
+        self.rescale_acts_by_decoder_norm = bool(rescale_acts_by_decoder_norm)
+        self.metadata = dict(metadata or {})
+        like = dict(dtype=dtype, device=device)
+        self.W_enc = nn.Parameter(torch.zeros(d_in, d_sae, **like))
+        self.b_enc = nn.Parameter(torch.zeros(d_sae, **like))
+        self.W_dec = nn.Parameter(torch.zeros(d_sae, d_in, **like))
+        self.b_dec = nn.Parameter(torch.zeros(d_in, **like))
+        self.threshold = nn.Parameter(torch.zeros(d_sae, **like)) if architecture == "jumprelu" else None
+
+    def __repr__(self) -> str:
+        k = f", k={self.k}" if self.k is not None else ""
+        return f"SAE({self.architecture}{k}, {self.d_in} -> {self.d_sae} latents, at {self.hook_name})"
+
+    def pre_acts(self, x: Float[Tensor, "... d_in"]) -> Float[Tensor, "... d_sae"]:
+        x = x.to(self.W_enc.dtype)
+        pre = (x - self.b_dec * self.apply_b_dec_to_input) @ self.W_enc + self.b_enc
+        return pre * self.W_dec.norm(dim=-1) if self.rescale_acts_by_decoder_norm else pre
+
+    def activation(self, pre: Float[Tensor, "... d_sae"]) -> Float[Tensor, "... d_sae"]:
+        if self.architecture == "standard":
+            return pre.relu()
+        if self.architecture == "jumprelu":
+            return pre.relu() * (pre > self.threshold).to(pre.dtype)
+        values, indices = pre.topk(self.k, dim=-1, sorted=False)
+        return torch.zeros_like(pre).scatter_(-1, indices, values.relu())
+
+    def encode(self, x: Float[Tensor, "... d_in"]) -> Float[Tensor, "... d_sae"]:
+        return self.activation(self.pre_acts(x))
+
+    def decode(self, features: Float[Tensor, "... d_sae"]) -> Float[Tensor, "... d_in"]:
+        if self.rescale_acts_by_decoder_norm:
+            features = features / self.W_dec.norm(dim=-1)
+        return features @ self.W_dec + self.b_dec
+
+    def forward(self, x: Float[Tensor, "... d_in"]) -> Float[Tensor, "... d_in"]:
+        return self.decode(self.encode(x))
+
+    def config(self) -> dict:
+        """``cfg.json`` as SAELens 6's ``SAEConfig.to_dict()`` writes it."""
+        cfg = {"d_in": self.d_in, "d_sae": self.d_sae, "dtype": str(self.W_enc.dtype).removeprefix("torch."),
+               "device": "cpu", "apply_b_dec_to_input": self.apply_b_dec_to_input, "normalize_activations": "none",
+               "reshape_activations": "hook_z" if self.hook_name.endswith("hook_z") else "none",
+               "metadata": {"sae_lens_version": SAE_LENS_VERSION, "sae_lens_training_version": SAE_LENS_VERSION,
+                            **self.metadata, "hook_name": self.hook_name},
+               "architecture": self.architecture}
+        if self.architecture == "topk":
+            cfg |= {"k": self.k, "rescale_acts_by_decoder_norm": self.rescale_acts_by_decoder_norm}
+        return cfg
+
+
+# ---------------------------------------------------------------------------------------------- files
+
+
+def save(sae: SAE, path: str | os.PathLike) -> Path:
+    """Write ``sae`` to the folder ``path`` in SAELens's format (each file through a temporary name, so a
+    reader never sees half of one). Returns the folder."""
+    from safetensors.torch import save as to_bytes
+
+    path = Path(path)
+    tensors = {name: p.detach().contiguous().cpu() for name, p in sae.named_parameters()}
+    atomic_write(path / WEIGHTS_FILE, to_bytes(tensors))
+    atomic_write(path / CFG_FILE, json.dumps(sae.config(), indent=1) + "\n")
+    return path
+
+
+def _from_config(cfg: dict, where: Path) -> dict:
+    """The constructor's arguments from a SAELens 6 (or pre-6) ``cfg.json``."""
+    metadata = dict(cfg.get("metadata") or {})
+    hook_name = metadata.pop("hook_name", None) or cfg.get("hook_name") or cfg.get("hook_point")
+    if not hook_name:
+        raise SAEFormatError(f"{where / CFG_FILE} names no hook (metadata.hook_name)")
+    architecture = cfg.get("architecture", "standard")
+    k = cfg.get("k")
+    if "architecture" not in cfg and cfg.get("activation_fn", cfg.get("activation_fn_str", "relu")) == "topk":
+        architecture, k = "topk", (cfg.get("activation_fn_kwargs") or {}).get("k")  # SAELens before 6
+    if architecture not in ARCHITECTURES:
+        raise SAEFormatError(f"{where / CFG_FILE}: architecture {architecture!r} is not one interp reads "
+                             f"({', '.join(ARCHITECTURES)})")
+    norm = cfg.get("normalize_activations", "none") or "none"
+    if norm != "none":
+        raise SAEFormatError(f"{where / CFG_FILE}: normalize_activations={norm!r} is not supported (only 'none'); "
+                             "fold the scaling into the weights first (SAELens: fold_activation_norm_scaling_factor)")
+    missing = [key for key in ("d_in", "d_sae") if key not in cfg]
+    if missing:
+        raise SAEFormatError(f"{where / CFG_FILE} lacks {', '.join(missing)}")
+    return dict(d_in=cfg["d_in"], d_sae=cfg["d_sae"], hook_name=hook_name, architecture=architecture,
+                k=k if architecture == "topk" else None,
+                apply_b_dec_to_input=cfg.get("apply_b_dec_to_input", True),
+                rescale_acts_by_decoder_norm=cfg.get("rescale_acts_by_decoder_norm", False), metadata=metadata)
+
+
+def load(path: str | os.PathLike, *, device: str = "cpu", dtype: torch.dtype | None = None) -> SAE:
+    """Read a SAE folder in SAELens's format (``cfg.json`` and ``sae_weights.safetensors``).
+
+    Raises ``SAEFormatError`` (a ``ValueError``) naming what is wrong: a missing file or tensor, a tensor of
+    the wrong shape, an architecture or normalisation it does not read; ``FileNotFoundError`` for no folder.
+    """
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    if not path.is_dir():
+        raise FileNotFoundError(f"no SAE folder at {str(path)!r}")
+    for name in (CFG_FILE, WEIGHTS_FILE):
+        if not (path / name).is_file():
+            raise SAEFormatError(f"{path} has no {name}: a SAELens SAE folder holds {CFG_FILE} and {WEIGHTS_FILE}")
+    try:
+        cfg = json.loads((path / CFG_FILE).read_text())
+    except json.JSONDecodeError as e:
+        raise SAEFormatError(f"{path / CFG_FILE} is not JSON: {e}") from None
+    try:
+        tensors = load_file(path / WEIGHTS_FILE)
+    except SafetensorError as e:
+        raise SAEFormatError(f"{path / WEIGHTS_FILE} is not a readable safetensors file: {e}") from None
+    args = _from_config(cfg, path)
+    stored = tensors["W_enc"].dtype if "W_enc" in tensors else torch.float32
+    sae = SAE(**args, dtype=dtype or stored, device=device)
+    expected = {name: tuple(p.shape) for name, p in sae.named_parameters()}
+    missing = sorted(set(expected) - set(tensors))
+    if missing:
+        raise SAEFormatError(f"{path / WEIGHTS_FILE} lacks {', '.join(missing)} (a {sae.architecture} SAE has "
+                             f"{', '.join(expected)})")
+    for name, shape in expected.items():
+        if tuple(tensors[name].shape) != shape:
+            raise SAEFormatError(f"{path / WEIGHTS_FILE}: {name} is {tuple(tensors[name].shape)}, but d_in="
+                                 f"{sae.d_in} and d_sae={sae.d_sae} in {CFG_FILE} make it {shape}")
+    with torch.no_grad():
+        for name, p in sae.named_parameters():
+            p.copy_(tensors[name])
+    return sae
+
+
+def check_sae(model, sae: SAE, hook: str | None = None) -> str:
+    """The hook ``sae`` reads in ``model`` (``hook`` or its own ``hook_name``), checked before any forward:
+    the hook exists, and its activation's size is the SAE's ``d_in`` (where the hook's shape is known)."""
+    if not isinstance(sae, SAE):
+        raise TypeError(f"sae must be an interp.sae.SAE (interp.sae.load reads SAELens folders), got "
+                        f"{type(sae).__name__}")
+    hook = sae.hook_name if hook is None else hook
+    try:
+        check_hook_names(model, [hook])
+    except (KeyError, ValueError) as e:
+        raise SAEFormatError(f"the SAE's hook {hook!r} is not in this model: {str(e).strip(chr(34))}") from None
+    tail = activation_tail(model, hook)
+    if tail is not None and math.prod(tail) != sae.d_in:
+        raise SAEFormatError(f"the SAE reads d_in={sae.d_in}, but {hook} gives {math.prod(tail)} per token "
+                             f"({' x '.join(map(str, tail))})")
+    return hook
+
+
+# ---------------------------------------------------------------------------------------------- splicing
+
+
+Edit = Callable[[Tensor], Tensor]
+
+
+@contextlib.contextmanager
+def splice(model, sae: SAE, hook: str | None = None, *, with_error: bool = False, keep_first: bool = True,
+           edit: Edit | None = None) -> Iterator[None]:
+    """Inside the block, the activation at the SAE's hook is replaced by its reconstruction.
+
+    Args:
+        hook: where (default ``sae.hook_name``).
+        with_error: keep the reconstruction error: the activation becomes ``x + (decode(f') - decode(f))``
+            (``f`` the features, ``f'`` edited), exactly ``x`` when nothing is edited, so that an edit acts
+            alone. (``x_hat + (x - x_hat)`` would not be ``x`` in float32 for a few percent of the elements.)
+        keep_first: position 0 (GPT-2's BOS, whose residual is far out of any SAE's training distribution)
+            keeps the model's own activation, as SAELens's evaluation does. Under ``generate`` the hooked model
+            runs on the whole sequence, so position 0 is the prompt's first token at every step.
+        edit: ``features [batch, pos, d_sae] -> features``, applied before decoding.
+
+    Example:
+        >>> with splice(model, sae):
+        ...     loss = model(tokens, return_type="loss")
+    """
+    hook = check_sae(model, sae, hook)
+    first = 1 if keep_first else 0
+
+    def fn(act, hook):
+        shape = act.shape
+        x = act[:, first:].flatten(2)  # [batch, pos, d_in]
+        features = sae.encode(x)
+        edited = features if edit is None else edit(features)
+        if with_error:
+            new = x + (sae.decode(edited) - sae.decode(features)).to(x.dtype) if edit is not None else x
+        else:
+            new = sae.decode(edited).to(x.dtype)
+        out = act.clone()
+        out[:, first:] = new.reshape(shape[0], shape[1] - first, *shape[2:])
+        return out
+
+    with temporary_hooks(model, [(hook, fn)]):
+        yield
+
+
+def _check_features(sae: SAE, features) -> list[int]:
+    out = [check_index(f, "feature") for f in features]
+    bad = [f for f in out if not 0 <= f < sae.d_sae]
+    if bad:
+        raise ValueError(f"features {bad} are outside 0..{sae.d_sae - 1}")
+    return out
+
+
+@contextlib.contextmanager
+def ablate_features(model, sae: SAE, features: Sequence[int], *, with_error: bool = True,
+                    keep_first: bool = True) -> Iterator[None]:
+    """Inside the block, the listed features are zero at every position (with the reconstruction error kept
+    by default, so only the ablation changes the model)."""
+    chosen = _check_features(sae, features)
+
+    def edit(f):
+        f = f.clone()
+        f[..., chosen] = 0
+        return f
+
+    with splice(model, sae, with_error=with_error, keep_first=keep_first, edit=edit):
+        yield
+
+
+@contextlib.contextmanager
+def steer_features(model, sae: SAE, values: Mapping[int, float], *, mode: str = "add", with_error: bool = True,
+                   keep_first: bool = True) -> Iterator[None]:
+    """Inside the block, each listed feature gets ``value`` added (``mode="add"``: the activation moves by
+    ``value * W_dec[feature]``) or is set to it (``mode="set"``), at every position.
+
+    Example:
+        >>> with steer_features(model, sae, {123: 8.0}):
+        ...     generate(model, "The weather", temperature=0).texts
+    """
+    if mode not in ("add", "set"):
+        raise ValueError(f"mode must be 'add' or 'set', got {mode!r}")
+    if not values:
+        raise ValueError("values is empty: name at least one feature, e.g. {123: 8.0}")
+    chosen = _check_features(sae, values)
+    amounts = [float(check_finite(float(v), "a steering value")) for v in values.values()]
+
+    def edit(f):
+        f = f.clone()
+        amount = torch.tensor(amounts, dtype=f.dtype, device=f.device)
+        f[..., chosen] = f[..., chosen] + amount if mode == "add" else amount.expand_as(f[..., chosen])
+        return f
+
+    with splice(model, sae, with_error=with_error, keep_first=keep_first, edit=edit):
+        yield
+
+
+# ---------------------------------------------------------------------------------------------- measuring
+
+
+@dataclass(frozen=True)
+class SAEMetrics:
+    """What ``evaluate`` measured, on held-out tokens (every position but the first of each row).
+
+    - ``l0``: features above zero per token, averaged over tokens.
+    - ``explained_variance``: 1 - sum ||x - x_hat||^2 / sum ||x - mean(x)||^2, sums over tokens, the mean over
+      the held-out tokens.
+    - ``mse``: the mean over tokens and dimensions of (x - x_hat)^2.
+    - ``ce_loss_score``: (CE zero-ablated - CE spliced) / (CE zero-ablated - CE clean); the splice and the
+      zero ablation both leave position 0 alone; CE is the mean next-token loss over every predicted position.
+    - ``kl_score``: (KL zero-ablated - KL spliced) / KL zero-ablated, KL from the clean next-token distribution,
+      averaged over positions.
+    - ``dead_fraction``: latents that never fire on these tokens; ``dense_fraction``: latents that fire on more
+      than 10% of them.
+    """
+
+    tokens: int
+    l0: float
+    explained_variance: float
+    mse: float
+    ce_clean: float
+    ce_spliced: float
+    ce_zero_ablated: float
+    ce_loss_score: float
+    kl_spliced: float
+    kl_zero_ablated: float
+    kl_score: float
+    dead_fraction: float
+    dense_fraction: float
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _next_token_stats(logits: Tensor, tokens: Tensor, clean_logprobs: Tensor | None) -> tuple[Tensor, Tensor]:
+    """Per predicted position: the next-token loss, and the KL from the clean distribution (0 for clean)."""
+    logprobs = logits[:, :-1].float().log_softmax(-1)
+    loss = -logprobs.gather(-1, tokens[:, 1:, None])[..., 0]
+    kl = (torch.zeros_like(loss) if clean_logprobs is None else
+          (clean_logprobs.exp() * (clean_logprobs - logprobs)).sum(-1))
+    return loss, kl
+
+
+@torch.no_grad()
+def evaluate(model, sae: SAE, tokens: Int[Tensor, "batch pos"], *, batch_size: int = 8) -> SAEMetrics:
+    """Measure ``sae`` on held-out ``tokens`` (rows that start with BOS; see ``SAEMetrics`` for each definition,
+    chosen to compare with SAELens's)."""
+    tokens = check_tokens(model, tokens)
+    hook = check_sae(model, sae)
+    batch_size = check_positive_int(batch_size, "batch_size")
+    if tokens.shape[1] < 2:
+        raise ValueError("evaluate needs rows of at least 2 tokens (position 0 is left alone)")
+    sums = {key: 0.0 for key in ("ce_clean", "ce_spliced", "ce_zero", "kl_spliced", "kl_zero", "n_pred")}
+    n_tok, l0_sum, sq_err, x_sum, x_sq = 0, 0.0, 0.0, None, 0.0
+    fired = torch.zeros(sae.d_sae, dtype=torch.float64)
+    kept: dict[str, Tensor] = {}
+
+    def keep(act, hook):
+        kept["x"] = act[:, 1:].flatten(2).detach()
+
+    def zero(act, hook):  # position 0 left alone, as in the splice
+        out = act.clone()
+        out[:, 1:] = 0
+        return out
+
+    for start in range(0, len(tokens), batch_size):
+        rows = tokens[start:start + batch_size]
+        with temporary_hooks(model, [(hook, keep)]):
+            clean = model(rows)
+        with splice(model, sae):
+            spliced = model(rows)
+        with temporary_hooks(model, [(hook, zero)]):
+            zeroed = model(rows)
+        clean_loss, _ = _next_token_stats(clean, rows, None)
+        clean_logprobs = clean[:, :-1].float().log_softmax(-1)
+        for key, logits in (("spliced", spliced), ("zero", zeroed)):
+            loss, kl = _next_token_stats(logits, rows, clean_logprobs)
+            sums[f"ce_{key}"] += float(loss.double().sum())
+            sums[f"kl_{key}"] += float(kl.double().sum())
+        sums["ce_clean"] += float(clean_loss.double().sum())
+        sums["n_pred"] += clean_loss.numel()
+        x = kept["x"].reshape(-1, sae.d_in).double()
+        features = sae.encode(kept["x"].reshape(-1, sae.d_in))
+        x_hat = sae.decode(features).double()
+        active = features > 0
+        l0_sum += float(active.sum())
+        fired += active.sum(0).double().cpu()
+        sq_err += float((x - x_hat).pow(2).sum())
+        x_sum = x.sum(0) if x_sum is None else x_sum + x.sum(0)
+        x_sq += float(x.pow(2).sum())
+        n_tok += len(x)
+    total_var = x_sq - float(x_sum.pow(2).sum()) / n_tok  # sum ||x - mean||^2
+    ce = {key: sums[f"ce_{key}"] / sums["n_pred"] for key in ("clean", "spliced", "zero")}
+    kl = {key: sums[f"kl_{key}"] / sums["n_pred"] for key in ("spliced", "zero")}
+    frequency = fired / n_tok
+    return SAEMetrics(
+        tokens=n_tok, l0=l0_sum / n_tok, explained_variance=1 - sq_err / total_var, mse=sq_err / (n_tok * sae.d_in),
+        ce_clean=ce["clean"], ce_spliced=ce["spliced"], ce_zero_ablated=ce["zero"],
+        ce_loss_score=(ce["zero"] - ce["spliced"]) / (ce["zero"] - ce["clean"]),
+        kl_spliced=kl["spliced"], kl_zero_ablated=kl["zero"], kl_score=(kl["zero"] - kl["spliced"]) / kl["zero"],
+        dead_fraction=float((fired == 0).double().mean()), dense_fraction=float((frequency > 0.1).double().mean()))
+
+
+def feature_attribution(model, sae: SAE, tokens: Int[Tensor, "batch pos"], metric) -> Float[Tensor, "batch pos d_sae"]:
+    """Each feature's gradient x activation effect on ``metric`` (logits -> ``[batch]`` or a scalar, summed), per
+    position: the first-order change in the metric if that feature were zero there, with the SAE spliced in
+    with its error (so the model's output is its own)."""
+    from interp.metrics import check_metric, metric_values
+
+    tokens = check_tokens(model, tokens)
+    hook = check_sae(model, sae)
+    check_metric(metric, model, *tokens.shape, needs_grad=True)
+    kept: dict[str, Tensor] = {}
+
+    def fn(act, hook):
+        x = act.flatten(2)
+        features = sae.encode(x).detach().requires_grad_(True)
+        kept["f"] = features
+        return (x + sae.decode(features) - sae.decode(features).detach()).reshape(act.shape).to(act.dtype)
+
+    with torch.enable_grad(), temporary_hooks(model, [(hook, fn)]):
+        value = metric_values(metric, model(tokens)).sum()
+        (grad,) = torch.autograd.grad(value, [kept["f"]])
+    return (grad * kept["f"]).detach()
+
+
+def logit_effects(model, sae: SAE) -> Float[Tensor, "d_sae d_vocab"]:
+    """Each feature's direct effect on the logits: its decoder row through the final LayerNorm's centring and
+    gain, then the unembedding (the per-token LayerNorm scale left out, as feature dashboards do)."""
+    from interp.backends import ln_affine
+
+    if not sae.hook_name.split(".")[-1].startswith(("hook_resid", "hook_attn_out", "hook_mlp_out")):
+        raise SAEFormatError(f"logit_effects needs a SAE that writes the residual stream, not {sae.hook_name}")
+    with torch.no_grad():
+        direction = sae.W_dec - sae.W_dec.mean(-1, keepdim=True)
+        w, _ = ln_affine(model.ln_final)
+        if w is not None:
+            direction = direction * w
+        return direction.to(model.W_U.dtype) @ model.W_U
+
+
+# ---------------------------------------------------------------------------------------------- training
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """What ``train`` was asked (stored beside its checkpoints, checked on resume)."""
+
+    hook: str
+    d_sae: int
+    architecture: str
+    k: int | None
+    l1: float
+    batch_size: int
+    steps: int
+    lr: float
+    seed: int
+    aux_k: int
+    aux_coeff: float
+    dead_after: int
+
+
+def _world():
+    from interp.harvest import _world as world
+
+    return world()
+
+
+def _all_reduce(tensor: Tensor, op: str = "sum") -> Tensor:
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        dist.all_reduce(tensor, op=dist.ReduceOp.SUM if op == "sum" else dist.ReduceOp.MAX)
+    return tensor
+
+
+def _global_batches(data, hook: str, batch_size: int, seed: int) -> Iterator[Tensor]:
+    """Global batches ``[batch_size, d_in]``, the same on every rank, epoch after epoch (epoch e shuffled with
+    seed + e); each row's first position is left out."""
+    epoch = 0
+    while True:
+        for batch in data.batches(hook, batch_size, seed=seed + epoch, skip_first=True):
+            if len(batch) == batch_size:  # the short tail of a shard is left out: every step has one size
+                yield batch.flatten(1).float()
+        epoch += 1
+
+
+def train(data, *, hook: str, d_sae: int, architecture: str = "topk", k: int | None = 16, l1: float = 5.0,
+          batch_size: int = 4096, steps: int = 1000, lr: float = 4e-4, seed: int = 0, aux_k: int | None = None,
+          aux_coeff: float = 1 / 32, dead_after: int = 1_000_000, out: str | os.PathLike | None = None,
+          checkpoint_every: int = 100, progress: bool = True, metadata: Mapping | None = None) -> SAE:
+    """Train a SAE on a harvest's activations at ``hook`` (``data``: ``interp.harvest.open(path)`` or a path).
+
+    - **Batches**: ``batch_size`` tokens per step, drawn in the harvest's seeded shuffled order (each row's BOS
+      left out); under ``torchrun`` each of N ranks takes its 1/N slice of the same global batch, and the
+      gradients are summed across ranks (each rank's loss is its share of the global batch's), so N processes
+      take the steps one process takes with the same ``batch_size``.
+    - **Loss**: the squared error summed over dimensions, averaged over the batch; ``"standard"`` adds
+      ``l1 * sum_i f_i ||W_dec_i||``; ``"topk"`` keeps the decoder rows at unit norm after each step.
+    - **Dead latents**: a latent is dead when it has not fired in the last ``dead_after`` tokens (counted over
+      every rank: the counts are reduced with a max, so ranks never diverge). Their pre-activations' top
+      ``aux_k`` (default d_in // 2) reconstruct the live latents' error (AuxK, Gao et al. 2024), added as
+      ``aux_coeff * ||e - e_hat||^2 / ||e||^2`` over the global batch.
+    - **Init** (seeded): decoder rows random unit vectors, the encoder their transpose, ``b_dec`` the first
+      global batch's mean.
+    - **Checkpoints** in ``out`` every ``checkpoint_every`` steps (the SAE in SAELens's format, the optimiser and
+      the step, each through a temporary name); a rerun with the same arguments resumes from the last one, with
+      the batches it would have seen; other arguments are refused.
+
+    Returns the trained SAE (also saved in ``out``).
+    """
+    from interp.harvest import Harvest
+
+    if architecture not in ("topk", "standard"):
+        raise ValueError(f"train builds 'topk' or 'standard' SAEs, got {architecture!r} (JumpReLU SAEs load, save "
+                         "and evaluate, but do not train here)")
+    data = data if isinstance(data, Harvest) else Harvest(data)
+    if hook not in data.hooks or data.manifest["stats_only"]:
+        raise ValueError(f"the harvest {data.path} holds no activations of {hook!r} (hooks {data.hooks}"
+                         f"{', statistics only' if data.manifest['stats_only'] else ''})")
+    rank, world = _world()
+    batch_size = check_positive_int(batch_size, "batch_size")
+    if batch_size % world:
+        raise ValueError(f"batch_size {batch_size} must divide evenly over {world} processes")
+    steps = check_positive_int(steps, "steps")
+    checkpoint_every = check_positive_int(checkpoint_every, "checkpoint_every")
+    d_in = math.prod(data.manifest.get("feature_shapes", {}).get(hook) or [data.shard(0, hook).shape[-1]])
+    k = k if architecture == "topk" else None
+    cfg = TrainConfig(hook, check_positive_int(d_sae, "d_sae"), architecture, k, float(l1), batch_size, steps,
+                      float(lr), seed, aux_k or d_in // 2, float(aux_coeff), check_positive_int(dead_after, "dead_after"))
+    sae = SAE(d_in, d_sae, hook_name=hook, architecture=architecture, k=k,
+              metadata={"model_name": data.manifest["model"]["label"], **(metadata or {})})
+    optimizer = torch.optim.Adam(sae.parameters(), lr=lr)
+    since_fired = torch.zeros(d_sae, dtype=torch.int64)  # tokens since each latent last fired (all ranks)
+    start = 0
+    batches = _global_batches(data, hook, batch_size, seed)
+    out = None if out is None else Path(out)
+    if out is not None and (out / "train.json").exists():
+        start = _resume(out, cfg, sae, optimizer, since_fired)
+        for _ in range(start):
+            next(batches)
+    else:
+        generator = torch.Generator().manual_seed(seed)
+        with torch.no_grad():
+            W = torch.randn(d_sae, d_in, generator=generator)
+            sae.W_dec.copy_(W / W.norm(dim=-1, keepdim=True))
+            sae.W_enc.copy_(sae.W_dec.T)
+            sae.b_dec.copy_(next(_global_batches(data, hook, batch_size, seed)).mean(0))  # also step 0's batch
+        if out is not None and rank == 0:
+            atomic_write(out / "train.json", json.dumps(asdict(cfg), indent=1) + "\n")
+    share = slice(rank * batch_size // world, (rank + 1) * batch_size // world)
+    bar = None
+    if progress and rank == 0:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=steps, initial=start, unit="step", desc=f"train SAE ({world} process{'es' * (world > 1)})",
+                   file=sys.stderr)
+    for step in range(start, steps):
+        x = next(batches)[share]
+        loss, parts, fired = _loss(sae, x, cfg, since_fired >= cfg.dead_after)
+        optimizer.zero_grad(set_to_none=False)
+        loss.backward()
+        for p in sae.parameters():
+            _all_reduce(p.grad)
+        optimizer.step()
+        if architecture == "topk":
+            with torch.no_grad():
+                sae.W_dec /= sae.W_dec.norm(dim=-1, keepdim=True)
+        fired = _all_reduce(fired.to(torch.int64), "max").bool()
+        since_fired = torch.where(fired, 0, since_fired + batch_size)
+        if bar is not None:
+            bar.update()
+            bar.set_postfix(mse=f"{parts['mse']:.4g}", dead=int((since_fired >= cfg.dead_after).sum()))
+        if out is not None and ((step + 1) % checkpoint_every == 0 or step + 1 == steps) and rank == 0:
+            _checkpoint(out, sae, optimizer, since_fired, step + 1)
+    if bar is not None:
+        bar.close()
+    return sae
+
+
+def _loss(sae: SAE, x: Tensor, cfg: TrainConfig, dead: Tensor) -> tuple[Tensor, dict, Tensor]:
+    """This rank's share of the global batch's loss, its parts (this rank's), and which latents fired."""
+    pre = sae.pre_acts(x)
+    features = sae.activation(pre)
+    x_hat = sae.decode(features)
+    error = x - x_hat
+    mse = error.pow(2).sum() / cfg.batch_size
+    loss = mse
+    if cfg.architecture == "standard":
+        loss = loss + cfg.l1 * (features * sae.W_dec.norm(dim=-1)).sum() / cfg.batch_size
+    if dead.any():
+        e = error.detach()
+        scale = _all_reduce(e.pow(2).sum().reshape(1)).clamp_min(1e-12)
+        values, indices = pre[:, dead].topk(min(cfg.aux_k, int(dead.sum())), dim=-1)
+        e_hat = torch.zeros_like(pre[:, dead]).scatter(-1, indices, values.relu()) @ sae.W_dec[dead]
+        loss = loss + cfg.aux_coeff * (e - e_hat).pow(2).sum() / scale[0]
+    return loss, {"mse": float(mse) * cfg.batch_size / len(x)}, (features > 0).any(0)
+
+
+def _checkpoint(out: Path, sae: SAE, optimizer, since_fired: Tensor, step: int) -> None:
+    """Everything a resume needs in one file written through a temporary name (a kill leaves the last whole
+    checkpoint), then the SAE in SAELens's format beside it."""
+    import io
+
+    buffer = io.BytesIO()
+    torch.save({"step": step, "sae": sae.state_dict(), "optimizer": optimizer.state_dict(),
+                "since_fired": since_fired}, buffer)
+    atomic_write(out / "trainer_state.pt", buffer.getvalue())
+    save(sae, out / "sae")
+
+
+def _resume(out: Path, cfg: TrainConfig, sae: SAE, optimizer, since_fired: Tensor) -> int:
+    before = json.loads((out / "train.json").read_text())
+    if before != asdict(cfg):
+        differ = sorted(key for key in before if before[key] != asdict(cfg).get(key))
+        raise ValueError(f"{out} holds a SAE training run with another {', '.join(differ)}: use another folder, "
+                         "or delete this one to start again")
+    if not (out / "trainer_state.pt").exists():
+        raise ValueError(f"{out} has train.json but no checkpoint yet: delete it to start again")
+    state = torch.load(out / "trainer_state.pt", weights_only=True)
+    sae.load_state_dict(state["sae"])
+    optimizer.load_state_dict(state["optimizer"])
+    since_fired.copy_(state["since_fired"])
+    return int(state["step"])
+
+
+# ---------------------------------------------------------------------------------------------- command
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    parser = argparse.ArgumentParser(
+        prog="python -m interp.sae", formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Train a sparse autoencoder on a harvest's activations (interp.sae.train), checkpointed and "
+                    "resumable; the SAE is written in SAELens's format to OUT/sae.\n\n"
+                    "    python -m interp.sae harvest/json --hook blocks.1.hook_resid_pre --d-sae 4096 --k 16 "
+                    "--out sae/json\n"
+                    "    torchrun --nproc_per_node 2 -m interp.sae ...   # the same steps, data-parallel")
+    parser.add_argument("harvest", help="a harvest folder (python -m interp.harvest) holding the hook's activations")
+    parser.add_argument("--hook", required=True, help="the hook whose activations to train on")
+    parser.add_argument("--out", required=True, type=Path, help="output folder (checkpoints, then the SAE in OUT/sae)")
+    parser.add_argument("--d-sae", type=int, required=True, help="number of latents")
+    parser.add_argument("--architecture", default="topk", choices=("topk", "standard"), help="default: topk")
+    parser.add_argument("--k", type=int, default=16, help="TopK's k (default: 16)")
+    parser.add_argument("--l1", type=float, default=5.0, help="standard SAEs' L1 coefficient (default: 5)")
+    parser.add_argument("--batch-size", type=int, default=4096, help="tokens per step, over all processes (default: 4096)")
+    parser.add_argument("--steps", type=int, default=1000, help="optimiser steps (default: 1000)")
+    parser.add_argument("--lr", type=float, default=4e-4, help="Adam's learning rate (default: 4e-4)")
+    parser.add_argument("--seed", type=int, default=0, help="initialisation and batch order (default: 0)")
+    parser.add_argument("--dead-after", type=int, default=1_000_000,
+                        help="tokens without firing before a latent counts as dead (default: 1,000,000)")
+    parser.add_argument("--checkpoint-every", type=int, default=100, help="steps between checkpoints (default: 100)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    args = parser.parse_args(argv)
+    train(args.harvest, hook=args.hook, d_sae=args.d_sae, architecture=args.architecture, k=args.k, l1=args.l1,
+          batch_size=args.batch_size, steps=args.steps, lr=args.lr, seed=args.seed, dead_after=args.dead_after,
+          out=args.out, checkpoint_every=args.checkpoint_every, progress=not args.no_progress)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

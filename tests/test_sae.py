@@ -1,0 +1,411 @@
+"""Sparse autoencoders: SAELens's format both ways (the oracle test runs where ``sae-lens`` installs, on
+TransformerLens 3.9), splicing against a hand-written Hugging Face hook, the evaluation's definitions against
+SAEs whose answers are known, feature attribution against finite differences, logit effects against Hugging
+Face's weights, and training (seeded, resumed, and one process against two under torchrun)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import interp
+from interp import harvest as hv
+from interp import sae as S
+from interp.checkpoints import write_random_checkpoint
+from interp.errors import SAEFormatError
+from interp.hooks import attached_hooks
+from interp.loading import load_model
+from interp.metrics import metric_values
+
+RAW = dict(fold_ln=False, center_writing_weights=False, center_unembed=False)
+CORPUS = Path(json.__file__).parent  # the stdlib's json package
+HOOK = "blocks.1.hook_resid_pre"
+REPO = Path(__file__).resolve().parent.parent
+TEXTS = ["The cat sat on the mat and then", "def main():\n    return 0 if x else 1"]
+
+
+def two_rows(model, n: int = 8):
+    """Two rows of ``n`` tokens, each starting with BOS."""
+    return torch.cat([interp.to_tokens(model, text)[:, :n] for text in TEXTS])
+
+
+def random_sae(architecture: str, d_in: int, d_sae: int = 48, seed: int = 0, hook: str = HOOK) -> S.SAE:
+    """Random weights with non-zero biases (and thresholds), so a dropped term shows."""
+    generator = torch.Generator().manual_seed(seed)
+    sae = S.SAE(d_in, d_sae, hook_name=hook, architecture=architecture, k=5 if architecture == "topk" else None)
+    with torch.no_grad():
+        for p in sae.parameters():
+            p.copy_(torch.randn(p.shape, generator=generator) * (0.3 if p.ndim == 2 else 0.1))
+        if sae.threshold is not None:
+            sae.threshold.copy_(torch.rand(d_sae, generator=generator) * 0.2)
+    return sae
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    return write_random_checkpoint(tmp_path_factory.mktemp("sae") / "two-layer", seed=3, n_layer=2, n_embd=64,
+                                   n_head=4, n_positions=64, with_tokenizer=True)
+
+
+@pytest.fixture(scope="module")
+def raw_model(checkpoint):
+    return load_model(checkpoint, device="cpu", **RAW)
+
+
+@pytest.fixture(scope="module")
+def bundled():
+    return load_model("bundled", device="cpu")
+
+
+@pytest.fixture(scope="module")
+def harvested(bundled, tmp_path_factory):
+    out = tmp_path_factory.mktemp("sae-harvest") / "json"
+    hv.harvest(bundled, CORPUS, hooks=[HOOK], out=out, progress=False, context=64, shard_rows=64,
+               pattern="**/*.py")
+    return hv.open(out)
+
+
+@pytest.mark.parametrize("architecture", S.ARCHITECTURES)
+def test_encode_and_decode_are_saelens_formulas_from_the_raw_weights(architecture):
+    sae = random_sae(architecture, 16)
+    x = torch.randn(7, 16, generator=torch.Generator().manual_seed(1)).double()
+    W_enc, b_enc, W_dec, b_dec = (getattr(sae, n).detach().double() for n in ("W_enc", "b_enc", "W_dec", "b_dec"))
+    pre = (x - b_dec) @ W_enc + b_enc
+    if architecture == "standard":
+        f = pre.relu()
+    elif architecture == "jumprelu":
+        f = torch.where(pre > sae.threshold.detach().double(), pre.relu(), 0)
+    else:
+        top = pre.topk(5, dim=-1).indices
+        f = torch.zeros_like(pre).scatter(-1, top, pre.gather(-1, top).relu())
+    torch.testing.assert_close(sae.encode(x.float()).double(), f, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(sae(x.float()).double(), f @ W_dec + b_dec, atol=1e-4, rtol=1e-4)
+    assert (f > 0).sum(-1).max() <= (5 if architecture == "topk" else 48)
+
+
+@pytest.mark.parametrize("architecture", S.ARCHITECTURES)
+def test_save_and_load_round_trip_in_saelens_layout(architecture, tmp_path):
+    sae = random_sae(architecture, 16)
+    S.save(sae, tmp_path / "s")
+    cfg = json.loads((tmp_path / "s" / "cfg.json").read_text())
+    assert cfg["architecture"] == architecture and cfg["d_in"] == 16 and cfg["d_sae"] == 48
+    assert cfg["metadata"]["hook_name"] == HOOK and cfg["normalize_activations"] == "none"
+    assert cfg["apply_b_dec_to_input"] is True and (cfg.get("k") == 5) == (architecture == "topk")
+    from safetensors.torch import load_file
+
+    assert set(load_file(tmp_path / "s" / "sae_weights.safetensors")) == (
+        {"W_enc", "b_enc", "W_dec", "b_dec"} | ({"threshold"} if architecture == "jumprelu" else set()))
+    again = S.load(tmp_path / "s")
+    for (name, p), (_, q) in zip(sae.named_parameters(), again.named_parameters()):
+        assert torch.equal(p, q), name
+    assert repr(again) == repr(sae)
+
+
+def test_bad_files_get_typed_errors(tmp_path, bundled):
+    from safetensors.torch import load_file, save_file
+
+    S.save(random_sae("topk", 16), tmp_path / "good")
+    with pytest.raises(FileNotFoundError):
+        S.load(tmp_path / "nothing")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(SAEFormatError, match="no cfg.json"):
+        S.load(tmp_path / "empty")
+    tensors = load_file(tmp_path / "good" / "sae_weights.safetensors")
+    for broken, change, message in (
+            ("missing", lambda t: t.pop("b_enc"), "lacks b_enc"),
+            ("shape", lambda t: t.update(W_dec=torch.zeros(48, 17)), r"W_dec is \(48, 17\)")):
+        folder = tmp_path / broken
+        folder.mkdir()
+        (folder / "cfg.json").write_text((tmp_path / "good" / "cfg.json").read_text())
+        copy = dict(tensors)
+        change(copy)
+        save_file(copy, folder / "sae_weights.safetensors")
+        with pytest.raises(SAEFormatError, match=message):
+            S.load(folder)
+    cfg = json.loads((tmp_path / "good" / "cfg.json").read_text())
+    for key, value, message in (("normalize_activations", "layer_norm", "not supported"),
+                                ("architecture", "gated", "not one interp reads")):
+        folder = tmp_path / f"cfg-{key}"
+        folder.mkdir()
+        (folder / "cfg.json").write_text(json.dumps({**cfg, key: value}))
+        save_file(tensors, folder / "sae_weights.safetensors")
+        with pytest.raises(SAEFormatError, match=message):
+            S.load(folder)
+    forwards = []
+    handle = bundled.register_forward_pre_hook(lambda *a: forwards.append(1))
+    try:
+        # the bundled model's residual is 128 wide, and it has 2 layers
+        with pytest.raises(SAEFormatError, match="d_in=16"), S.splice(bundled, random_sae("topk", 16)):
+            pass
+        with pytest.raises(SAEFormatError, match="not in this model"), \
+                S.splice(bundled, random_sae("topk", 128, hook="blocks.7.hook_resid_pre")):
+            pass
+    finally:
+        handle.remove()
+    assert not forwards and not attached_hooks(bundled)
+
+
+def test_pre_6_saelens_configs_load(tmp_path):
+    """SAELens before 6 wrote ``hook_point`` and no ``architecture`` (as gpt2-small-res-jb's files do)."""
+    sae = random_sae("standard", 16)
+    S.save(sae, tmp_path / "s")
+    (tmp_path / "s" / "cfg.json").write_text(json.dumps({"d_in": 16, "d_sae": 48, "hook_point": HOOK,
+                                                         "hook_point_layer": 1, "model_name": "gpt2"}))
+    again = S.load(tmp_path / "s")
+    assert again.architecture == "standard" and again.hook_name == HOOK
+    assert torch.equal(again.W_enc, sae.W_enc)
+
+
+def hf_spliced_logits(checkpoint, tokens, sae, layer: int, with_error_edit=None):
+    """Hugging Face's model with a torch pre-hook on block ``layer`` that splices the SAE at positions >= 1."""
+    from transformers import GPT2LMHeadModel
+
+    hf = GPT2LMHeadModel.from_pretrained(checkpoint).eval()
+
+    def pre_hook(module, args, kwargs):
+        x = args[0] if args else kwargs["hidden_states"]
+        out = x.clone()
+        f = sae.encode(x[:, 1:])
+        if with_error_edit is None:
+            out[:, 1:] = sae.decode(f)
+        else:
+            out[:, 1:] = x[:, 1:] + (sae.decode(with_error_edit(f)) - sae.decode(f))
+        if args:
+            return (out, *args[1:]), kwargs
+        return args, {**kwargs, "hidden_states": out}
+
+    handle = hf.transformer.h[layer].register_forward_pre_hook(pre_hook, with_kwargs=True)
+    try:
+        with torch.no_grad():
+            return hf(tokens).logits
+    finally:
+        handle.remove()
+
+
+def test_splice_equals_a_hand_written_hugging_face_splice(checkpoint, raw_model):
+    tokens = interp.to_tokens(raw_model, TEXTS[:1])
+    sae = random_sae("topk", 64)
+    with torch.no_grad(), S.splice(raw_model, sae):
+        ours = raw_model(tokens)
+    torch.testing.assert_close(ours, hf_spliced_logits(checkpoint, tokens, sae, 1), atol=1e-4, rtol=1e-4)
+
+    def edit(f):
+        f = f.clone()
+        f[..., [3, 7]] = 0
+        return f
+
+    with torch.no_grad(), S.ablate_features(raw_model, sae, [3, 7]):
+        ablated = raw_model(tokens)
+    torch.testing.assert_close(ablated, hf_spliced_logits(checkpoint, tokens, sae, 1, edit), atol=1e-4, rtol=1e-4)
+    assert not attached_hooks(raw_model)
+
+
+def test_with_error_and_no_edit_is_the_model_exactly(bundled):
+    tokens = two_rows(bundled)
+    sae = random_sae("jumprelu", 128)
+    with torch.no_grad():
+        clean = bundled(tokens)
+        with S.splice(bundled, sae, with_error=True):
+            spliced = bundled(tokens)
+        with S.steer_features(bundled, sae, {0: 0.0}):  # an edit that adds nothing
+            steered_by_zero = bundled(tokens)
+    assert torch.equal(spliced, clean)
+    assert torch.equal(steered_by_zero, clean)  # decode(f') - decode(f) is exactly 0 when f' == f
+
+
+def test_steering_reaches_generate_and_leaves_no_hook(bundled):
+    from interp.sampling import generate
+
+    sae = random_sae("topk", 128)
+    plain = generate(bundled, "def main():", max_new_tokens=8, temperature=0).texts
+    with S.steer_features(bundled, sae, {5: 200.0}):
+        steered = generate(bundled, "def main():", max_new_tokens=8, temperature=0).texts
+        direct = bundled(interp.to_tokens(bundled, "def main():"))
+    assert steered != plain
+    assert not attached_hooks(bundled)
+    x = {}
+    with torch.no_grad(), interp.temporary_hooks(bundled, [(HOOK, lambda act, hook: x.setdefault("x", act.clone()))]):
+        bundled(interp.to_tokens(bundled, "def main():"))
+    moved = x["x"].clone()
+    moved[:, 1:] += 200.0 * sae.W_dec[5].detach()  # add mode: the activation moves by value x W_dec[feature]
+    with torch.no_grad(), interp.temporary_hooks(bundled, [(HOOK, lambda act, hook: moved)]):
+        torch.testing.assert_close(direct, bundled(interp.to_tokens(bundled, "def main():")), atol=1e-3, rtol=1e-4)
+    with pytest.raises(ValueError, match="outside"), S.steer_features(bundled, sae, {128: 1.0}):
+        pass
+    with pytest.raises(ValueError, match="NaN or inf"), S.steer_features(bundled, sae, {1: float("nan")}):
+        pass
+
+
+def exact_sae(d_in: int) -> S.SAE:
+    """relu(x) - relu(-x) = x: a standard SAE that reconstructs every activation exactly."""
+    sae = S.SAE(d_in, 2 * d_in, hook_name=HOOK, architecture="standard", apply_b_dec_to_input=False)
+    eye = torch.eye(d_in)
+    with torch.no_grad():
+        sae.W_enc.copy_(torch.cat([eye, -eye], dim=1))
+        sae.W_dec.copy_(torch.cat([eye, -eye], dim=0))
+    return sae
+
+
+def test_evaluation_definitions_on_saes_with_known_answers(bundled):
+    tokens = two_rows(bundled)
+    exact = S.evaluate(bundled, exact_sae(128), tokens)
+    assert exact.explained_variance == pytest.approx(1, abs=1e-6) and exact.mse == pytest.approx(0, abs=1e-9)
+    assert exact.ce_loss_score == pytest.approx(1, abs=1e-4) and exact.kl_score == pytest.approx(1, abs=1e-4)
+    assert exact.tokens == 2 * 7 and exact.ce_clean == pytest.approx(float(bundled(tokens, return_type="loss")),
+                                                                     rel=1e-5)
+    zero = S.evaluate(bundled, S.SAE(128, 64, hook_name=HOOK, architecture="standard"), tokens)
+    assert zero.ce_loss_score == pytest.approx(0, abs=1e-6) and zero.kl_score == pytest.approx(0, abs=1e-6)
+    assert zero.l0 == 0 and zero.dead_fraction == 1 and zero.dense_fraction == 0
+    # explained variance and L0 recomputed from cached activations
+    sae = random_sae("topk", 128)
+    m = S.evaluate(bundled, sae, tokens)
+    _, cache = bundled.run_with_cache(tokens, names_filter=HOOK)
+    x = cache[HOOK][:, 1:].reshape(-1, 128).double()
+    x_hat = sae(x.float()).double()
+    assert m.explained_variance == pytest.approx(float(1 - (x - x_hat).pow(2).sum() / (x - x.mean(0)).pow(2).sum()),
+                                                 rel=1e-6)
+    assert m.l0 == pytest.approx(float((sae.encode(x.float()) > 0).sum(-1).double().mean()))
+
+
+def test_feature_attribution_is_the_first_order_effect(raw_model):
+    model64 = raw_model.to(torch.float64)
+    try:
+        tokens = interp.to_tokens(model64, TEXTS[:1])
+        sae = random_sae("standard", 64).double()
+
+        def metric(logits):
+            return logits[:, -1].log_softmax(-1)[:, 42]
+
+        attribution = S.feature_attribution(model64, sae, tokens, metric)
+        _, cache = model64.run_with_cache(tokens, names_filter=HOOK)
+        f = sae.encode(cache[HOOK])
+        checked = 0
+        for pos, feature in [(p, int(f[0, p].argmax())) for p in (1, 3, tokens.shape[1] - 1)]:
+            values = []
+            for eps in (1e-4, -1e-4):
+                def scale(act, hook, pos=pos, feature=feature, eps=eps):
+                    out = act.clone()
+                    out[:, pos] += eps * f[0, pos, feature] * sae.W_dec[feature]
+                    return out
+
+                with torch.no_grad(), interp.temporary_hooks(model64, [(HOOK, scale)]):
+                    values.append(metric_values(metric, model64(tokens)))
+            finite = float((values[0] - values[1]) / 2e-4)
+            assert float(attribution[0, pos, feature]) == pytest.approx(finite, rel=1e-4, abs=1e-8)
+            checked += 1
+        assert checked == 3
+    finally:
+        raw_model.to(torch.float32)
+
+
+def test_logit_effects_from_hugging_face_weights(checkpoint, raw_model):
+    from transformers import GPT2LMHeadModel
+
+    hf = GPT2LMHeadModel.from_pretrained(checkpoint)
+    sae = random_sae("topk", 64)
+    W = sae.W_dec.detach().double()
+    expected = ((W - W.mean(-1, keepdim=True)) * hf.transformer.ln_f.weight.detach().double()) @ \
+        hf.lm_head.weight.detach().double().T
+    torch.testing.assert_close(S.logit_effects(raw_model, sae).double(), expected, atol=1e-4, rtol=1e-4)
+
+
+# ---------------------------------------------------------------------------------------------- training
+
+TRAIN = dict(hook=HOOK, d_sae=256, k=8, batch_size=256, steps=30, lr=1e-3, seed=0, dead_after=512, progress=False)
+
+
+def test_training_is_seeded_learns_and_resumes_to_the_same_weights(bundled, harvested, tmp_path, monkeypatch):
+    a = S.train(harvested, **TRAIN)
+    b = S.train(harvested, **TRAIN)
+    for (name, p), (_, q) in zip(a.named_parameters(), b.named_parameters()):
+        assert torch.equal(p, q), name
+    held_out = interp.to_tokens(bundled, ["import sys\nfor line in sys.stdin:\n    print(line.upper())"])
+    trained = S.evaluate(bundled, S.train(harvested, **{**TRAIN, "steps": 150}), held_out)
+    untrained = S.evaluate(bundled, S.train(harvested, **{**TRAIN, "steps": 1}), held_out)
+    assert trained.explained_variance > untrained.explained_variance + 0.2
+    assert trained.l0 <= 8
+    # interrupted after step 17, then the same call again: the weights of an uninterrupted run
+    out = tmp_path / "run"
+    calls = {"n": 0}
+    real = S._loss
+
+    def crash(*args):
+        calls["n"] += 1
+        if calls["n"] == 18:
+            raise KeyboardInterrupt
+        return real(*args)
+
+    monkeypatch.setattr(S, "_loss", crash)
+    with pytest.raises(KeyboardInterrupt):
+        S.train(harvested, **TRAIN, out=out, checkpoint_every=5)
+    monkeypatch.setattr(S, "_loss", real)
+    assert json.loads((out / "sae" / "cfg.json").read_text())["metadata"]["hook_name"] == HOOK
+    resumed = S.train(harvested, **TRAIN, out=out, checkpoint_every=5)
+    for (name, p), (_, q) in zip(a.named_parameters(), resumed.named_parameters()):
+        assert torch.equal(p, q), name
+    with pytest.raises(ValueError, match="another d_sae"):
+        S.train(harvested, **{**TRAIN, "d_sae": 128}, out=out)
+
+
+WORKER = """
+import sys, torch
+from interp import harvest as hv, sae as S
+kwargs = dict(hook="{hook}", d_sae=256, k=8, batch_size=256, steps=25, lr=1e-3, seed=0, dead_after=256,
+              progress=False)
+sae = S.train(hv.open(sys.argv[1]), **kwargs)
+import torch.distributed as dist
+if not dist.is_initialized() or dist.get_rank() == 0:
+    S.save(sae, sys.argv[2])
+"""
+
+
+def test_two_processes_train_what_one_trains(harvested, tmp_path):
+    """The same global batch split over 2 ranks (gloo), gradients summed: the weights after 25 steps (with
+    dead latents and AuxK in play: dead_after is one batch) agree with one process's to 1e-5. Float sums in
+    another order are the only difference."""
+    script = tmp_path / "worker.py"
+    script.write_text(WORKER.format(hook=HOOK))
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    subprocess.run([sys.executable, str(script), str(harvested.path), str(tmp_path / "one")], check=True, env=env,
+                   cwd=REPO)
+    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                    str(script), str(harvested.path), str(tmp_path / "two")], check=True, env=env, cwd=REPO)
+    one, two = S.load(tmp_path / "one"), S.load(tmp_path / "two")
+    for (name, p), (_, q) in zip(one.named_parameters(), two.named_parameters()):
+        torch.testing.assert_close(p, q, atol=1e-5, rtol=1e-4, msg=name)
+
+
+def test_training_refuses_bad_input_before_any_step(harvested):
+    with pytest.raises(ValueError, match="holds no activations"):
+        S.train(harvested, **{**TRAIN, "hook": "blocks.0.hook_resid_pre"})
+    with pytest.raises(ValueError, match="JumpReLU"):
+        S.train(harvested, **{**TRAIN, "architecture": "jumprelu"})
+    with pytest.raises(ValueError, match="steps"):
+        S.train(harvested, **{**TRAIN, "steps": 0})
+
+
+# ---------------------------------------------------------------------------------------------- SAELens
+
+
+@pytest.mark.parametrize("architecture", S.ARCHITECTURES)
+def test_saelens_reads_ours_and_we_read_saelens(architecture, tmp_path):
+    """The oracle: SAELens 6 (installed where TransformerLens 3.9 is) computes the same features and
+    reconstructions from the same files, both ways."""
+    sae_lens = pytest.importorskip("sae_lens")
+    ours = random_sae(architecture, 32)
+    S.save(ours, tmp_path / "ours")
+    theirs = sae_lens.SAE.load_from_disk(str(tmp_path / "ours"))
+    x = torch.randn(9, 32, generator=torch.Generator().manual_seed(4))
+    torch.testing.assert_close(theirs.encode(x), ours.encode(x), atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(theirs.decode(theirs.encode(x)), ours(x), atol=1e-6, rtol=1e-6)
+    assert theirs.cfg.metadata.hook_name == HOOK and theirs.cfg.architecture() == architecture
+    theirs.save_model(str(tmp_path / "theirs"))
+    again = S.load(tmp_path / "theirs")
+    torch.testing.assert_close(again.encode(x), theirs.encode(x), atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(again(x), theirs(x), atol=1e-6, rtol=1e-6)
