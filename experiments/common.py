@@ -22,11 +22,13 @@ DEFAULT_MODEL = "gpt2"  # GPT-2 small; with no --model it falls back to the bund
 
 
 class Figure(NamedTuple):
-    """What a family's ``figures(result)`` returns, one per figure: its file name, the plot, and its data."""
+    """What a family's ``figures(result)`` returns, one per figure: its file name, the plot, its data, and any
+    static HTML pages that go with it (a relative path inside the folder ``name/`` -> the page)."""
 
     name: str
     fig: object  # a plotly Figure
     data: dict
+    pages: dict | None = None
 
 
 def add_common_args(parser: argparse.ArgumentParser) -> None:

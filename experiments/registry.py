@@ -23,6 +23,7 @@ FAMILY_NAMES = (
     "temperature",
     "mechanisms",
     "circuits",
+    "features",
 )
 
 

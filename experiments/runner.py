@@ -150,7 +150,7 @@ def main(argv: list[str] | None = None, *, only: str | None = None) -> int:
             paths = []
             for figure in family.figures(result):
                 paths += writer.save(figure.fig, figure.name, figure.data, params=dataclasses.asdict(configs[name]),
-                                     wall_seconds=elapsed, meta=figure_meta)
+                                     wall_seconds=elapsed, meta=figure_meta, pages=figure.pages)
             times.append((name, time.perf_counter() - start, paths))
 
     if writer.removed:

@@ -3,7 +3,8 @@
 The names a researcher types in IPython; everything else lives in the topic modules
 (``interp.specs``, ``interp.loading``, ``interp.backends``, ``interp.architecture``, ``interp.inputs``,
 ``interp.hooks``, ``interp.caching``, ``interp.interventions``, ``interp.metrics``, ``interp.heads``,
-``interp.lens``, ``interp.patching``, ``interp.sampling``, ``interp.figures``, ``interp.errors``).
+``interp.lens``, ``interp.patching``, ``interp.circuits``, ``interp.harvest``, ``interp.sae``, ``interp.sampling``,
+``interp.figures``, ``interp.errors``).
 """
 
 from interp.architecture import (

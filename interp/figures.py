@@ -132,11 +132,19 @@ class FigureWriter:
         return self._export
 
     def save(self, fig, name: str, data: dict, *, params: dict | None = None, wall_seconds: float | None = None,
-             meta: dict | None = None) -> list[Path]:
+             meta: dict | None = None, pages: dict[str, str] | None = None) -> list[Path]:
         """Write ``name.html``, ``name.json`` (the data) and ``name.png`` when possible; record the manifest.
 
         ``meta`` overrides the run's metadata for this figure (e.g. a figure made from the architecture alone).
+        ``pages`` are static HTML pages that go with the figure (relative path -> text), written into the folder
+        ``name/``, which they replace whole (a page of an earlier run is never left beside them).
         """
+        if pages:
+            folder = self.out_dir / name
+            if folder.exists():
+                shutil.rmtree(folder)
+            for relative, text in sorted(pages.items()):
+                atomic_write(folder / relative, text)
         paths = [self.out_dir / f"{name}.html", self.out_dir / f"{name}.json"]
         # A fixed div id (plotly's default is random), so a regenerated gallery shows no diff when nothing changed.
         atomic_write(paths[0], fig.to_html(include_plotlyjs="directory", full_html=True, div_id=f"figure-{name}"))
@@ -162,7 +170,7 @@ class FigureWriter:
             if stale not in paths and stale.exists():
                 stale.unlink()
                 self.removed.append(stale)
-        self._record(name, paths, params or {}, wall_seconds, meta or {})
+        self._record(name, paths, params or {}, wall_seconds, {**(meta or {}), **({"pages": len(pages)} if pages else {})})
         self.written.extend(paths)
         return paths
 

@@ -33,6 +33,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import einops
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor, nn
@@ -109,7 +110,12 @@ class SAE(nn.Module):
         return features @ self.W_dec + self.b_dec
 
     def forward(self, x: Float[Tensor, "... d_in"]) -> Float[Tensor, "... d_in"]:
-        return self.decode(self.encode(x))
+        """``decode(encode(x))``; for TopK, the k active decoder rows are gathered and summed instead of a dense
+        ``[..., d_sae] @ W_dec`` (the same up to float rounding, and d_sae / k times less work)."""
+        if self.architecture != "topk" or self.rescale_acts_by_decoder_norm:
+            return self.decode(self.encode(x))
+        values, indices = self.pre_acts(x).topk(self.k, dim=-1, sorted=False)
+        return einops.einsum(values.relu(), self.W_dec[indices], "... k, ... k d_in -> ... d_in") + self.b_dec
 
     def config(self) -> dict:
         """``cfg.json`` as SAELens 6's ``SAEConfig.to_dict()`` writes it."""
@@ -165,8 +171,12 @@ def _from_config(cfg: dict, where: Path) -> dict:
                 rescale_acts_by_decoder_norm=cfg.get("rescale_acts_by_decoder_norm", False), metadata=metadata)
 
 
+BUNDLED = Path(__file__).resolve().parent / "bundled" / "sae"  # the bundled model's SAE (SAE_CARD.md there)
+
+
 def load(path: str | os.PathLike, *, device: str = "cpu", dtype: torch.dtype | None = None) -> SAE:
-    """Read a SAE folder in SAELens's format (``cfg.json`` and ``sae_weights.safetensors``).
+    """Read a SAE folder in SAELens's format (``cfg.json`` and ``sae_weights.safetensors``); ``"bundled"``
+    is the SAE that ships for the bundled model (``blocks.1.hook_resid_pre``, see its ``SAE_CARD.md``).
 
     Raises ``SAEFormatError`` (a ``ValueError``) naming what is wrong: a missing file or tensor, a tensor of
     the wrong shape, an architecture or normalisation it does not read; ``FileNotFoundError`` for no folder.
@@ -174,7 +184,7 @@ def load(path: str | os.PathLike, *, device: str = "cpu", dtype: torch.dtype | N
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
-    path = Path(path)
+    path = BUNDLED if str(path) == "bundled" else Path(path)
     if not path.is_dir():
         raise FileNotFoundError(f"no SAE folder at {str(path)!r}")
     for name in (CFG_FILE, WEIGHTS_FILE):
@@ -253,17 +263,17 @@ def splice(model, sae: SAE, hook: str | None = None, *, with_error: bool = False
     first = 1 if keep_first else 0
 
     def fn(act, hook):
-        shape = act.shape
+        if with_error and edit is None:
+            return act  # x + (decode(f) - decode(f)) is x
         x = act[:, first:].flatten(2)  # [batch, pos, d_in]
-        features = sae.encode(x)
-        edited = features if edit is None else edit(features)
-        if with_error:
-            new = x + (sae.decode(edited) - sae.decode(features)).to(x.dtype) if edit is not None else x
+        if edit is None:
+            new = sae(x)
         else:
-            new = sae.decode(edited).to(x.dtype)
-        out = act.clone()
-        out[:, first:] = new.reshape(shape[0], shape[1] - first, *shape[2:])
-        return out
+            features = sae.encode(x)
+            edited = sae.decode(edit(features))
+            new = x + (edited - sae.decode(features)).to(x.dtype) if with_error else edited
+        new = new.to(act.dtype).reshape(act.shape[0], act.shape[1] - first, *act.shape[2:])
+        return torch.cat([act[:, :first], new], dim=1)
 
     with temporary_hooks(model, [(hook, fn)]):
         yield
@@ -619,7 +629,7 @@ def _loss(sae: SAE, x: Tensor, cfg: TrainConfig, dead: Tensor) -> tuple[Tensor, 
         values, indices = pre[:, dead].topk(min(cfg.aux_k, int(dead.sum())), dim=-1)
         e_hat = torch.zeros_like(pre[:, dead]).scatter(-1, indices, values.relu()) @ sae.W_dec[dead]
         loss = loss + cfg.aux_coeff * (e - e_hat).pow(2).sum() / scale[0]
-    return loss, {"mse": float(mse) * cfg.batch_size / len(x)}, (features > 0).any(0)
+    return loss, {"mse": float(mse.detach()) * cfg.batch_size / len(x)}, (features > 0).any(0)
 
 
 def _checkpoint(out: Path, sae: SAE, optimizer, since_fired: Tensor, step: int) -> None:

@@ -19,13 +19,13 @@ from interp.backends import DEFAULT_BACKEND
 FIGURES = ("parameter_breakdown", "head_attention_patterns", "head_scores", "head_attention_explorer",
            "temperature_next_token", "temperature_entropy", "temperature_samples", "temperature_coherence",
            "mechanisms_repetition", "mechanisms_patching", "mechanisms_steering", "circuits_graph",
-           "circuits_faithfulness", "circuits_scatter")
+           "circuits_faithfulness", "circuits_scatter", "features")
 
 
 # The smallest settings that still exercise every figure: one sample per temperature and prompt, short
 # continuations, two seeds (error bars need two), a coarse sweep, two prompt pairs.
 SMALL = ["--samples", "1", "--new-tokens", "6", "--seeds", "2", "--dense", "8", "--pairs", "2", "--steps", "2",
-         "--seq-len", "6", "--batch", "2"]
+         "--seq-len", "6", "--batch", "2", "--rows", "16", "--pages", "3"]
 
 
 @pytest.fixture(scope="module")
@@ -64,6 +64,10 @@ def test_same_seed_same_data_and_the_same_html(run_dirs):
     for name in FIGURES:
         assert (first / f"{name}.json").read_bytes() == (second / f"{name}.json").read_bytes(), name
         assert (first / f"{name}.html").read_bytes() == (second / f"{name}.html").read_bytes(), name
+    pages = sorted(p.name for p in (first / "features").iterdir())
+    assert "index.html" in pages and len(pages) == 4, "the index and --pages 3 feature pages"
+    for page in pages:
+        assert (first / "features" / page).read_bytes() == (second / "features" / page).read_bytes(), page
 
 
 def test_a_run_without_image_export_removes_the_images_it_could_not_remake(tmp_path):
@@ -103,6 +107,32 @@ def test_figure_draws_offline_in_headless_chromium(run_dirs, name, monkeypatch):
             capture_output=True, text=True, timeout=120,
         ).stdout
     assert dom.count("main-svg") > 0, f"plotly did not draw {page.name} offline"
+
+
+@pytest.mark.browser
+@pytest.mark.skipif(_chromium() is None, reason="Chromium is not installed (apt-get install chromium)")
+def test_feature_dashboards_render_offline_in_headless_chromium(run_dirs):
+    """The dashboard pages reference nothing outside themselves, and Chromium renders them with the network
+    unreachable: the index lists the latents, and a feature page shows its shaded contexts."""
+    folder = run_dirs[0] / "features"
+    for page in folder.iterdir():
+        text = page.read_text()
+        assert "http://" not in text and "https://" not in text and " src=" not in text, page.name
+    index = folder / "index.html"
+    feature = next(p for p in sorted(folder.iterdir()) if p.name.startswith("feature-"))
+    for page, expected in ((index, "Features, by density"), (feature, "Top-activating held-out contexts")):
+        with tempfile.TemporaryDirectory() as profile:
+            dom = subprocess.run(
+                [_chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                 f"--user-data-dir={profile}", "--host-resolver-rules=MAP * ~NOTFOUND",
+                 "--proxy-server=http://127.0.0.1:9", "--virtual-time-budget=5000", "--dump-dom", page.as_uri()],
+                capture_output=True, text=True, timeout=120,
+            ).stdout
+        assert expected in dom, page.name
+        if page == feature:
+            assert dom.count('class="ctx"') >= 1 and "background:rgba(255,140,0," in dom
+    assert feature.name.removeprefix("feature-").removesuffix(".html").lstrip("0") in index.read_text()
 
 
 def test_bad_temperature_is_a_one_line_error_not_a_traceback():

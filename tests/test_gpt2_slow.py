@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 
@@ -91,3 +93,33 @@ def test_ioi_edges_into_the_logits_come_from_the_name_movers(gpt2_model):
                           if e.receiver == "logits"), reverse=True)
     top = [sender for _, sender in into_logits[:6]]
     assert {"a9.h9", "a9.h6", "a10.h0"} <= set(top), into_logits[:8]
+
+
+# A SAELens-format GPT-2 small SAE, when one is on this machine: a folder with cfg.json, sae_weights.safetensors
+# and reported_metrics.json (what its authors report: any of l0, explained_variance, ce_loss_score, and the
+# held-out tokens they were measured on as tokens.npy [rows, pos], each row starting with BOS). For example
+# gpt2-small-res-jb's blocks.7.hook_resid_pre with the numbers of its release notes.
+GPT2_SAE = os.environ.get("INTERP_GPT2_SAE")
+
+
+@pytest.mark.skipif(not GPT2_SAE, reason="set INTERP_GPT2_SAE to a SAELens-format GPT-2 small SAE folder")
+def test_a_saelens_gpt2_small_sae_reproduces_its_reported_metrics(gpt2_model):
+    import json
+    from pathlib import Path
+
+    import numpy as np
+
+    from interp import sae as S
+
+    folder = Path(GPT2_SAE)
+    sae = S.load(folder)
+    reported = json.loads((folder / "reported_metrics.json").read_text())
+    tokens = torch.from_numpy(np.load(folder / "tokens.npy")).long()
+    with torch.no_grad():
+        clean = gpt2_model(tokens[:2])
+        with S.splice(gpt2_model, sae, with_error=True):
+            assert torch.equal(gpt2_model(tokens[:2]), clean)
+    measured = S.evaluate(gpt2_model, sae, tokens).to_dict()
+    tolerance = {"l0": dict(rel=0.1), "explained_variance": dict(abs=0.02), "ce_loss_score": dict(abs=0.02)}
+    for key, value in reported.items():
+        assert measured[key] == pytest.approx(value, **tolerance.get(key, dict(rel=0.05))), key

@@ -53,9 +53,9 @@ def checkpoint(tmp_path_factory):
                                    n_head=4, n_positions=64, with_tokenizer=True)
 
 
-@pytest.fixture(scope="module")
-def raw_model(checkpoint):
-    return load_model(checkpoint, device="cpu", **RAW)
+@pytest.fixture(scope="module", params=interp.backends.AVAILABLE_BACKENDS)
+def raw_model(request, checkpoint):
+    return load_model(checkpoint, backend=request.param, device="cpu", **RAW)
 
 
 @pytest.fixture(scope="module")
