@@ -90,7 +90,8 @@ class SAE(nn.Module):
 
     def pre_acts(self, x: Float[Tensor, "... d_in"]) -> Float[Tensor, "... d_sae"]:
         x = x.to(self.W_enc.dtype)
-        pre = (x - self.b_dec * self.apply_b_dec_to_input) @ self.W_enc + self.b_enc
+        centred = (x - self.b_dec) if self.apply_b_dec_to_input else x
+        pre = torch.addmm(self.b_enc, centred.reshape(-1, self.d_in), self.W_enc).view(*x.shape[:-1], self.d_sae)
         return pre * self.W_dec.norm(dim=-1) if self.rescale_acts_by_decoder_norm else pre
 
     def activation(self, pre: Float[Tensor, "... d_sae"]) -> Float[Tensor, "... d_sae"]:
@@ -688,9 +689,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--checkpoint-every", type=int, default=100, help="steps between checkpoints (default: 100)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
-    train(args.harvest, hook=args.hook, d_sae=args.d_sae, architecture=args.architecture, k=args.k, l1=args.l1,
-          batch_size=args.batch_size, steps=args.steps, lr=args.lr, seed=args.seed, dead_after=args.dead_after,
-          out=args.out, checkpoint_every=args.checkpoint_every, progress=not args.no_progress)
+    try:
+        train(args.harvest, hook=args.hook, d_sae=args.d_sae, architecture=args.architecture, k=args.k, l1=args.l1,
+              batch_size=args.batch_size, steps=args.steps, lr=args.lr, seed=args.seed, dead_after=args.dead_after,
+              out=args.out, checkpoint_every=args.checkpoint_every, progress=not args.no_progress)
+    except (ValueError, TypeError, FileNotFoundError) as err:  # bad input: one line, no traceback
+        raise SystemExit(f"error: {err}") from None
     return 0
 
 

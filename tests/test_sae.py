@@ -388,6 +388,10 @@ def test_training_refuses_bad_input_before_any_step(harvested):
         S.train(harvested, **{**TRAIN, "architecture": "jumprelu"})
     with pytest.raises(ValueError, match="steps"):
         S.train(harvested, **{**TRAIN, "steps": 0})
+    proc = subprocess.run([sys.executable, "-m", "interp.sae", str(harvested.path), "--hook", "blocks.9.hook_z",
+                           "--d-sae", "64", "--out", "unused"], capture_output=True, text=True, cwd=REPO)
+    assert proc.returncode != 0 and proc.stderr.strip().splitlines() == [
+        f"error: the harvest {harvested.path} holds no activations of 'blocks.9.hook_z' (hooks ['{HOOK}'])"]
 
 
 # ---------------------------------------------------------------------------------------------- SAELens
