@@ -522,6 +522,10 @@ def main(argv: list[str] | None = None) -> int:
     rank, _ = _world()
     if rank == 0:
         print(f"wrote {out}", file=sys.stderr)
+    import torch.distributed as dist
+
+    if dist.is_initialized():  # under torchrun: leave the group together, not one rank's exit under another
+        dist.destroy_process_group()
     return 0
 
 

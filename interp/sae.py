@@ -515,9 +515,14 @@ def _global_batches(data, hook: str, batch_size: int, seed: int) -> Iterator[Ten
     seed + e); each row's first position is left out."""
     epoch = 0
     while True:
+        yielded = False
         for batch in data.batches(hook, batch_size, seed=seed + epoch, skip_first=True):
             if len(batch) == batch_size:  # the short tail of a shard is left out: every step has one size
+                yielded = True
                 yield batch.flatten(1).float()
+        if not yielded:
+            raise ValueError(f"batch_size {batch_size} is more than one shard of {data.path} holds (batches are "
+                             "drawn within a shard): use a smaller batch_size, or harvest with more shard_rows")
         epoch += 1
 
 
@@ -572,7 +577,9 @@ def train(data, *, hook: str, d_sae: int, architecture: str = "topk", k: int | N
     batches = _global_batches(data, hook, batch_size, seed)
     out = None if out is None else Path(out)
     if out is not None and (out / "train.json").exists():
-        start = _resume(out, cfg, sae, optimizer, since_fired)
+        _check_same_run(out, cfg)
+    if out is not None and (out / "trainer_state.pt").exists():
+        start = _resume(out, sae, optimizer, since_fired)
         for _ in range(start):
             next(batches)
     else:
@@ -611,7 +618,14 @@ def train(data, *, hook: str, d_sae: int, architecture: str = "topk", k: int | N
             _checkpoint(out, sae, optimizer, since_fired, step + 1)
     if bar is not None:
         bar.close()
+    _barrier()  # every rank returns once rank 0's last checkpoint is written
     return sae
+
+
+def _barrier() -> None:
+    from interp.harvest import _barrier as barrier
+
+    barrier()
 
 
 def _loss(sae: SAE, x: Tensor, cfg: TrainConfig, dead: Tensor) -> tuple[Tensor, dict, Tensor]:
@@ -645,14 +659,16 @@ def _checkpoint(out: Path, sae: SAE, optimizer, since_fired: Tensor, step: int) 
     save(sae, out / "sae")
 
 
-def _resume(out: Path, cfg: TrainConfig, sae: SAE, optimizer, since_fired: Tensor) -> int:
+def _check_same_run(out: Path, cfg: TrainConfig) -> None:
     before = json.loads((out / "train.json").read_text())
     if before != asdict(cfg):
         differ = sorted(key for key in before if before[key] != asdict(cfg).get(key))
         raise ValueError(f"{out} holds a SAE training run with another {', '.join(differ)}: use another folder, "
                          "or delete this one to start again")
-    if not (out / "trainer_state.pt").exists():
-        raise ValueError(f"{out} has train.json but no checkpoint yet: delete it to start again")
+
+
+def _resume(out: Path, sae: SAE, optimizer, since_fired: Tensor) -> int:
+    """Load the last checkpoint; returns its step. (A run killed before its first checkpoint starts again.)"""
     state = torch.load(out / "trainer_state.pt", weights_only=True)
     sae.load_state_dict(state["sae"])
     optimizer.load_state_dict(state["optimizer"])
@@ -695,6 +711,10 @@ def main(argv: list[str] | None = None) -> int:
               out=args.out, checkpoint_every=args.checkpoint_every, progress=not args.no_progress)
     except (ValueError, TypeError, FileNotFoundError) as err:  # bad input: one line, no traceback
         raise SystemExit(f"error: {err}") from None
+    import torch.distributed as dist
+
+    if dist.is_initialized():  # under torchrun: leave the group together, not one rank's exit under another
+        dist.destroy_process_group()
     return 0
 
 

@@ -362,6 +362,9 @@ sae = S.train(hv.open(sys.argv[1]), **kwargs)
 import torch.distributed as dist
 if not dist.is_initialized() or dist.get_rank() == 0:
     S.save(sae, sys.argv[2])
+if dist.is_initialized():
+    dist.barrier()
+    dist.destroy_process_group()
 """
 
 
@@ -388,6 +391,8 @@ def test_training_refuses_bad_input_before_any_step(harvested):
         S.train(harvested, **{**TRAIN, "architecture": "jumprelu"})
     with pytest.raises(ValueError, match="steps"):
         S.train(harvested, **{**TRAIN, "steps": 0})
+    with pytest.raises(ValueError, match="more than one shard"):
+        S.train(harvested, **{**TRAIN, "batch_size": 64 * 63 + 1})
     proc = subprocess.run([sys.executable, "-m", "interp.sae", str(harvested.path), "--hook", "blocks.9.hook_z",
                            "--d-sae", "64", "--out", "unused"], capture_output=True, text=True, cwd=REPO)
     assert proc.returncode != 0 and proc.stderr.strip().splitlines() == [
