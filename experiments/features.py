@@ -57,6 +57,9 @@ class Config:
     def __post_init__(self):
         if self.rows < 1 or self.context < 4 or self.pages < 0 or self.examples < 1:
             raise ValueError("--rows and --examples must be >= 1, --context >= 4 and --pages >= 0")
+        if self.sae not in ("auto", "bundled") and not (Path(self.sae) / S.CFG_FILE).is_file():
+            raise ValueError(f"--sae {self.sae}: no SAELens SAE folder there (it needs {S.CFG_FILE} and "
+                             f"{S.WEIGHTS_FILE}); or pass 'bundled' or 'auto'")
 
 
 @dataclass(frozen=True)

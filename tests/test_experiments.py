@@ -135,6 +135,14 @@ def test_feature_dashboards_render_offline_in_headless_chromium(run_dirs):
     assert feature.name.removeprefix("feature-").removesuffix(".html").lstrip("0") in index.read_text()
 
 
+def test_a_missing_sae_folder_is_a_one_line_error_before_any_model_loads(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "experiments.features", "--sae", str(tmp_path / "none"),
+                           "--out", str(tmp_path / "out")], capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines()[-1].startswith(f"error: features: --sae {tmp_path / 'none'}: no SAELens")
+    assert not (tmp_path / "out").exists()
+
+
 def test_bad_temperature_is_a_one_line_error_not_a_traceback():
     for bad in ("-1", "nan"):
         proc = subprocess.run([sys.executable, "-m", "experiments.temperature", "--temperatures", bad],
