@@ -38,6 +38,7 @@ from interp import harvest as hv
 from interp import sae as S
 from interp.hooks import temporary_hooks
 from interp.loading import model_info
+from interp.tokenizer import gpt2_tokenizer
 
 DESCRIPTION = "feature dashboards of a sparse autoencoder: top held-out contexts, activation histograms, logit effects"
 NEEDS_WEIGHTS = True
@@ -76,18 +77,14 @@ class Result:
 
 
 def _held_out_rows(model, rows: int, context: int) -> torch.Tensor:
+    """Rows from the standard library files ``experiments.bundled_corpus`` holds out (on every machine)."""
     from experiments import bundled_corpus
+    from experiments.train_bundled_sae import held_out_rows
 
     source = next(s for s in bundled_corpus.SOURCES if s.name == "python_source")
-    stream: list[int] = []
-    for n, text in enumerate(source.documents()):
-        if n % bundled_corpus.HOLD_OUT_EVERY == 0:
-            stream += model.tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"] + [hv.EOT]
-            if len(stream) >= rows * (context - 1):
-                break
-    n = min(rows, len(stream) // (context - 1))
-    body = torch.tensor(stream[: n * (context - 1)]).view(n, context - 1)
-    return torch.cat([torch.full((n, 1), hv.EOT), body], dim=1)
+    # GPT-2's BPE without special tokens: TransformerLens's tokenizer would put a BOS before every document
+    (split,) = bundled_corpus.build(gpt2_tokenizer(), (source,), held_out_only=True)
+    return held_out_rows(split, rows, context)
 
 
 def _sae_for(model, config: Config, progress) -> tuple[S.SAE, str]:
@@ -113,13 +110,12 @@ def compute(model, config: Config, progress=None) -> Result:
     hook = S.check_sae(model, sae)
     tokens = _held_out_rows(model, config.rows, config.context).to(model.cfg.device)
     kept: dict = {}
-    acts = []
+    rows_per_batch, per_row = 16, config.context - 1
+    features = torch.empty(len(tokens) * per_row, sae.d_sae)  # [token, d_sae], each row's BOS left out
     with torch.no_grad(), temporary_hooks(model, [(hook, lambda act, hook: kept.update(x=act[:, 1:].flatten(2)))]):
-        for batch in tokens.split(16):
-            kept.clear()
-            model(batch, return_type=None)
-            acts.append(sae.encode(kept["x"]).to_sparse())  # [batch, pos - 1, d_sae]; L0 is small
-    features = torch.cat([a.to_dense() for a in acts]).reshape(-1, sae.d_sae)  # [token, d_sae], BOS left out
+        for start in range(0, len(tokens), rows_per_batch):
+            model(tokens[start:start + rows_per_batch], return_type=None)
+            features[start * per_row:(start + len(kept["x"])) * per_row] = sae.encode(kept["x"]).flatten(0, 1).cpu()
     n_tokens = len(features)
     active = features > 0
     density = active.double().mean(0)
@@ -127,18 +123,14 @@ def compute(model, config: Config, progress=None) -> Result:
     live = [int(i) for i in torch.argsort(-density, stable=True) if density[i] > 0]
     step = max(1, len(live) / config.pages) if config.pages else 1
     with_page = sorted({live[int(i * step)] for i in range(min(len(live), config.pages or len(live)))})
-    top_tokens = {}
-    for i in live:
-        at = torch.topk(features[:, i], min(config.examples, int(active[:, i].sum()))).indices
-        ids = [int(tokens[j // (config.context - 1), 1 + j % (config.context - 1)]) for j in at.tolist()]
-        top_tokens[i] = list(dict.fromkeys(model.tokenizer.decode([t]) for t in ids))[:5]
+    top = features.topk(min(config.examples, n_tokens), dim=0).indices.T  # [d_sae, examples] token indices
+    tops = {i: [j for j in top[i].tolist() if active[j, i]] for i in live}  # only where the latent fires
+    top_tokens = {i: list(dict.fromkeys(model.tokenizer.decode([int(tokens[j // per_row, 1 + j % per_row])])
+                                        for j in tops[i]))[:5] for i in live}
     logits = {}
-    for start in range(0, len(live), 256):
+    for start in range(0, len(live), 256):  # 256 latents x d_vocab at a time
         part = live[start:start + 256]
-        sub = S.SAE(sae.d_in, len(part), hook_name=sae.hook_name, architecture="standard")
-        with torch.no_grad():
-            sub.W_dec.copy_(sae.W_dec[part])
-        effects = S.logit_effects(model, sub)
+        effects = S.logit_effects(model, sae, part)
         up, down = effects.topk(6, dim=-1), (-effects).topk(6, dim=-1)
         for row, i in enumerate(part):
             logits[i] = {"up": [(model.tokenizer.decode([int(t)]), round(float(v), 4))
@@ -148,15 +140,12 @@ def compute(model, config: Config, progress=None) -> Result:
     pages = []
     width = 10  # tokens shown either side of each top activation
     for i in with_page:
-        at = torch.topk(features[:, i], min(config.examples, int(active[:, i].sum()))).indices.tolist()
         contexts = []
-        for j in at:
-            row, pos = divmod(j, config.context - 1)
-            lo, hi = max(0, pos - width), min(config.context - 1, pos + width + 1)
-            ids = tokens[row, 1 + lo:1 + hi].tolist()
-            contexts.append({"tokens": [model.tokenizer.decode([t]) for t in ids],
-                             "acts": [round(float(v), 4) for v in features[row * (config.context - 1) + lo:
-                                                                          row * (config.context - 1) + hi, i]],
+        for j in tops[i]:
+            row, pos = divmod(j, per_row)
+            lo, hi = max(0, pos - width), min(per_row, pos + width + 1)
+            contexts.append({"tokens": [model.tokenizer.decode([t]) for t in tokens[row, 1 + lo:1 + hi].tolist()],
+                             "acts": [round(float(v), 4) for v in features[row * per_row + lo:row * per_row + hi, i]],
                              "at": pos - lo})
         values = features[active[:, i], i]
         counts = torch.histc(values, bins=20, min=0, max=float(max_act[i])).tolist()

@@ -40,9 +40,9 @@ RECIPE = dict(hook=HOOK, d_sae=4096, architecture="topk", k=16, batch_size=4096,
               dead_after=2_000_000, checkpoint_every=250)
 
 
-def held_out_rows(split, rows: int) -> torch.Tensor:
-    """Up to ``rows`` rows of ``CONTEXT`` tokens from a source's held-out stream, each starting with BOS."""
-    body = split.val[: (len(split.val) // (CONTEXT - 1)) * (CONTEXT - 1)].view(-1, CONTEXT - 1)[:rows]
+def held_out_rows(split, rows: int, context: int = CONTEXT) -> torch.Tensor:
+    """Up to ``rows`` rows of ``context`` tokens from a source's held-out stream, each starting with BOS."""
+    body = split.val[: (len(split.val) // (context - 1)) * (context - 1)].view(-1, context - 1)[:rows]
     return torch.cat([torch.full((len(body), 1), hv.EOT), body], dim=1)
 
 

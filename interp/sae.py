@@ -35,11 +35,13 @@ from pathlib import Path
 
 import einops
 import torch
+import torch.nn.functional as F
 from jaxtyping import Float, Int
 from torch import Tensor, nn
 
 from interp.errors import SAEFormatError
 from interp.figures import atomic_write
+from interp.harvest import Harvest, _barrier, _world  # one process group, joined from torchrun's environment
 from interp.hooks import check_hook_names, temporary_hooks
 from interp.inputs import check_finite, check_index, check_positive_int, check_tokens
 from interp.interventions import activation_tail
@@ -368,13 +370,9 @@ class SAEMetrics:
         return asdict(self)
 
 
-def _next_token_stats(logits: Tensor, tokens: Tensor, clean_logprobs: Tensor | None) -> tuple[Tensor, Tensor]:
-    """Per predicted position: the next-token loss, and the KL from the clean distribution (0 for clean)."""
-    logprobs = logits[:, :-1].float().log_softmax(-1)
-    loss = -logprobs.gather(-1, tokens[:, 1:, None])[..., 0]
-    kl = (torch.zeros_like(loss) if clean_logprobs is None else
-          (clean_logprobs.exp() * (clean_logprobs - logprobs)).sum(-1))
-    return loss, kl
+def _next_token_log_probs(logits: Tensor) -> Tensor:
+    """Log-probabilities at every predicted position (all but the last), in float32: ``[batch, pos - 1, d_vocab]``."""
+    return logits[:, :-1].float().log_softmax(-1)
 
 
 @torch.no_grad()
@@ -407,14 +405,14 @@ def evaluate(model, sae: SAE, tokens: Int[Tensor, "batch pos"], *, batch_size: i
             spliced = model(rows)
         with temporary_hooks(model, [(hook, zero)]):
             zeroed = model(rows)
-        clean_loss, _ = _next_token_stats(clean, rows, None)
-        clean_logprobs = clean[:, :-1].float().log_softmax(-1)
+        targets = rows[:, 1:].flatten()
+        clean_logprobs = _next_token_log_probs(clean).flatten(0, 1)  # [predicted position, d_vocab]
+        sums["ce_clean"] += float(F.nll_loss(clean_logprobs, targets, reduction="sum"))
         for key, logits in (("spliced", spliced), ("zero", zeroed)):
-            loss, kl = _next_token_stats(logits, rows, clean_logprobs)
-            sums[f"ce_{key}"] += float(loss.double().sum())
-            sums[f"kl_{key}"] += float(kl.double().sum())
-        sums["ce_clean"] += float(clean_loss.double().sum())
-        sums["n_pred"] += clean_loss.numel()
+            logprobs = _next_token_log_probs(logits).flatten(0, 1)
+            sums[f"ce_{key}"] += float(F.nll_loss(logprobs, targets, reduction="sum"))
+            sums[f"kl_{key}"] += float(F.kl_div(logprobs, clean_logprobs, reduction="sum", log_target=True))
+        sums["n_pred"] += len(targets)
         x = kept["x"].reshape(-1, sae.d_in).double()
         features = sae.encode(kept["x"].reshape(-1, sae.d_in))
         x_hat = sae.decode(features).double()
@@ -460,15 +458,17 @@ def feature_attribution(model, sae: SAE, tokens: Int[Tensor, "batch pos"], metri
     return (grad * kept["f"]).detach()
 
 
-def logit_effects(model, sae: SAE) -> Float[Tensor, "d_sae d_vocab"]:
-    """Each feature's direct effect on the logits: its decoder row through the final LayerNorm's centring and
-    gain, then the unembedding (the per-token LayerNorm scale left out, as feature dashboards do)."""
+def logit_effects(model, sae: SAE, features: Sequence[int] | None = None) -> Float[Tensor, "feature d_vocab"]:
+    """Each feature's direct effect on the logits (every feature, or the listed ones, in that order): its
+    decoder row through the final LayerNorm's centring and gain, then the unembedding (the per-token
+    LayerNorm scale left out, as feature dashboards do)."""
     from interp.backends import ln_affine
 
     if not sae.hook_name.split(".")[-1].startswith(("hook_resid", "hook_attn_out", "hook_mlp_out")):
         raise SAEFormatError(f"logit_effects needs a SAE that writes the residual stream, not {sae.hook_name}")
+    rows = sae.W_dec if features is None else sae.W_dec[_check_features(sae, features)]
     with torch.no_grad():
-        direction = sae.W_dec - sae.W_dec.mean(-1, keepdim=True)
+        direction = rows - rows.mean(-1, keepdim=True)
         w, _ = ln_affine(model.ln_final)
         if w is not None:
             direction = direction * w
@@ -494,12 +494,6 @@ class TrainConfig:
     aux_k: int
     aux_coeff: float
     dead_after: int
-
-
-def _world():
-    from interp.harvest import _world as world
-
-    return world()
 
 
 def _all_reduce(tensor: Tensor, op: str = "sum") -> Tensor:
@@ -550,8 +544,6 @@ def train(data, *, hook: str, d_sae: int, architecture: str = "topk", k: int | N
 
     Returns the trained SAE (also saved in ``out``).
     """
-    from interp.harvest import Harvest
-
     if architecture not in ("topk", "standard"):
         raise ValueError(f"train builds 'topk' or 'standard' SAEs, got {architecture!r} (JumpReLU SAEs load, save "
                          "and evaluate, but do not train here)")
@@ -620,12 +612,6 @@ def train(data, *, hook: str, d_sae: int, architecture: str = "topk", k: int | N
         bar.close()
     _barrier()  # every rank returns once rank 0's last checkpoint is written
     return sae
-
-
-def _barrier() -> None:
-    from interp.harvest import _barrier as barrier
-
-    barrier()
 
 
 def _loss(sae: SAE, x: Tensor, cfg: TrainConfig, dead: Tensor) -> tuple[Tensor, dict, Tensor]:

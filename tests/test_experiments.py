@@ -93,19 +93,24 @@ def _chromium():
     return shutil.which("chromium") or shutil.which("chromium-browser")
 
 
+def _offline_dom(page, budget_ms: int = 10000) -> str:
+    """The page's DOM after headless Chromium has run it, with every host unreachable."""
+    with tempfile.TemporaryDirectory() as profile:
+        return subprocess.run(
+            [_chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+             "--disable-background-networking", "--disable-component-update", "--disable-sync",
+             f"--user-data-dir={profile}", "--host-resolver-rules=MAP * ~NOTFOUND",
+             "--proxy-server=http://127.0.0.1:9", f"--virtual-time-budget={budget_ms}", "--dump-dom", page.as_uri()],
+            capture_output=True, text=True, timeout=120,
+        ).stdout
+
+
 @pytest.mark.browser
 @pytest.mark.skipif(_chromium() is None, reason="Chromium is not installed (apt-get install chromium)")
 @pytest.mark.parametrize("name", FIGURES)
 def test_figure_draws_offline_in_headless_chromium(run_dirs, name, monkeypatch):
     page = run_dirs[0] / f"{name}.html"
-    with tempfile.TemporaryDirectory() as profile:
-        dom = subprocess.run(
-            [_chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
-             "--disable-background-networking", "--disable-component-update", "--disable-sync",
-             f"--user-data-dir={profile}", "--host-resolver-rules=MAP * ~NOTFOUND",
-             "--proxy-server=http://127.0.0.1:9", "--virtual-time-budget=10000", "--dump-dom", page.as_uri()],
-            capture_output=True, text=True, timeout=120,
-        ).stdout
+    dom = _offline_dom(page)
     assert dom.count("main-svg") > 0, f"plotly did not draw {page.name} offline"
 
 
@@ -121,14 +126,7 @@ def test_feature_dashboards_render_offline_in_headless_chromium(run_dirs):
     index = folder / "index.html"
     feature = next(p for p in sorted(folder.iterdir()) if p.name.startswith("feature-"))
     for page, expected in ((index, "Features, by density"), (feature, "Top-activating held-out contexts")):
-        with tempfile.TemporaryDirectory() as profile:
-            dom = subprocess.run(
-                [_chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                 f"--user-data-dir={profile}", "--host-resolver-rules=MAP * ~NOTFOUND",
-                 "--proxy-server=http://127.0.0.1:9", "--virtual-time-budget=5000", "--dump-dom", page.as_uri()],
-                capture_output=True, text=True, timeout=120,
-            ).stdout
+        dom = _offline_dom(page, budget_ms=5000)
         assert expected in dom, page.name
         if page == feature:
             assert dom.count('class="ctx"') >= 1 and "background:rgba(255,140,0," in dom
