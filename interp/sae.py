@@ -33,7 +33,6 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import einops
 import torch
 import torch.nn.functional as F
 from jaxtyping import Float, Int
@@ -93,7 +92,7 @@ class SAE(nn.Module):
     def pre_acts(self, x: Float[Tensor, "... d_in"]) -> Float[Tensor, "... d_sae"]:
         x = x.to(self.W_enc.dtype)
         centred = (x - self.b_dec) if self.apply_b_dec_to_input else x
-        pre = torch.addmm(self.b_enc, centred.reshape(-1, self.d_in), self.W_enc).view(*x.shape[:-1], self.d_sae)
+        pre = (centred.reshape(-1, self.d_in) @ self.W_enc).add_(self.b_enc).view(*x.shape[:-1], self.d_sae)
         return pre * self.W_dec.norm(dim=-1) if self.rescale_acts_by_decoder_norm else pre
 
     def activation(self, pre: Float[Tensor, "... d_sae"]) -> Float[Tensor, "... d_sae"]:
@@ -101,7 +100,7 @@ class SAE(nn.Module):
             return pre.relu()
         if self.architecture == "jumprelu":
             return pre.relu() * (pre > self.threshold).to(pre.dtype)
-        values, indices = pre.topk(self.k, dim=-1, sorted=False)
+        values, indices = _top_k(pre, self.k)
         return torch.zeros_like(pre).scatter_(-1, indices, values.relu())
 
     def encode(self, x: Float[Tensor, "... d_in"]) -> Float[Tensor, "... d_sae"]:
@@ -113,12 +112,15 @@ class SAE(nn.Module):
         return features @ self.W_dec + self.b_dec
 
     def forward(self, x: Float[Tensor, "... d_in"]) -> Float[Tensor, "... d_in"]:
-        """``decode(encode(x))``; for TopK, the k active decoder rows are gathered and summed instead of a dense
-        ``[..., d_sae] @ W_dec`` (the same up to float rounding, and d_sae / k times less work)."""
+        """``decode(encode(x))``; for TopK, the k active decoder rows are summed by one ``embedding_bag``
+        instead of a dense ``[..., d_sae] @ W_dec`` (the same up to float rounding, and d_sae / k times less
+        work)."""
         if self.architecture != "topk" or self.rescale_acts_by_decoder_norm:
             return self.decode(self.encode(x))
-        values, indices = self.pre_acts(x).topk(self.k, dim=-1, sorted=False)
-        return einops.einsum(values.relu(), self.W_dec[indices], "... k, ... k d_in -> ... d_in") + self.b_dec
+        values, indices = _top_k(self.pre_acts(x), self.k)
+        x_hat = F.embedding_bag(indices.reshape(-1, self.k), self.W_dec, mode="sum",
+                                per_sample_weights=values.relu().reshape(-1, self.k))
+        return (x_hat + self.b_dec).view(*x.shape[:-1], self.d_in)
 
     def config(self) -> dict:
         """``cfg.json`` as SAELens 6's ``SAEConfig.to_dict()`` writes it."""
@@ -131,6 +133,27 @@ class SAE(nn.Module):
         if self.architecture == "topk":
             cfg |= {"k": self.k, "rescale_acts_by_decoder_norm": self.rescale_acts_by_decoder_norm}
         return cfg
+
+
+def _top_k(pre: Float[Tensor, "... d_sae"], k: int) -> tuple[Float[Tensor, "... k"], Int[Tensor, "... k"]]:
+    """``pre.topk(k, dim=-1, sorted=False)``, in about half the time on CPU when k is much less than d_sae.
+
+    The latents are split into ``n`` strided blocks (latent ``g * n + j`` in block ``j``, ``n`` near
+    ``sqrt(k * d_sae)``). The k blocks with the largest maxima hold the k largest values: a value outside them
+    is at most its own block's maximum, which is at most each of the k chosen maxima. So ``torch.topk`` runs
+    on the block maxima, then on those k blocks' values only. The values are ``torch.topk``'s; among exact
+    ties the indices may differ, which ``torch.topk`` leaves unspecified too.
+    """
+    d = pre.shape[-1]
+    n = next(b for b in range(math.isqrt(k * d), 0, -1) if d % b == 0)
+    if n <= k:  # no block to skip
+        return pre.topk(k, dim=-1, sorted=False)
+    blocks = pre.reshape(-1, d // n, n)  # [rows, d / n, n]: latent g * n + j at [:, g, j]
+    best = blocks.amax(1).topk(k, dim=-1, sorted=False).indices  # [rows, k]
+    chosen = blocks.gather(-1, best[:, None, :].expand(-1, d // n, k)).flatten(1)  # [rows, d / n * k]
+    values, where = chosen.topk(k, dim=-1, sorted=False)
+    indices = where // k * n + best.gather(-1, where % k)
+    return values.view(*pre.shape[:-1], k), indices.view(*pre.shape[:-1], k)
 
 
 # ---------------------------------------------------------------------------------------------- files

@@ -88,6 +88,24 @@ def test_encode_and_decode_are_saelens_formulas_from_the_raw_weights(architectur
     torch.testing.assert_close(sae(x.float()).double(), f @ W_dec + b_dec, atol=1e-4, rtol=1e-4)
 
 
+@pytest.mark.parametrize(("shape", "k"), [((300, 4096), 16), ((2, 3, 24576), 32), ((7, 48), 5), ((4, 97), 3),
+                                          ((3, 64), 64)])
+def test_blocked_top_k_is_torch_topk(shape, k):
+    generator = torch.Generator().manual_seed(0)
+    pre = torch.randn(shape, generator=generator, dtype=torch.float64).requires_grad_(True)
+    values, indices = S._top_k(pre, k)
+    expected_values, expected_indices = pre.topk(k, dim=-1)
+    dense = torch.zeros_like(pre).scatter(-1, indices, values)  # no ties: the same latents with the same values
+    assert torch.equal(dense, torch.zeros_like(pre).scatter(-1, expected_indices, expected_values))
+    (grad,) = torch.autograd.grad((values.relu() * 3).sum(), pre)
+    assert torch.equal(grad, torch.autograd.grad((expected_values.relu() * 3).sum(), pre)[0])
+    ties = torch.randint(0, 4, shape, generator=generator).float()  # mostly ties: the values still match
+    values, indices = S._top_k(ties, k)
+    assert torch.equal(values.sort(-1).values, ties.topk(k, dim=-1).values.sort(-1).values)
+    assert torch.equal(ties.gather(-1, indices), values)
+    assert (indices.sort(-1).values.diff(dim=-1) > 0).all()  # k different latents
+
+
 @pytest.mark.parametrize("architecture", S.ARCHITECTURES)
 def test_save_and_load_round_trip_in_saelens_layout(architecture, tmp_path):
     sae = random_sae(architecture, 16)
