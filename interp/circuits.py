@@ -56,7 +56,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from interp.backends import layer_norm, ln_affine
-from interp.hooks import temporary_hooks
+from interp.hooks import logits_for_gradients, temporary_hooks
 from interp.inputs import check_positive_int, check_tokens
 from interp.metrics import Metric, bootstrap_interval, check_metric, metric_values
 
@@ -572,10 +572,9 @@ def _gradient_run(model, g: Graph, tokens: Tensor, metric: Metric, inputs: Tenso
     hooks.append((f"blocks.{g.n_layers - 1}.hook_resid_post", keep(("logits", ""))))
     if record is not None:  # after the leaf at resid_pre, so the input sender is read as the run has it
         hooks += _sender_hooks(model, g, record)
-    with torch.enable_grad(), temporary_hooks(model, hooks):
-        logits = model(tokens)
-        keys = list(kept)
-        grads = torch.autograd.grad(metric_values(metric, logits).sum(), [kept[k] for k in keys], allow_unused=True)
+    logits = logits_for_gradients(model, tokens, hooks)
+    keys = list(kept)
+    grads = torch.autograd.grad(metric_values(metric, logits).sum(), [kept[k] for k in keys], allow_unused=True)
     return _GradientRun({k: torch.zeros_like(kept[k]) if grad is None else grad.detach()
                          for k, grad in zip(keys, grads)}, {k: kept[k].detach() for k in keys}, resid, logits.detach())
 

@@ -18,10 +18,11 @@ import itertools
 from collections.abc import Iterator, Sequence
 
 import torch
+from torch import Tensor
 
 from interp.backends import Hook, hook_attachments
 
-__all__ = ["attached_hooks", "check_hook_names", "run_with_hooks", "temporary_hooks"]
+__all__ = ["attached_hooks", "check_hook_names", "logits_for_gradients", "run_with_hooks", "temporary_hooks"]
 
 
 _LEVELS = itertools.count(1_000_000)  # hook context levels of our own, apart from TransformerLens's
@@ -106,3 +107,40 @@ def run_with_hooks(model, tokens, hooks: Sequence[tuple[str, Hook]]) -> None:
     """One forward of ``tokens`` with ``hooks`` attached, for what the hooks keep; no logits, no gradient."""
     with torch.no_grad(), temporary_hooks(model, hooks):
         model(tokens, return_type=None)
+
+
+def logits_for_gradients(model, tokens, hooks: Sequence[tuple[str, Hook]]) -> Tensor:
+    """``model(tokens)`` with ``hooks`` attached and gradients on, for a backward from a metric of the logits
+    (a hook that makes a leaf starts the graph). The logits are the model's own; their gradient reaches the
+    unembedding's input only through the positions where it is not zero (``_SparseLogitsGrad``)."""
+    kept: dict[str, Tensor] = {}
+
+    def unembed_input(act, hook):  # the model's unembedding runs without a graph; _SparseLogitsGrad is its own
+        kept["x"] = act
+        return act.detach()
+
+    with torch.enable_grad(), temporary_hooks(model, [*hooks, ("unembed.hook_in", unembed_input)]):
+        logits = model(tokens)
+        return _SparseLogitsGrad.apply(kept["x"], logits, model.W_U.detach())
+
+
+class _SparseLogitsGrad(torch.autograd.Function):
+    """The model's own logits, whose gradient reaches the unembedding's input (``unembed.hook_in``, ``x``) only
+    through the positions where it is not zero: ``dL/dx = dL/dlogits @ W_U.T`` on those rows. A metric reads a
+    few positions (often the last), and the dense backward would be a [batch·pos, d_vocab] @ [d_vocab, d_model]
+    matmul as large as the unembedding itself."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, logits: Tensor, W_U: Tensor) -> Tensor:
+        ctx.save_for_backward(W_U)
+        ctx.x_shape = x.shape
+        return logits.clone()
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, None, None]:
+        (W_U,) = ctx.saved_tensors
+        flat = grad.reshape(-1, grad.shape[-1])
+        rows = flat.ne(0).any(-1).nonzero()[:, 0]
+        out = flat.new_zeros(flat.shape[0], W_U.shape[0])
+        out[rows] = flat[rows] @ W_U.T.to(flat.dtype)
+        return out.view(ctx.x_shape), None, None

@@ -25,7 +25,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from interp.hooks import temporary_hooks
+from interp.hooks import logits_for_gradients, temporary_hooks
 from interp.inputs import check_finite, check_index, check_layers, check_positive_int, check_tokens, to_tokens
 from interp.metrics import Metric, check_metric, metric_mean
 
@@ -156,11 +156,10 @@ def attribution_patching(model, clean_tokens: Int[Tensor, "batch pos"], corrupte
         return fn
 
     hooks = [("hook_embed", leaf)] + [(_hook_name(layer, hook), keep(layer)) for layer in range(model.cfg.n_layers)]
-    with torch.enable_grad(), temporary_hooks(model, hooks):
-        logits = model(corrupted_tokens)
-        value = metric_mean(metric, logits)
-        layers = sorted(corrupted)
-        grads = torch.autograd.grad(value, [corrupted[layer] for layer in layers], allow_unused=True)
+    logits = logits_for_gradients(model, corrupted_tokens, hooks)
+    value = metric_mean(metric, logits)
+    layers = sorted(corrupted)
+    grads = torch.autograd.grad(value, [corrupted[layer] for layer in layers], allow_unused=True)
     rows = []
     for layer, grad in zip(layers, grads):
         delta = clean[layer] - corrupted[layer].detach()

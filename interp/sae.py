@@ -41,7 +41,7 @@ from torch import Tensor, nn
 from interp.errors import SAEFormatError
 from interp.figures import atomic_write
 from interp.harvest import Harvest, _barrier, _world  # one process group, joined from torchrun's environment
-from interp.hooks import check_hook_names, temporary_hooks
+from interp.hooks import check_hook_names, logits_for_gradients, temporary_hooks
 from interp.inputs import check_finite, check_index, check_positive_int, check_tokens
 from interp.interventions import activation_tail
 
@@ -475,9 +475,8 @@ def feature_attribution(model, sae: SAE, tokens: Int[Tensor, "batch pos"], metri
         kept["f"] = features
         return (x + sae.decode(features) - sae.decode(features).detach()).reshape(act.shape).to(act.dtype)
 
-    with torch.enable_grad(), temporary_hooks(model, [(hook, fn)]):
-        value = metric_values(metric, model(tokens)).sum()
-        (grad,) = torch.autograd.grad(value, [kept["f"]])
+    value = metric_values(metric, logits_for_gradients(model, tokens, [(hook, fn)])).sum()
+    (grad,) = torch.autograd.grad(value, [kept["f"]])
     return (grad * kept["f"]).detach()
 
 

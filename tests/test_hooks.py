@@ -14,7 +14,7 @@ from interp.caching import (
     estimate_cache_bytes,
     residual_stream,
 )
-from interp.hooks import attached_hooks, temporary_hooks
+from interp.hooks import attached_hooks, logits_for_gradients, temporary_hooks
 from interp.interventions import ablate_heads, patch_activation
 from interp.lens import direct_logit_attribution, logit_lens
 
@@ -137,6 +137,34 @@ def test_qkv_equal_fused_c_attn_recomputation(tiny_checkpoint, tiny_raw_models, 
             part = fused[..., i * model.cfg.d_model:(i + 1) * model.cfg.d_model]
             expected = part.reshape(*part.shape[:2], n_heads, d_head).permute(2, 0, 1, 3)
             torch.testing.assert_close(heads[kind][layer], expected, atol=1e-5, rtol=1e-5)
+
+
+def test_logits_for_gradients_equal_hugging_face_autograd(tiny_checkpoint, tiny_raw_models, backend):
+    """The logits, and the gradient of a metric that reads a few positions of each row, equal plain autograd
+    through Hugging Face's GPT-2 (whose unembedding backward is dense)."""
+    model = tiny_raw_models[backend]
+    hf = GPT2LMHeadModel.from_pretrained(tiny_checkpoint, local_files_only=True).eval()
+    tokens = model.to_tokens(PROMPTS)
+
+    def metric(logits):  # row 0 reads position 1, row 1 positions 3 and 6
+        logp = logits.log_softmax(-1)
+        return logp[0, 1, 7] + logp[1, 3, 11] - logp[1, 6, 2]
+
+    leaf = {}
+
+    def start(act, hook):
+        leaf["x"] = act.detach().requires_grad_(True)
+        return leaf["x"]
+
+    logits = logits_for_gradients(model, tokens, [("hook_embed", start)])
+    (grad,) = torch.autograd.grad(metric(logits), [leaf["x"]])
+    embeds = hf.transformer.wte(tokens).detach().requires_grad_(True)
+    hf_logits = hf(inputs_embeds=embeds).logits
+    (expected,) = torch.autograd.grad(metric(hf_logits), [embeds])
+    torch.testing.assert_close(logits, hf_logits, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(grad, expected, atol=1e-6, rtol=1e-5)
+    assert grad[0, 2:].abs().sum() == 0 and grad[1, 7:].abs().sum() == 0 and grad[1, :7].abs().sum() > 0
+    assert attached_hooks(model) == []
 
 
 def test_pattern_is_masked_softmax_of_scaled_qk(tiny_model, tokens):
