@@ -572,9 +572,10 @@ def _gradient_run(model, g: Graph, tokens: Tensor, metric: Metric, inputs: Tenso
     hooks.append((f"blocks.{g.n_layers - 1}.hook_resid_post", keep(("logits", ""))))
     if record is not None:  # after the leaf at resid_pre, so the input sender is read as the run has it
         hooks += _sender_hooks(model, g, record)
-    logits = logits_for_gradients(model, tokens, hooks)
-    keys = list(kept)
-    grads = torch.autograd.grad(metric_values(metric, logits).sum(), [kept[k] for k in keys], allow_unused=True)
+    with torch.enable_grad():  # the metric too, if the caller is under no_grad
+        logits = logits_for_gradients(model, tokens, hooks)
+        keys = list(kept)
+        grads = torch.autograd.grad(metric_values(metric, logits).sum(), [kept[k] for k in keys], allow_unused=True)
     return _GradientRun({k: torch.zeros_like(kept[k]) if grad is None else grad.detach()
                          for k, grad in zip(keys, grads)}, {k: kept[k].detach() for k in keys}, resid, logits.detach())
 

@@ -111,8 +111,9 @@ def run_with_hooks(model, tokens, hooks: Sequence[tuple[str, Hook]]) -> None:
 
 def logits_for_gradients(model, tokens, hooks: Sequence[tuple[str, Hook]]) -> Tensor:
     """``model(tokens)`` with ``hooks`` attached and gradients on, for a backward from a metric of the logits
-    (a hook that makes a leaf starts the graph). The logits are the model's own; their gradient reaches the
-    unembedding's input only through the positions where it is not zero (``_SparseLogitsGrad``)."""
+    (a hook that makes a leaf starts the graph; compute the metric under ``torch.enable_grad()`` too). The
+    logits are the model's own; their gradient reaches the unembedding's input only through the positions
+    where it is not zero (``_SparseLogitsGrad``)."""
     kept: dict[str, Tensor] = {}
 
     def unembed_input(act, hook):  # the model's unembedding runs without a graph; _SparseLogitsGrad is its own

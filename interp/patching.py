@@ -156,10 +156,11 @@ def attribution_patching(model, clean_tokens: Int[Tensor, "batch pos"], corrupte
         return fn
 
     hooks = [("hook_embed", leaf)] + [(_hook_name(layer, hook), keep(layer)) for layer in range(model.cfg.n_layers)]
-    logits = logits_for_gradients(model, corrupted_tokens, hooks)
-    value = metric_mean(metric, logits)
-    layers = sorted(corrupted)
-    grads = torch.autograd.grad(value, [corrupted[layer] for layer in layers], allow_unused=True)
+    with torch.enable_grad():  # the metric too, if the caller is under no_grad
+        logits = logits_for_gradients(model, corrupted_tokens, hooks)
+        value = metric_mean(metric, logits)
+        layers = sorted(corrupted)
+        grads = torch.autograd.grad(value, [corrupted[layer] for layer in layers], allow_unused=True)
     rows = []
     for layer, grad in zip(layers, grads):
         delta = clean[layer] - corrupted[layer].detach()

@@ -475,8 +475,9 @@ def feature_attribution(model, sae: SAE, tokens: Int[Tensor, "batch pos"], metri
         kept["f"] = features
         return (x + sae.decode(features) - sae.decode(features).detach()).reshape(act.shape).to(act.dtype)
 
-    value = metric_values(metric, logits_for_gradients(model, tokens, [(hook, fn)])).sum()
-    (grad,) = torch.autograd.grad(value, [kept["f"]])
+    with torch.enable_grad():  # the metric too, if the caller is under no_grad
+        value = metric_values(metric, logits_for_gradients(model, tokens, [(hook, fn)])).sum()
+        (grad,) = torch.autograd.grad(value, [kept["f"]])
     return (grad * kept["f"]).detach()
 
 

@@ -167,6 +167,34 @@ def test_logits_for_gradients_equal_hugging_face_autograd(tiny_checkpoint, tiny_
     assert attached_hooks(model) == []
 
 
+def test_gradient_methods_work_under_no_grad(tiny_model, tokens):
+    """Every method that takes a metric's gradient gives the same answer when called under torch.no_grad()."""
+    import interp
+    from interp import circuits
+    from interp import sae as S
+
+    corrupted = tokens.flip(0)
+    sae = S.SAE(tiny_model.cfg.d_model, 32, hook_name="blocks.1.hook_resid_pre", k=4)
+    with torch.no_grad():
+        for p in sae.parameters():
+            p.normal_(0, 0.3, generator=torch.Generator().manual_seed(0))
+
+    def metric(logits):
+        return logits[:, -1, 5] - logits[:, -1, 9]
+
+    runs = {"eap": lambda: circuits.edge_attribution(tiny_model, tokens, corrupted, metric, method="eap").scores,
+            "eap-ig": lambda: circuits.edge_attribution(tiny_model, tokens, corrupted, metric, method="eap-ig",
+                                                        steps=2).scores,
+            "attribution": lambda: interp.attribution_patching(tiny_model, tokens, corrupted, metric).scores,
+            "features": lambda: S.feature_attribution(tiny_model, sae, tokens, metric)}
+    for name, run in runs.items():
+        outside = run()
+        with torch.no_grad():
+            inside = run()
+        assert outside.abs().sum() > 0, name
+        torch.testing.assert_close(inside, outside, msg=name)
+
+
 def test_pattern_is_masked_softmax_of_scaled_qk(tiny_model, tokens):
     heads = cache_heads(tiny_model, tokens, kinds=("q", "k", "pattern"))
     scores = heads.q @ heads.k.transpose(-1, -2) / tiny_model.cfg.d_head ** 0.5
