@@ -469,38 +469,37 @@ def _exact(model, g: Graph, base: Tensor, source_tokens: Tensor, metric: Metric,
     return torch.stack(out), float(unpatched.mean()), source_value
 
 
-def _ln1_backward(model, layer: int, resid: Float[Tensor, "row pos d_model"],
-                  grad_qkv: Float[Tensor, "row pos qkv head d_head"], qkv: Float[Tensor, "row pos qkv head d_head"],
-                  copies: int, out: Float[Tensor, "head_qkv batch pos_d"]) -> None:
-    """Write d metric / d (each head's q, k and v input) into ``out`` (receivers in graph order), from the
-    gradient at hook_q, hook_k and hook_v (``grad_qkv``, at the activations ``qkv``) taken back through
-    W_{Q,K,V} and ln1 at ``resid``, summed over the ``copies`` of the batch.
+def _ln1_backward(model, layer: int, runs: list[_GradientRun], out: Float[Tensor, "qkv head batch pos_d"]) -> None:
+    """Write d metric / d (each head's q, k and v input) into ``out``, from the gradients at hook_q, hook_k and
+    hook_v taken back through W_{Q,K,V} and ln1 at the layer's residual stream, summed over the runs.
 
     LayerNorm's backward, for y = w x_hat + b_ln with x_hat = (x - mean) / sigma and u = w * dL/dy, is
     dL/dx = (u - mean(u) - x_hat mean(u x_hat)) / sigma. Here u = (w W) g for each head's gradient g, so
-    (u - mean(u)) / sigma is g / sigma through w W centred over d_model: one batched matmul, written in place.
-    And x_hat (w W) is the head's own q - (b_ln W + b_Q), so mean(u x_hat) / sigma = (g / sigma) . (q - b_ln W -
-    b_Q) / d_model needs no matmul: a rank-one correction per position."""
+    (u - mean(u)) / sigma is g / sigma through w W centred over d_model: one batched matmul per input, written
+    in place, for all the runs at once. And x_hat (w W) is the head's own q - (b_ln W + b_Q), so
+    mean(u x_hat) / sigma = (g / sigma) . (q - b_ln W - b_Q) / d_model needs no matmul: a rank-one correction
+    per position and run."""
     w, b_ln = ln_affine(model.blocks[layer].ln1)
     attn = model.blocks[layer].attn
-    W = torch.stack([getattr(attn, f"W_{x}").detach() for x in "QKV"], dim=1).to(grad_qkv.dtype)  # [head, qkv, d, e]
-    offset = torch.stack([getattr(attn, f"b_{x}").detach() for x in "QKV"]).to(grad_qkv.dtype)  # [qkv, head, e]
-    if w is not None:
-        offset = offset + einops.einsum(b_ln.to(W.dtype), W, "d, head qkv d e -> qkv head e")
-        W = W * w.to(W.dtype)[:, None]
-    d_model = W.shape[2]
-    centred = resid - resid.mean(-1, keepdim=True)
-    sigma = (centred.pow(2).mean(-1, keepdim=True) + model.cfg.eps).sqrt()
-    x_hat = centred / sigma  # [row, pos, d_model]
-    g = grad_qkv / sigma[..., None, None]
-    along = einops.rearrange((g * (qkv - offset)).sum(-1) / d_model, "(copy b) pos qkv head -> (head qkv) copy (b pos)",
-                             copy=copies)
-    summed_g = einops.reduce(g, "(copy b) pos qkv head e -> (head qkv) (b pos) e", "sum", copy=copies)
-    centred_W = (W - W.mean(2, keepdim=True)).flatten(0, 1).transpose(1, 2)  # [(head qkv), d_head, d_model]
-    into = out.view(out.shape[0], -1, d_model)  # [(head qkv), (batch pos), d_model]
-    torch.bmm(summed_g, centred_W, out=into)
-    for copy, x_hat_copy in enumerate(x_hat.view(copies, -1, d_model)):  # the rank-one correction, in place
-        into.addcmul_(along[:, copy, :, None], x_hat_copy, value=-1)
+    norms = []  # per run: sigma [batch, pos, 1] and x_hat [(batch pos), d_model]
+    for run in runs:
+        resid = run.resid[layer]
+        centred = resid - resid.mean(-1, keepdim=True)
+        sigma = (centred.pow(2).mean(-1, keepdim=True) + model.cfg.eps).sqrt()
+        norms.append((sigma[..., None], (centred / sigma).flatten(0, 1)))
+    for i, qkv in enumerate("qkv"):
+        grads = [run.grads[f"a{layer}", qkv] / sigma for run, (sigma, _) in zip(runs, norms)]  # [batch, pos, head, e]
+        W = getattr(attn, f"W_{qkv.upper()}").detach().to(grads[0].dtype)  # [head, d_model, e]
+        offset = getattr(attn, f"b_{qkv.upper()}").detach().to(W.dtype)  # [head, e]
+        if w is not None:
+            offset = offset + einops.einsum(b_ln.to(W.dtype), W, "d, head d e -> head e")
+            W = W * w.to(W.dtype)[:, None]
+        into = out[i].view(out.shape[1], -1, W.shape[1])  # [head, (batch pos), d_model]
+        summed = einops.rearrange(sum(grads), "b pos head e -> head (b pos) e")
+        torch.bmm(summed, (W - W.mean(1, keepdim=True)).transpose(1, 2), out=into)
+        for run, g, (_, x_hat) in zip(runs, grads, norms):
+            along = (g * (run.acts[f"a{layer}", qkv] - offset)).sum(-1) / W.shape[1]  # [batch, pos, head]
+            into.addcmul_(einops.rearrange(along, "b pos head -> head (b pos) 1"), x_hat, value=-1)
 
 
 def _gradient_scores(model, g: Graph, base: Tensor, source_tokens: Tensor, metric: Metric,
@@ -589,22 +588,20 @@ def _edge_scores(model, g: Graph, runs: list[_GradientRun], delta: Float[Tensor,
     for all the runs, ``_ln1_backward``) go into one reused buffer, then one batched matmul [batch, upstream
     senders, pos·d_model] @ [batch, pos·d_model, the layer's receivers] scores every pair of them."""
     batch, _, flat = delta.shape
-    receivers = torch.empty(3 * g.n_heads + 1, batch, flat, dtype=delta.dtype, device=delta.device)
+    heads = g.n_heads
+    receivers = torch.empty(3 * heads + 1, batch, flat, dtype=delta.dtype, device=delta.device)  # q, k, v heads; MLP
+    column = [qkv * heads + head for head in range(heads) for qkv in range(3)] + [3 * heads]  # graph order -> row
 
     def summed(key: tuple[str, str]) -> Tensor:  # [batch, pos·d_model]
         return sum(run.grads[key] for run in runs).flatten(1)
 
-    def stacked(per_key: str, layer: int) -> Tensor:  # [run x batch, pos, qkv, head, d_head]
-        return torch.cat([torch.stack([getattr(run, per_key)[f"a{layer}", x] for x in "qkv"], dim=2) for run in runs])
-
     scores, first = [], 0
     for layer in range(g.n_layers):
-        resid = torch.cat([run.resid[layer] for run in runs])  # [run x batch, pos, d_model]
-        _ln1_backward(model, layer, resid, stacked("grads", layer), stacked("acts", layer), len(runs), receivers[:-1])
+        _ln1_backward(model, layer, runs, receivers[:-1].view(3, heads, batch, flat))
         receivers[-1] = summed((f"m{layer}", ""))
         upstream = [n for _, _, _, n in g.receivers[first:first + len(receivers)]]
-        pairs = torch.bmm(delta[:, :upstream[-1]], receivers.permute(1, 2, 0))  # [batch, sender, receiver]
-        scores += [pairs[:, :n, r] for r, n in enumerate(upstream)]
+        pairs = torch.bmm(delta[:, :upstream[-1]], receivers.permute(1, 2, 0))  # [batch, sender, receiver row]
+        scores += [pairs[:, :n, column[r]] for r, n in enumerate(upstream)]
         first += len(receivers)
     scores.append(torch.bmm(delta, summed(("logits", ""))[:, :, None])[:, :, 0])
     return torch.cat(scores, dim=1)
