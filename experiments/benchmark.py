@@ -430,7 +430,7 @@ def main(argv: list[str] | None = None) -> int:
         steps.append(("patching", lambda: results["rows"].extend(bench_patching(model, max(2, args.reps // 2)))))
         steps.append(("circuits", lambda: _circuits(results, model, max(2, args.reps // 2))))
         steps.append(("harvest", lambda: _harvest(results, model, device, max(2, args.reps // 2))))
-        steps.append(("sae", lambda: _sae(results, model, device, 2 * args.reps)))  # cheap rows, noisy machine
+        steps.append(("sae", lambda: _sae(results, model, device, 4 * args.reps)))  # cheap rows, noisy machine
         steps.append(("roofline", lambda: results.update(roofline=roofline(model, args.reps))))
         if not args.quick:
             bundled = ["--model", "bundled", "--device", device]
