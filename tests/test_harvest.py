@@ -126,6 +126,31 @@ def test_a_rerun_with_another_hook_or_corpus_is_refused(model, harvested, tmp_pa
         only.shard(0, HOOKS[0])
 
 
+def test_new_weights_at_the_same_path_are_a_different_model(tmp_path):
+    """The checkpoint's hash is computed once per process while the file stays: weights rewritten in place
+    (same size) are hashed again, and the harvest refuses to mix them."""
+    from interp.checkpoints import write_random_checkpoint
+
+    shape = dict(n_layer=2, n_embd=32, n_head=2, n_positions=64, with_tokenizer=True)
+    checkpoint = write_random_checkpoint(tmp_path / "ckpt", seed=1, **shape)
+    hv.harvest(load_model(checkpoint, device="cpu"), CORPUS, hooks=HOOKS[:1], out=tmp_path / "h", progress=False,
+               **SMALL)
+    first = json.loads((tmp_path / "h" / "run.json").read_text())["model"]["checkpoint_sha256"]
+    weights = checkpoint / "model.safetensors"
+    size = weights.stat().st_size
+    write_random_checkpoint(checkpoint, seed=2, **shape)
+    assert weights.stat().st_size == size
+    with pytest.raises(hv.HarvestMismatchError, match="model"):
+        hv.harvest(load_model(checkpoint, device="cpu"), CORPUS, hooks=HOOKS[:1], out=tmp_path / "h",
+                   progress=False, **SMALL)
+    import hashlib
+
+    from interp.loading import model_info
+
+    assert hv._checkpoint_sha256(model_info(load_model(checkpoint, device="cpu"))) == hashlib.sha256(
+        weights.read_bytes()).hexdigest() != first
+
+
 def test_bad_input_is_refused_before_any_forward(model, tmp_path):
     with pytest.raises(KeyError, match="no hook point"):
         hv.harvest(model, CORPUS, hooks=["blocks.9.hook_resid_pre"], out=tmp_path / "a", progress=False)
