@@ -169,6 +169,14 @@ def _barrier() -> None:
         dist.barrier()
 
 
+def _leave() -> None:
+    """Leave the process group (a command's last step under torchrun), so no rank exits under another."""
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
 # ---------------------------------------------------------------------------------------------- harvest
 
 
@@ -532,10 +540,7 @@ def main(argv: list[str] | None = None) -> int:
     rank, _ = _world()
     if rank == 0:
         print(f"wrote {out}", file=sys.stderr)
-    import torch.distributed as dist
-
-    if dist.is_initialized():  # under torchrun: leave the group together, not one rank's exit under another
-        dist.destroy_process_group()
+    _leave()
     return 0
 
 

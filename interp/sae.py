@@ -40,7 +40,7 @@ from torch import Tensor, nn
 
 from interp.errors import SAEFormatError
 from interp.figures import atomic_write
-from interp.harvest import Harvest, _barrier, _world  # one process group, joined from torchrun's environment
+from interp.harvest import Harvest, _barrier, _leave, _world  # one process group, from torchrun's environment
 from interp.hooks import check_hook_names, logits_for_gradients, temporary_hooks
 from interp.inputs import check_finite, check_index, check_positive_int, check_tokens
 from interp.interventions import activation_tail
@@ -720,10 +720,7 @@ def main(argv: list[str] | None = None) -> int:
               out=args.out, checkpoint_every=args.checkpoint_every, progress=not args.no_progress)
     except (ValueError, TypeError, FileNotFoundError) as err:  # bad input: one line, no traceback
         raise SystemExit(f"error: {err}") from None
-    import torch.distributed as dist
-
-    if dist.is_initialized():  # under torchrun: leave the group together, not one rank's exit under another
-        dist.destroy_process_group()
+    _leave()
     return 0
 
 

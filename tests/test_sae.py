@@ -409,7 +409,8 @@ def test_training_refuses_bad_input_before_any_step(harvested):
     with pytest.raises(ValueError, match="steps"):
         S.train(harvested, **{**TRAIN, "steps": 0})
     with pytest.raises(ValueError, match="more than one shard"):
-        S.train(harvested, **{**TRAIN, "batch_size": 64 * 63 + 1})
+        shard_tokens = harvested.manifest["shard_rows"] * (harvested.manifest["context"] - 1)  # BOS left out
+        S.train(harvested, **{**TRAIN, "batch_size": shard_tokens + 1})
     proc = subprocess.run([sys.executable, "-m", "interp.sae", str(harvested.path), "--hook", "blocks.9.hook_z",
                            "--d-sae", "64", "--out", "unused"], capture_output=True, text=True, cwd=REPO)
     assert proc.returncode != 0 and proc.stderr.strip().splitlines() == [
