@@ -49,6 +49,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from interp import distributed
 from interp.figures import atomic_write
 from interp.hooks import check_hook_names, temporary_hooks
 from interp.inputs import check_positive_int
@@ -147,34 +148,6 @@ def _token_ids(documents: Iterable[_Document], tokenizer) -> Iterator[list[int]]
         if chars >= _TOKENIZE_CHARS:
             yield from encoded()
     yield from encoded()
-
-
-# ---------------------------------------------------------------------------------------------- distributed
-
-
-def _world() -> tuple[int, int]:
-    """(rank, world size); joins the process group from torchrun's environment when there is more than one."""
-    import torch.distributed as dist
-
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world > 1 and not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if torch.cuda.is_available() else "gloo")
-    return (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
-
-
-def _barrier() -> None:
-    import torch.distributed as dist
-
-    if dist.is_initialized():
-        dist.barrier()
-
-
-def _leave() -> None:
-    """Leave the process group (a command's last step under torchrun), so no rank exits under another."""
-    import torch.distributed as dist
-
-    if dist.is_initialized():
-        dist.destroy_process_group()
 
 
 # ---------------------------------------------------------------------------------------------- harvest
@@ -277,7 +250,7 @@ def harvest(model, corpus, *, hooks: Sequence[str], out: str | os.PathLike, cont
     if dtype not in DTYPES:
         raise ValueError(f"dtype must be one of {tuple(DTYPES)}, got {dtype!r}")
     out = Path(out)
-    rank, world = _world()
+    rank, world = distributed.join()
     docs = [{"name": d.name, "sha256": d.sha256} for d in _documents(corpus, pattern)]  # checks the corpus
     fingerprint = _fingerprint(model, docs, hooks, context, dtype, batch_size, shard_rows, stats_only)
     run_file = out / "run.json"
@@ -292,7 +265,7 @@ def harvest(model, corpus, *, hooks: Sequence[str], out: str | os.PathLike, cont
     if rank == 0:  # what a killed run left mid-write: never renamed into place, so never read
         for partial in out.glob(".shard-*.tmp"):
             partial.unlink()
-    _barrier()
+    distributed.barrier()
 
     device = model.cfg.device
     bar = None
@@ -321,10 +294,10 @@ def harvest(model, corpus, *, hooks: Sequence[str], out: str | os.PathLike, cont
         bar.close()
     if n_rows == 0:
         raise ValueError(f"the corpus has fewer than {context - 1} tokens: no row of {context} could be made")
-    _barrier()
+    distributed.barrier()
     if rank == 0:
         _finish(out, fingerprint, n_rows, shard_rows, context, hooks)
-    _barrier()
+    distributed.barrier()
     return out
 
 
@@ -537,10 +510,10 @@ def main(argv: list[str] | None = None) -> int:
                       pattern=args.pattern, progress=not args.no_progress)
     except (ModelLoadError, ValueError, KeyError, FileNotFoundError) as err:
         raise SystemExit(f"error: {err}") from None
-    rank, _ = _world()
+    rank, _ = distributed.join()
     if rank == 0:
         print(f"wrote {out}", file=sys.stderr)
-    _leave()
+    distributed.leave()
     return 0
 
 

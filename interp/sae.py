@@ -38,9 +38,10 @@ import torch.nn.functional as F
 from jaxtyping import Float, Int
 from torch import Tensor, nn
 
+from interp import distributed
 from interp.errors import SAEFormatError
 from interp.figures import atomic_write
-from interp.harvest import Harvest, _barrier, _leave, _world  # one process group, from torchrun's environment
+from interp.harvest import Harvest
 from interp.hooks import check_hook_names, logits_for_gradients, temporary_hooks
 from interp.inputs import check_finite, check_index, check_positive_int, check_tokens
 from interp.interventions import activation_tail
@@ -519,14 +520,6 @@ class TrainConfig:
     dead_after: int
 
 
-def _all_reduce(tensor: Tensor, op: str = "sum") -> Tensor:
-    import torch.distributed as dist
-
-    if dist.is_initialized():
-        dist.all_reduce(tensor, op=dist.ReduceOp.SUM if op == "sum" else dist.ReduceOp.MAX)
-    return tensor
-
-
 def _global_batches(data, hook: str, batch_size: int, seed: int) -> Iterator[Tensor]:
     """Global batches ``[batch_size, d_in]``, the same on every rank, epoch after epoch (epoch e shuffled with
     seed + e); each row's first position is left out."""
@@ -574,7 +567,7 @@ def train(data, *, hook: str, d_sae: int, architecture: str = "topk", k: int | N
     if hook not in data.hooks or data.manifest["stats_only"]:
         raise ValueError(f"the harvest {data.path} holds no activations of {hook!r} (hooks {data.hooks}"
                          f"{', statistics only' if data.manifest['stats_only'] else ''})")
-    rank, world = _world()
+    rank, world = distributed.join()
     batch_size = check_positive_int(batch_size, "batch_size")
     if batch_size % world:
         raise ValueError(f"batch_size {batch_size} must divide evenly over {world} processes")
@@ -619,12 +612,12 @@ def train(data, *, hook: str, d_sae: int, architecture: str = "topk", k: int | N
         optimizer.zero_grad(set_to_none=False)
         loss.backward()
         for p in sae.parameters():
-            _all_reduce(p.grad)
+            distributed.all_reduce(p.grad)
         optimizer.step()
         if architecture == "topk":
             with torch.no_grad():
                 sae.W_dec /= sae.W_dec.norm(dim=-1, keepdim=True)
-        fired = _all_reduce(fired.to(torch.int64), "max").bool()
+        fired = distributed.all_reduce(fired.to(torch.int64), "max").bool()
         since_fired = torch.where(fired, 0, since_fired + batch_size)
         if bar is not None:
             bar.update()
@@ -633,7 +626,7 @@ def train(data, *, hook: str, d_sae: int, architecture: str = "topk", k: int | N
             _checkpoint(out, sae, optimizer, since_fired, step + 1)
     if bar is not None:
         bar.close()
-    _barrier()  # every rank returns once rank 0's last checkpoint is written
+    distributed.barrier()  # every rank returns once rank 0's last checkpoint is written
     return sae
 
 
@@ -649,7 +642,7 @@ def _loss(sae: SAE, x: Tensor, cfg: TrainConfig, dead: Tensor) -> tuple[Tensor, 
         loss = loss + cfg.l1 * (features * sae.W_dec.norm(dim=-1)).sum() / cfg.batch_size
     if dead.any():
         e = error.detach()
-        scale = _all_reduce(e.pow(2).sum().reshape(1)).clamp_min(1e-12)
+        scale = distributed.all_reduce(e.pow(2).sum().reshape(1)).clamp_min(1e-12)
         values, indices = pre[:, dead].topk(min(cfg.aux_k, int(dead.sum())), dim=-1)
         e_hat = torch.zeros_like(pre[:, dead]).scatter(-1, indices, values.relu()) @ sae.W_dec[dead]
         loss = loss + cfg.aux_coeff * (e - e_hat).pow(2).sum() / scale[0]
@@ -720,7 +713,7 @@ def main(argv: list[str] | None = None) -> int:
               out=args.out, checkpoint_every=args.checkpoint_every, progress=not args.no_progress)
     except (ValueError, TypeError, FileNotFoundError) as err:  # bad input: one line, no traceback
         raise SystemExit(f"error: {err}") from None
-    _leave()
+    distributed.leave()
     return 0
 
 

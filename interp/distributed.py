@@ -1,0 +1,40 @@
+"""The process group that ``torchrun`` describes, for the commands that run data-parallel (``interp.harvest``,
+``interp.sae``'s training). It is ``torch.distributed`` itself: gloo on the CPU, nccl on a GPU. Outside
+``torchrun`` (``WORLD_SIZE`` unset or 1) every function here is a no-op for one process, rank 0 of 1."""
+
+from __future__ import annotations
+
+import os
+
+import torch
+import torch.distributed as dist
+from torch import Tensor
+
+__all__ = ["all_reduce", "barrier", "join", "leave"]
+
+
+def join() -> tuple[int, int]:
+    """(rank, world size); joins the process group from torchrun's environment when there is more than one."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if torch.cuda.is_available() else "gloo")
+    return (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
+
+
+def barrier() -> None:
+    """Wait for every rank."""
+    if dist.is_initialized():
+        dist.barrier()
+
+
+def all_reduce(tensor: Tensor, op: str = "sum") -> Tensor:
+    """``tensor`` summed (``op="sum"``) or maximised (``"max"``) over the ranks, in place; returned."""
+    if dist.is_initialized():
+        dist.all_reduce(tensor, op=dist.ReduceOp.SUM if op == "sum" else dist.ReduceOp.MAX)
+    return tensor
+
+
+def leave() -> None:
+    """Leave the process group (a command's last step under torchrun), so no rank exits under another."""
+    if dist.is_initialized():
+        dist.destroy_process_group()
