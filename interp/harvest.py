@@ -311,12 +311,11 @@ def _write_shard(model, out: Path, index: int, rows: list[list[int]], hooks, bat
     for start in range(0, len(tokens), batch_size):
         acts = _forward(model, tokens[start:start + batch_size].to(device), hooks)
         for name in hooks:
-            act = acts[name].float().cpu()
-            flat = act.reshape(act.shape[0] * act.shape[1], -1)  # [tokens, features], summed in float64
+            act = acts[name]
+            flat = act.reshape(act.shape[0] * act.shape[1], -1).double()  # [tokens, features], on the model's device
             stats[f"shape.{name}"] = torch.tensor(act.shape[2:], dtype=torch.int64)
-            sumsq = torch.linalg.vector_norm(flat, dim=0, dtype=torch.float64).square()
             for key, value in ((f"stats.{name}.count", torch.tensor([flat.shape[0]], dtype=torch.float64)),
-                               (f"stats.{name}.sum", flat.sum(0, dtype=torch.float64)), (f"stats.{name}.sumsq", sumsq)):
+                               (f"stats.{name}.sum", flat.sum(0).cpu()), (f"stats.{name}.sumsq", flat.square().sum(0).cpu())):
                 stats[key] = stats[key] + value if key in stats else value
             if not stats_only:
                 parts[name].append(acts[name].to(dtype).cpu())
