@@ -25,6 +25,7 @@ Example:
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import math
 import os
@@ -136,6 +137,12 @@ class SAE(nn.Module):
         return cfg
 
 
+@functools.lru_cache(maxsize=64)
+def _block_count(d: int, k: int) -> int:
+    """The largest divisor of ``d`` that is at most ``sqrt(k * d)``: ``_top_k``'s number of blocks."""
+    return next(b for b in range(math.isqrt(k * d), 0, -1) if d % b == 0)
+
+
 def _top_k(pre: Float[Tensor, "... d_sae"], k: int) -> tuple[Float[Tensor, "... k"], Int[Tensor, "... k"]]:
     """``pre.topk(k, dim=-1, sorted=False)``, in about half the time on CPU when k is much less than d_sae.
 
@@ -146,7 +153,7 @@ def _top_k(pre: Float[Tensor, "... d_sae"], k: int) -> tuple[Float[Tensor, "... 
     ties the indices may differ, which ``torch.topk`` leaves unspecified too.
     """
     d = pre.shape[-1]
-    n = next(b for b in range(math.isqrt(k * d), 0, -1) if d % b == 0)
+    n = _block_count(d, k)
     if n <= k:  # no block to skip
         return pre.topk(k, dim=-1, sorted=False)
     blocks = pre.reshape(-1, d // n, n)  # [rows, d / n, n]: latent g * n + j at [:, g, j]
