@@ -491,12 +491,16 @@ def _ln1_backward(model, layer: int, runs: list[_GradientRun], out: Float[Tensor
         grads = [run.grads[f"a{layer}", qkv] / sigma for run, (sigma, _) in zip(runs, norms)]  # [batch, pos, head, e]
         W = getattr(attn, f"W_{qkv.upper()}").detach().to(grads[0].dtype)  # [head, d_model, e]
         offset = getattr(attn, f"b_{qkv.upper()}").detach().to(W.dtype)  # [head, e]
-        if w is not None:
+        if w is None:
+            centred = W - W.mean(1, keepdim=True)
+        else:  # w W centred over d_model, in one pass over W
+            scale = w.to(W.dtype)
             offset = offset + einops.einsum(b_ln.to(W.dtype), W, "d, head d e -> head e")
-            W = W * w.to(W.dtype)[:, None]
+            mean = einops.einsum(scale, W, "d, head d e -> head e") / W.shape[1]
+            centred = torch.addcmul(-mean[:, None], W, scale[:, None])
         into = out[i].view(out.shape[1], -1, W.shape[1])  # [head, (batch pos), d_model]
         summed = einops.rearrange(sum(grads), "b pos head e -> head (b pos) e")
-        torch.bmm(summed, (W - W.mean(1, keepdim=True)).transpose(1, 2), out=into)
+        torch.bmm(summed, centred.transpose(1, 2), out=into)
         for run, g, (_, x_hat) in zip(runs, grads, norms):
             along = (g * (run.acts[f"a{layer}", qkv] - offset)).sum(-1) / W.shape[1]  # [batch, pos, head]
             into.addcmul_(einops.rearrange(along, "b pos head -> head (b pos) 1"), x_hat, value=-1)
