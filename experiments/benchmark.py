@@ -1,4 +1,5 @@
-"""Speed, measured side by side in one run: ratios of medians over interleaved repetitions.
+"""Speed, measured side by side in one run: ratios of medians over interleaved repetitions, and each
+repetition's own ratio with a 95% bootstrap interval.
 
 Runs on random weights in GPT-2 small's exact shape (timings do not depend on the weight values), so it
 needs no download. Prints a table and writes figures/benchmark_tl{major}.json.
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import statistics
 import subprocess
@@ -40,6 +42,7 @@ from interp.checkpoints import write_random_checkpoint
 from interp.figures import atomic_write
 from interp.hooks import temporary_hooks
 from interp.loading import load_model, quiet_transformers
+from interp.metrics import bootstrap_interval
 from interp.patching import activation_patching, attribution_patching
 from interp.sampling import generate, temperature_sweep
 
@@ -67,12 +70,20 @@ def interleaved(contenders: dict[str, Callable[[], object]], reps: int) -> dict[
 
 
 def row(label: str, times: dict[str, list[float]], subject: str, baseline: str, goal: str) -> dict:
+    """Ratios of medians and of minima; and the geometric mean of the repetitions' own ratios (subject and
+    baseline timed one after the other, so a slow spell of a shared machine hits both) with its 95% bootstrap
+    interval over repetitions: a goal is met in a run when the interval lies below it."""
     med = {k: statistics.median(v) for k, v in times.items()}
-    return {"comparison": label, "subject": subject, "baseline": baseline,
+    logs = torch.tensor([[math.log(s / b) for s, b in zip(times[subject], times[baseline], strict=True)]],
+                        dtype=torch.float64)
+    low, high = bootstrap_interval(logs)
+    return {"comparison": label, "subject": subject, "baseline": baseline, "repetitions": len(times[subject]),
             "subject_median_s": med[subject], "subject_min_s": min(times[subject]),
             "baseline_median_s": med[baseline], "baseline_min_s": min(times[baseline]),
             "ratio_median": med[subject] / med[baseline],
-            "ratio_min": min(times[subject]) / min(times[baseline]), "goal": goal}
+            "ratio_min": min(times[subject]) / min(times[baseline]),
+            "ratio_paired": math.exp(float(logs.mean())), "ratio_paired_95": [math.exp(float(low)), math.exp(float(high))],
+            "goal": goal}
 
 
 def bench_cache_heads(models: dict, tokens: torch.Tensor, reps: int) -> list[dict]:
@@ -428,8 +439,8 @@ def main(argv: list[str] | None = None) -> int:
             steps.append(("sampling, batch 16", lambda: results["rows"].extend(
                 bench_generate(models, hf, 16, 64, max(2, args.reps // 2)))))
         steps.append(("patching", lambda: results["rows"].extend(bench_patching(model, max(2, args.reps // 2)))))
-        steps.append(("circuits", lambda: _circuits(results, model, max(2, args.reps // 2))))
-        steps.append(("harvest", lambda: _harvest(results, model, device, max(2, args.reps // 2))))
+        steps.append(("circuits", lambda: _circuits(results, model, args.reps)))
+        steps.append(("harvest", lambda: _harvest(results, model, device, args.reps)))
         steps.append(("sae", lambda: _sae(results, model, device, 4 * args.reps)))  # cheap rows, noisy machine
         steps.append(("roofline", lambda: results.update(roofline=roofline(model, args.reps))))
         if not args.quick:
@@ -444,9 +455,11 @@ def main(argv: list[str] | None = None) -> int:
             step()
             print(f" {time.perf_counter() - start:.0f}s", file=sys.stderr, flush=True)
 
-    print(f"\n{'comparison':78s} {'median':>8s} {'min':>8s}  goal")
+    print(f"\n{'comparison':78s} {'median':>8s} {'min':>8s} {'paired [95%]':>20s}  goal")
     for r in results["rows"]:
-        print(f"{r['comparison']:78s} {r['ratio_median']:7.3f}x {r['ratio_min']:7.3f}x  {r['goal']}")
+        low, high = r["ratio_paired_95"]
+        print(f"{r['comparison']:78s} {r['ratio_median']:7.3f}x {r['ratio_min']:7.3f}x "
+              f"{r['ratio_paired']:6.3f}x [{low:.3f}, {high:.3f}]  {r['goal']}")
     cb = results["cache_bytes"]
     print(f"\ncache_heads stores {cb['cache_heads_bytes']:,} B vs run_with_cache {cb['run_with_cache_bytes']:,} B "
           f"({100 * cb['fraction']:.2f}%)")

@@ -237,3 +237,16 @@ def test_shared_axes_have_one_type(run_dirs, name):
             continue
         other = axes.get(target[0] + "axis" + target[1:], {})
         assert axis.get("type", "-") == other.get("type", "-"), f"{name}: {key} matches {target} but has another type"
+
+
+def test_benchmark_rows_pair_repetitions_and_bound_their_ratio():
+    """Each repetition's ratio is its own subject over its own baseline: a machine that slows down for a spell
+    slows both, so the paired ratio stays put where the ratio of medians would not."""
+    from experiments.benchmark import row
+
+    baseline = [1.0, 1.0, 3.0, 3.0, 3.0]  # a slow spell from the third repetition on
+    r = row("x", {"a": [2 * b for b in baseline], "b": baseline}, "a", "b", "goal")
+    assert r["ratio_paired"] == pytest.approx(2.0) and r["ratio_paired_95"] == pytest.approx([2.0, 2.0])
+    noisy = row("x", {"a": [1.0, 1.2, 1.1, 1.3, 1.0], "b": [1.0] * 5}, "a", "b", "goal")
+    low, high = noisy["ratio_paired_95"]
+    assert 1.0 <= low < noisy["ratio_paired"] < high <= 1.3
