@@ -197,9 +197,11 @@ def bench_circuits(model, reps: int, sample: int = 64) -> tuple[list[dict], dict
     g = circuits.graph(model)
     edges = [g.edges[i] for i in torch.randperm(len(g.edges), generator=torch.Generator().manual_seed(0))[:sample]]
 
+    chunk = circuits._edges_per_forward(clean)  # edge_attribution's default
+
     def exact_sample():
         with circuits._edge_hooks_on(model):
-            circuits._exact(model, g, clean, corrupted, metric, 16, edges)
+            circuits._exact(model, g, clean, corrupted, metric, chunk, edges)
 
     steps = 5
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
@@ -221,7 +223,7 @@ def bench_circuits(model, reps: int, sample: int = 64) -> tuple[list[dict], dict
                 "<= 3.5x"),
             row(f"EAP-IG ({steps} steps) vs one forward and backward", times, "eap_ig", "forward_backward",
                 f"<= {1.1 * (steps + 1):.1f}x ((steps + 1) x 1.1)"),
-            row(f"exact edge patching, per edge ({sample} sampled edges, 16 per forward), vs one forward",
+            row(f"exact edge patching, per edge ({sample} sampled edges, {chunk} per forward), vs one forward",
                 per_edge, "exact_sample", "forward", "<= 1x")]
     return rows, memory
 

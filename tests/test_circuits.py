@@ -252,6 +252,8 @@ def test_bad_edges_and_methods_are_refused(raw_model, pair):
         edge_attribution(raw_model, clean, corrupt, logit_metric, method="acdc")
     with pytest.raises(ValueError, match="same shape"):
         edge_attribution(raw_model, clean, corrupt[:, :-1], logit_metric)
+    with pytest.raises(ValueError, match="edges_per_forward"):
+        edge_attribution(raw_model, clean, corrupt, logit_metric, method="exact", edges_per_forward=0)
     assert attached_hooks(raw_model) == []
     for flag in ("use_attn_result", "use_hook_mlp_in"):
         assert not getattr(raw_model.cfg, flag), f"{flag} must be restored"
