@@ -168,6 +168,10 @@ def bench_patching(model, reps: int) -> list[dict]:
                 "forward", "<= 3x")]
 
 
+def _target_logprob(logits):  # the circuits rows' metric: the log-probability of token 42 at the last position
+    return logits[:, -1].log_softmax(-1)[:, 42]
+
+
 def bench_circuits(model, reps: int, sample: int = 64) -> tuple[list[dict], dict]:
     """Edge attribution over all edges (32,491 in GPT-2 small's shape), 8 prompt pairs of 16 tokens: EAP
     against a bare forward, EAP-IG against a forward and backward, exact patching per edge (on a sample)
@@ -180,9 +184,7 @@ def bench_circuits(model, reps: int, sample: int = 64) -> tuple[list[dict], dict
     device = model.cfg.device
     clean = torch.randint(0, model.cfg.d_vocab, (8, 16), device=device)
     corrupted = torch.randint(0, model.cfg.d_vocab, (8, 16), device=device)
-
-    def metric(logits):
-        return logits[:, -1].log_softmax(-1)[:, 42]
+    metric = _target_logprob
 
     def forward_backward():  # the metric's gradient at the embeddings: what one EAP-IG step costs at least
         leaves = []
@@ -226,6 +228,25 @@ def bench_circuits(model, reps: int, sample: int = 64) -> tuple[list[dict], dict
             row(f"exact edge patching, per edge ({sample} sampled edges, {chunk} per forward), vs one forward",
                 per_edge, "exact_sample", "forward", "<= 1x")]
     return rows, memory
+
+
+def bench_exact_bundled(device: str, reps: int) -> dict:
+    """Exact patching of every edge of the bundled model (46), 8 prompt pairs of 16 tokens, as a user calls it
+    (``edge_attribution(method="exact")``, its two unpatched forwards included), per edge, against one forward
+    of the bundled model."""
+    from interp import circuits
+
+    bundled = load_model("bundled", device=device)
+    torch.manual_seed(0)
+    clean, corrupted = (torch.randint(0, bundled.cfg.d_vocab, (8, 16), device=device) for _ in range(2))
+    n_edges = len(circuits.graph(bundled).edges)
+    with torch.no_grad():
+        times = interleaved({"forward": lambda: bundled(clean),
+                             "exact": lambda: circuits.edge_attribution(bundled, clean, corrupted, _target_logprob,
+                                                                        method="exact")}, reps)
+    per_edge = {**times, "exact": [t / n_edges for t in times["exact"]]}
+    return row(f"exact edge patching, bundled model, all {n_edges} edges, 8 pairs x 16 tokens, per edge, vs one "
+               "forward", per_edge, "exact", "forward", "<= 1x")
 
 
 def bench_harvest(model, label: str, corpus: Path, reps: int) -> tuple[list[dict], dict]:
@@ -395,9 +416,9 @@ def _sae(results: dict, model, device: str, reps: int) -> None:
     results["sae_training"] = detail
 
 
-def _circuits(results: dict, model, reps: int) -> None:
+def _circuits(results: dict, model, device: str, reps: int) -> None:
     rows, memory = bench_circuits(model, reps)
-    results["rows"].extend(rows)
+    results["rows"].extend([*rows, bench_exact_bundled(device, 4 * reps)])  # the bundled rows are cheap
     results["circuits_memory"] = memory
 
 
@@ -441,7 +462,7 @@ def main(argv: list[str] | None = None) -> int:
             steps.append(("sampling, batch 16", lambda: results["rows"].extend(
                 bench_generate(models, hf, 16, 64, max(2, args.reps // 2)))))
         steps.append(("patching", lambda: results["rows"].extend(bench_patching(model, max(2, args.reps // 2)))))
-        steps.append(("circuits", lambda: _circuits(results, model, args.reps)))
+        steps.append(("circuits", lambda: _circuits(results, model, device, args.reps)))
         steps.append(("harvest", lambda: _harvest(results, model, device, args.reps)))
         steps.append(("sae", lambda: _sae(results, model, device, 4 * args.reps)))  # cheap rows, noisy machine
         steps.append(("roofline", lambda: results.update(roofline=roofline(model, args.reps))))
