@@ -175,7 +175,7 @@ def _target_logprob(logits):  # the circuits rows' metric: the log-probability o
 def bench_circuits(model, reps: int, sample: int = 64) -> tuple[list[dict], dict]:
     """Edge attribution over all edges (32,491 in GPT-2 small's shape), 8 prompt pairs of 16 tokens: EAP
     against a bare forward, EAP-IG against a forward and backward, exact patching per edge (on a sample)
-    against a forward; and EAP-IG's peak memory."""
+    against a forward; and the process's peak memory growth over these rows, which bounds EAP-IG's."""
     import resource
 
     from interp import circuits
@@ -498,7 +498,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"harvest command, 1 process {p['1_process_s']:.1f}s, 2 processes {p['2_process_s']:.1f}s "
               f"(x{p['speedup']:.2f}; identical outputs: {p['identical_outputs']})")
     cm = results["circuits_memory"]
-    print(f"EAP-IG over {cm['edges']} edges: the process's peak RSS grew by {cm['peak_rss_growth_mib']:.0f} MiB"
+    print(f"EAP, EAP-IG and exact over {cm['edges']} edges: the process's peak RSS grew by "
+          f"{cm['peak_rss_growth_mib']:.0f} MiB (a bound on EAP-IG's)"
           + (f"; CUDA peak {cm['cuda_peak_mib']:.0f} MiB" if cm["cuda_peak_mib"] is not None else ""))
     st = results["sae_training"]
     print(f"SAE training ({st['sae']}): {st['train_tokens_per_s']:.0f} tokens/s; harvesting them "
