@@ -46,6 +46,11 @@ from interp.metrics import bootstrap_interval
 from interp.patching import activation_patching, attribution_patching
 from interp.sampling import generate, temperature_sweep
 
+# What the rows run on: no row uses GPT-2 small's trained weights.
+MODELS = {"default": "random weights in GPT-2 small's exact shape (interp.checkpoints.write_random_checkpoint, "
+                     "seed 0)",
+          "rows naming the bundled model": "the bundled mini-GPT-2 (2 layers, trained in this repo), with its SAE"}
+
 PROMPT = "The quick brown fox jumps over the lazy dog. " * 4
 
 
@@ -230,13 +235,13 @@ def bench_circuits(model, reps: int, sample: int = 64) -> tuple[list[dict], dict
     return rows, memory
 
 
-def bench_exact_bundled(device: str, reps: int) -> dict:
+def bench_exact_bundled(bundled, reps: int) -> dict:
     """Exact patching of every edge of the bundled model (46), 8 prompt pairs of 16 tokens, as a user calls it
     (``edge_attribution(method="exact")``, its two unpatched forwards included), per edge, against one forward
     of the bundled model."""
     from interp import circuits
 
-    bundled = load_model("bundled", device=device)
+    device = bundled.cfg.device
     torch.manual_seed(0)
     clean, corrupted = (torch.randint(0, bundled.cfg.d_vocab, (8, 16), device=device) for _ in range(2))
     n_edges = len(circuits.graph(bundled).edges)
@@ -292,7 +297,7 @@ def bench_harvest(model, label: str, corpus: Path, reps: int) -> tuple[list[dict
                 "<= 1.11x (>= 0.9x tokens/s)")], detail
 
 
-def bench_sae(model, device: str, reps: int) -> tuple[list[dict], dict]:
+def bench_sae(model, bundled, reps: int) -> tuple[list[dict], dict]:
     """A forward with a SAE spliced in (interp.sae.splice) against a bare one: the bundled model with the
     bundled SAE (4,096 latents), and GPT-2 small's shape with a random TopK SAE of 24,576 latents; and SAE
     training throughput against harvesting the same tokens (the bundled model, the stdlib's email package)."""
@@ -301,7 +306,7 @@ def bench_sae(model, device: str, reps: int) -> tuple[list[dict], dict]:
     from interp import harvest as hv
     from interp import sae as S
 
-    bundled = load_model("bundled", device=device)
+    device = model.cfg.device
     small = S.load("bundled").to(device)
     torch.manual_seed(0)
     big = S.SAE(model.cfg.d_model, 24576, hook_name="blocks.6.hook_resid_pre", architecture="topk", k=32)
@@ -394,11 +399,10 @@ def end_to_end(args: list[str], goal: str) -> dict:
             "goal": goal}
 
 
-def _harvest(results: dict, model, device: str, reps: int) -> None:
+def _harvest(results: dict, model, bundled, reps: int) -> None:
     import email
     import json as json_module
 
-    bundled = load_model("bundled", device=device)
     details = []
     for label, subject, corpus in (("bundled model", bundled, Path(email.__file__).parent),
                                    ("GPT-2 small's shape", model, Path(json_module.__file__).parent)):
@@ -406,19 +410,19 @@ def _harvest(results: dict, model, device: str, reps: int) -> None:
         results["rows"].extend(rows)
         details.append(detail)
     results["harvest"] = {"throughput": details}
-    if device == "cpu":
+    if model.cfg.device == "cpu":
         results["harvest"]["processes"] = bench_harvest_processes()
 
 
-def _sae(results: dict, model, device: str, reps: int) -> None:
-    rows, detail = bench_sae(model, device, reps)
+def _sae(results: dict, model, bundled, reps: int) -> None:
+    rows, detail = bench_sae(model, bundled, reps)
     results["rows"].extend(rows)
     results["sae_training"] = detail
 
 
-def _circuits(results: dict, model, device: str, reps: int) -> None:
+def _circuits(results: dict, model, bundled, reps: int) -> None:
     rows, memory = bench_circuits(model, reps)
-    results["rows"].extend([*rows, bench_exact_bundled(device, 4 * reps)])  # the bundled rows are cheap
+    results["rows"].extend([*rows, bench_exact_bundled(bundled, 4 * reps)])  # the bundled rows are cheap
     results["circuits_memory"] = memory
 
 
@@ -437,13 +441,14 @@ def main(argv: list[str] | None = None) -> int:
     torch.manual_seed(0)
     device = args.device
     results: dict = {"command": command_line(), "device": device, "torch_threads": torch.get_num_threads(),
-                     "transformer_lens": TL_VERSION, "backends": list(AVAILABLE_BACKENDS),
+                     "transformer_lens": TL_VERSION, "backends": list(AVAILABLE_BACKENDS), "models": MODELS,
                      "gpu": torch.cuda.get_device_name() if device.startswith("cuda") else None, "rows": []}
     with tempfile.TemporaryDirectory() as tmp:
         print("writing a random checkpoint in GPT-2 small's shape ...", file=sys.stderr, flush=True)
         ckpt = write_random_checkpoint(Path(tmp) / "random-gpt2-small-shape", seed=0)
         models = {b: load_model(ckpt, backend=b, device=device) for b in AVAILABLE_BACKENDS}
         model = models[DEFAULT_BACKEND]
+        bundled = load_model("bundled", device=device)  # the rows that name the bundled model
         from transformers import GPT2LMHeadModel
 
         with quiet_transformers():
@@ -462,16 +467,16 @@ def main(argv: list[str] | None = None) -> int:
             steps.append(("sampling, batch 16", lambda: results["rows"].extend(
                 bench_generate(models, hf, 16, 64, max(2, args.reps // 2)))))
         steps.append(("patching", lambda: results["rows"].extend(bench_patching(model, max(2, args.reps // 2)))))
-        steps.append(("circuits", lambda: _circuits(results, model, device, args.reps)))
-        steps.append(("harvest", lambda: _harvest(results, model, device, args.reps)))
-        steps.append(("sae", lambda: _sae(results, model, device, 4 * args.reps)))  # cheap rows, noisy machine
+        steps.append(("circuits", lambda: _circuits(results, model, bundled, args.reps)))
+        steps.append(("harvest", lambda: _harvest(results, model, bundled, args.reps)))
+        steps.append(("sae", lambda: _sae(results, model, bundled, 4 * args.reps)))  # cheap rows, noisy machine
         steps.append(("roofline", lambda: results.update(roofline=roofline(model, args.reps))))
         if not args.quick:
-            bundled = ["--model", "bundled", "--device", device]
+            offline = ["--model", "bundled", "--device", device]
             steps.append(("python -m experiments end to end", lambda: results.update(end_to_end=end_to_end(
-                [*bundled, "--out", str(Path(tmp) / "figures")], "<= 180 s"))))
+                [*offline, "--out", str(Path(tmp) / "figures")], "<= 180 s"))))
             steps.append(("mechanisms family end to end", lambda: results.update(mechanisms=end_to_end(
-                ["mechanisms", *bundled, "--no-images", "--out", str(Path(tmp) / "mechanisms")], "<= 60 s"))))
+                ["mechanisms", *offline, "--no-images", "--out", str(Path(tmp) / "mechanisms")], "<= 60 s"))))
         for name, step in steps:
             start = time.perf_counter()
             print(f"  {name} ...", file=sys.stderr, flush=True, end="")

@@ -240,8 +240,8 @@ def test_shared_axes_have_one_type(run_dirs, name):
 
 
 def test_benchmark_rows_pair_repetitions_and_bound_their_ratio():
-    """Each repetition's ratio is its own subject over its own baseline: a machine that slows down for a spell
-    slows both, so the paired ratio stays put where the ratio of medians would not."""
+    """Each repetition's ratio is its own subject over its own baseline: a slow spell that hits both leaves every
+    ratio at 2, so the interval is [2, 2] (resampling subject and baseline apart would widen it)."""
     from experiments.benchmark import row
 
     baseline = [1.0, 1.0, 3.0, 3.0, 3.0]  # a slow spell from the third repetition on
