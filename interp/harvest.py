@@ -318,7 +318,7 @@ def _write_shard(model, out: Path, index: int, rows: list[list[int]], hooks, bat
                                (f"stats.{name}.sum", flat.sum(0).cpu()), (f"stats.{name}.sumsq", flat.square().sum(0).cpu())):
                 stats[key] = stats[key] + value if key in stats else value
             if not stats_only:
-                parts[name].append(acts[name].to(dtype).cpu())
+                parts[name].append(act.to(dtype).cpu())
         if bar is not None:
             bar.update(min(batch_size, len(tokens) - start) * tokens.shape[1] * world)  # this rank's share, scaled
     tensors = {"tokens": tokens, **stats}
