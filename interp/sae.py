@@ -525,6 +525,8 @@ class TrainConfig:
     aux_k: int
     aux_coeff: float
     dead_after: int
+    l0: float
+    bandwidth: float
 
 
 def _global_batches(data, hook: str, batch_size: int, seed: int) -> Iterator[Tensor]:
@@ -544,9 +546,10 @@ def _global_batches(data, hook: str, batch_size: int, seed: int) -> Iterator[Ten
 
 
 def train(data, *, hook: str, d_sae: int, architecture: str = "topk", k: int | None = 16, l1: float = 5.0,
-          batch_size: int = 4096, steps: int = 1000, lr: float = 4e-4, seed: int = 0, aux_k: int | None = None,
-          aux_coeff: float = 1 / 32, dead_after: int = 1_000_000, out: str | os.PathLike | None = None,
-          checkpoint_every: int = 100, progress: bool = True, metadata: Mapping | None = None) -> SAE:
+          l0: float = 1.0, bandwidth: float = 0.05, batch_size: int = 4096, steps: int = 1000, lr: float = 4e-4,
+          seed: int = 0, aux_k: int | None = None, aux_coeff: float | None = None, dead_after: int = 1_000_000,
+          out: str | os.PathLike | None = None, checkpoint_every: int = 100, progress: bool = True,
+          metadata: Mapping | None = None) -> SAE:
     """Train a SAE on a harvest's activations at ``hook`` (``data``: ``interp.harvest.open(path)`` or a path).
 
     - **Batches**: ``batch_size`` tokens per step, drawn in the harvest's seeded shuffled order (each row's BOS
@@ -554,11 +557,18 @@ def train(data, *, hook: str, d_sae: int, architecture: str = "topk", k: int | N
       gradients are summed across ranks (each rank's loss is its share of the global batch's), so N processes
       take the steps one process takes with the same ``batch_size``.
     - **Loss**: the squared error summed over dimensions, averaged over the batch; ``"standard"`` adds
-      ``l1 * sum_i f_i ||W_dec_i||``; ``"topk"`` keeps the decoder rows at unit norm after each step.
+      ``l1 * sum_i f_i ||W_dec_i||``; ``"topk"`` keeps the decoder rows at unit norm after each step;
+      ``"jumprelu"`` adds ``l0 * L0`` and trains its thresholds through the straight-through estimator of
+      Rajamanoharan et al. (2024), a rectangle kernel of width ``bandwidth``, as SAELens's
+      ``JumpReLUTrainingSAE`` does by default (sparsity mode ``"step"``, no estimator gradient into the
+      pre-activations; thresholds start at 0.01 and are kept >= 0).
     - **Dead latents**: a latent is dead when it has not fired in the last ``dead_after`` tokens (counted over
-      every rank: the counts are reduced with a max, so ranks never diverge). Their pre-activations' top
-      ``aux_k`` (default d_in // 2) reconstruct the live latents' error (AuxK, Gao et al. 2024), added as
-      ``aux_coeff * ||e - e_hat||^2 / ||e||^2`` over the global batch.
+      every rank: the counts are reduced with a max, so ranks never diverge). For ``"topk"`` and
+      ``"standard"``, their pre-activations' top ``aux_k`` (default d_in // 2) reconstruct the live latents'
+      error (AuxK, Gao et al. 2024), added as ``aux_coeff * ||e - e_hat||^2 / ||e||^2`` over the global batch
+      (``aux_coeff`` default 1/32). For ``"jumprelu"``, Anthropic's pre-activation loss pulls their
+      pre-activations up to the threshold, ``aux_coeff * sum_i relu(threshold_i - pre_i) ||W_dec_i||`` over the
+      dead latents, averaged over the batch (default 3e-6), as SAELens's ``pre_act_loss_coefficient``.
     - **Init** (seeded): decoder rows random unit vectors, the encoder their transpose, ``b_dec`` the first
       global batch's mean.
     - **Checkpoints** in ``out`` every ``checkpoint_every`` steps (the SAE in SAELens's format, the optimiser and
@@ -567,9 +577,13 @@ def train(data, *, hook: str, d_sae: int, architecture: str = "topk", k: int | N
 
     Returns the trained SAE (also saved in ``out``).
     """
-    if architecture not in ("topk", "standard"):
-        raise ValueError(f"train builds 'topk' or 'standard' SAEs, got {architecture!r} (JumpReLU SAEs load, save "
-                         "and evaluate, but do not train here)")
+    if architecture not in ARCHITECTURES:
+        raise ValueError(f"architecture must be one of {ARCHITECTURES}, got {architecture!r}")
+    for value, name in ((l1, "l1"), (l0, "l0"), (bandwidth, "bandwidth"), (aux_coeff, "aux_coeff")):
+        if value is not None and not (math.isfinite(value) and value >= 0):
+            raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+    if not bandwidth > 0:
+        raise ValueError(f"bandwidth must be > 0, got {bandwidth!r}")
     data = data if isinstance(data, Harvest) else Harvest(data)
     if hook not in data.hooks or data.manifest["stats_only"]:
         raise ValueError(f"the harvest {data.path} holds no activations of {hook!r} (hooks {data.hooks}"
@@ -582,8 +596,11 @@ def train(data, *, hook: str, d_sae: int, architecture: str = "topk", k: int | N
     checkpoint_every = check_positive_int(checkpoint_every, "checkpoint_every")
     d_in = math.prod(data.manifest.get("feature_shapes", {}).get(hook) or [data.shard(0, hook).shape[-1]])
     k = k if architecture == "topk" else None
+    if aux_coeff is None:
+        aux_coeff = _PRE_ACT_COEFF if architecture == "jumprelu" else _AUX_K_COEFF
     cfg = TrainConfig(hook, check_positive_int(d_sae, "d_sae"), architecture, k, float(l1), batch_size, steps,
-                      float(lr), seed, aux_k or d_in // 2, float(aux_coeff), check_positive_int(dead_after, "dead_after"))
+                      float(lr), seed, aux_k or d_in // 2, float(aux_coeff), check_positive_int(dead_after, "dead_after"),
+                      float(l0), float(bandwidth))
     sae = SAE(d_in, d_sae, hook_name=hook, architecture=architecture, k=k,
               metadata={"model_name": data.manifest["model"]["label"], **(metadata or {})})
     optimizer = torch.optim.Adam(sae.parameters(), lr=lr)
@@ -604,6 +621,8 @@ def train(data, *, hook: str, d_sae: int, architecture: str = "topk", k: int | N
             sae.W_dec.copy_(W / W.norm(dim=-1, keepdim=True))
             sae.W_enc.copy_(sae.W_dec.T)
             sae.b_dec.copy_(next(_global_batches(data, hook, batch_size, seed)).mean(0))  # also step 0's batch
+            if sae.threshold is not None:
+                sae.threshold.fill_(_THRESHOLD_INIT)
         if out is not None and rank == 0:
             atomic_write(out / "train.json", json.dumps(asdict(cfg), indent=1) + "\n")
     share = slice(rank * batch_size // world, (rank + 1) * batch_size // world)
@@ -621,9 +640,11 @@ def train(data, *, hook: str, d_sae: int, architecture: str = "topk", k: int | N
         for p in sae.parameters():
             distributed.all_reduce(p.grad)
         optimizer.step()
-        if architecture == "topk":
-            with torch.no_grad():
+        with torch.no_grad():
+            if architecture == "topk":
                 sae.W_dec /= sae.W_dec.norm(dim=-1, keepdim=True)
+            elif architecture == "jumprelu":  # below 0 the gate would pass negative pre-activations
+                sae.threshold.clamp_(min=0)
         fired = distributed.all_reduce(fired.to(torch.int64), "max").bool()
         since_fired = torch.where(fired, 0, since_fired + batch_size)
         if bar is not None:
@@ -637,17 +658,54 @@ def train(data, *, hook: str, d_sae: int, architecture: str = "topk", k: int | N
     return sae
 
 
+# The defaults SAELens 6 trains JumpReLU SAEs with (``jumprelu_init_threshold``), and the dead-latent losses'
+# coefficients: AuxK's (Gao et al. 2024) and the pre-activation loss's (Anthropic's, SAELens's suggested 3e-6).
+_THRESHOLD_INIT = 0.01
+_AUX_K_COEFF = 1 / 32
+_PRE_ACT_COEFF = 3e-6
+
+
+class _JumpReLU(torch.autograd.Function):
+    """JumpReLU's features ``pre * (pre > threshold)`` and its firing indicator (whose sum is L0), with the
+    straight-through estimator of Rajamanoharan et al. (2024) for the threshold: a rectangle kernel of width
+    ``bandwidth`` around it, ``-threshold / bandwidth`` for the features and ``-1 / bandwidth`` for the
+    indicator; the pre-activations get the gate's own gradient, and none from the estimator."""
+
+    @staticmethod
+    def forward(ctx, pre: Tensor, threshold: Tensor, bandwidth: float) -> tuple[Tensor, Tensor]:
+        ctx.save_for_backward(pre, threshold)
+        ctx.bandwidth = bandwidth
+        fired = (pre > threshold).to(pre.dtype)
+        return pre * fired, fired
+
+    @staticmethod
+    def backward(ctx, grad_features: Tensor, grad_fired: Tensor) -> tuple[Tensor, Tensor, None]:
+        pre, threshold = ctx.saved_tensors
+        scaled = (pre - threshold) / ctx.bandwidth
+        kernel = ((scaled > -0.5) & (scaled < 0.5)).to(pre.dtype) / ctx.bandwidth
+        grad_threshold = -(kernel * (threshold * grad_features + grad_fired)).sum(0)
+        return (pre > threshold) * grad_features, grad_threshold, None
+
+
 def _loss(sae: SAE, x: Tensor, cfg: TrainConfig, dead: Tensor) -> tuple[Tensor, dict, Tensor]:
     """This rank's share of the global batch's loss, its parts (this rank's), and which latents fired."""
     pre = sae.pre_acts(x)
-    features = sae.activation(pre)
+    if cfg.architecture == "jumprelu":
+        features, fired = _JumpReLU.apply(pre, sae.threshold, cfg.bandwidth)
+    else:
+        features = sae.activation(pre)
     x_hat = sae.decode(features)
     error = x - x_hat
     mse = error.pow(2).sum() / cfg.batch_size
     loss = mse
     if cfg.architecture == "standard":
         loss = loss + cfg.l1 * (features * sae.W_dec.norm(dim=-1)).sum() / cfg.batch_size
-    if dead.any():
+    elif cfg.architecture == "jumprelu":
+        loss = loss + cfg.l0 * fired.sum() / cfg.batch_size
+        if dead.any():
+            below = (sae.threshold - pre).relu()[:, dead] * sae.W_dec[dead].norm(dim=-1)
+            loss = loss + cfg.aux_coeff * below.sum() / cfg.batch_size
+    if dead.any() and cfg.architecture != "jumprelu":
         e = error.detach()
         scale = distributed.all_reduce(e.pow(2).sum().reshape(1)).clamp_min(1e-12)
         values, indices = pre[:, dead].topk(min(cfg.aux_k, int(dead.sum())), dim=-1)
@@ -670,8 +728,9 @@ def _checkpoint(out: Path, sae: SAE, optimizer, since_fired: Tensor, step: int) 
 
 def _check_same_run(out: Path, cfg: TrainConfig) -> None:
     before = json.loads((out / "train.json").read_text())
-    if before != asdict(cfg):
-        differ = sorted(key for key in before if before[key] != asdict(cfg).get(key))
+    now = asdict(cfg)
+    if before != now:
+        differ = sorted(key for key in before.keys() | now.keys() if before.get(key) != now.get(key))
         raise ValueError(f"{out} holds a SAE training run with another {', '.join(differ)}: use another folder, "
                          "or delete this one to start again")
 
@@ -702,9 +761,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--hook", required=True, help="the hook whose activations to train on")
     parser.add_argument("--out", required=True, type=Path, help="output folder (checkpoints, then the SAE in OUT/sae)")
     parser.add_argument("--d-sae", type=int, required=True, help="number of latents")
-    parser.add_argument("--architecture", default="topk", choices=("topk", "standard"), help="default: topk")
+    parser.add_argument("--architecture", default="topk", choices=ARCHITECTURES, help="default: topk")
     parser.add_argument("--k", type=int, default=16, help="TopK's k (default: 16)")
     parser.add_argument("--l1", type=float, default=5.0, help="standard SAEs' L1 coefficient (default: 5)")
+    parser.add_argument("--l0", type=float, default=1.0, help="JumpReLU SAEs' L0 coefficient (default: 1)")
+    parser.add_argument("--bandwidth", type=float, default=0.05,
+                        help="JumpReLU's straight-through estimator's kernel width (default: 0.05)")
     parser.add_argument("--batch-size", type=int, default=4096, help="tokens per step, over all processes (default: 4096)")
     parser.add_argument("--steps", type=int, default=1000, help="optimiser steps (default: 1000)")
     parser.add_argument("--lr", type=float, default=4e-4, help="Adam's learning rate (default: 4e-4)")
@@ -716,6 +778,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         train(args.harvest, hook=args.hook, d_sae=args.d_sae, architecture=args.architecture, k=args.k, l1=args.l1,
+              l0=args.l0, bandwidth=args.bandwidth,
               batch_size=args.batch_size, steps=args.steps, lr=args.lr, seed=args.seed, dead_after=args.dead_after,
               out=args.out, checkpoint_every=args.checkpoint_every, progress=not args.no_progress)
     except (ValueError, TypeError, FileNotFoundError) as err:  # bad input: one line, no traceback

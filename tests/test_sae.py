@@ -370,11 +370,25 @@ def test_training_is_seeded_learns_and_resumes_to_the_same_weights(bundled, harv
         S.train(harvested, **{**TRAIN, "d_sae": 128}, out=out)
 
 
+def test_jumprelu_trains_its_thresholds_and_l0_sets_its_sparsity(bundled, harvested):
+    """The straight-through estimator moves the thresholds (from 0.01, kept >= 0), the SAE learns, and a
+    larger L0 coefficient gives a sparser SAE; the loss and gradients themselves are SAELens's (below)."""
+    jump = {**TRAIN, "architecture": "jumprelu", "k": None}
+    held_out = interp.to_tokens(bundled, ["import sys\nfor line in sys.stdin:\n    print(line.upper())"])
+    untrained = S.evaluate(bundled, S.train(harvested, **{**jump, "steps": 1}), held_out)
+    dense, sparse = (S.train(harvested, **{**jump, "steps": 150, "l0": l0}) for l0 in (0.0, 1.0))
+    dense_metrics, sparse_metrics = S.evaluate(bundled, dense, held_out), S.evaluate(bundled, sparse, held_out)
+    assert dense_metrics.explained_variance > untrained.explained_variance + 0.5
+    assert sparse_metrics.explained_variance > untrained.explained_variance + 0.5
+    assert sparse_metrics.l0 < dense_metrics.l0 / 2
+    assert float(sparse.threshold.min()) >= 0 and float(sparse.threshold.mean()) > 0.05  # from 0.01
+
+
 WORKER = """
 import sys, torch
 from interp import harvest as hv, sae as S
-kwargs = dict(hook="{hook}", d_sae=256, k=8, batch_size=256, steps=25, lr=1e-3, seed=0, dead_after=256,
-              progress=False)
+kwargs = dict(hook="{hook}", d_sae=256, architecture="{architecture}", k=8 if "{architecture}" == "topk" else None,
+              batch_size=256, steps=25, lr=1e-3, seed=0, dead_after=256, progress=False)
 sae = S.train(hv.open(sys.argv[1]), **kwargs)
 import torch.distributed as dist
 if not dist.is_initialized() or dist.get_rank() == 0:
@@ -385,12 +399,14 @@ if dist.is_initialized():
 """
 
 
-def test_two_processes_train_what_one_trains(harvested, tmp_path):
+@pytest.mark.parametrize("architecture", ["topk", "jumprelu"])
+def test_two_processes_train_what_one_trains(harvested, tmp_path, architecture):
     """The same global batch split over 2 ranks (gloo), gradients summed: the weights after 25 steps (with
-    dead latents and AuxK in play: dead_after is one batch) agree with one process's to 1e-5. Float sums in
-    another order are the only difference."""
+    dead latents and their loss in play: dead_after is one batch; AuxK for TopK, the pre-activation loss and
+    the thresholds' estimator for JumpReLU) agree with one process's to 1e-5. Float sums in another order are
+    the only difference."""
     script = tmp_path / "worker.py"
-    script.write_text(WORKER.format(hook=HOOK))
+    script.write_text(WORKER.format(hook=HOOK, architecture=architecture))
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
     subprocess.run([sys.executable, str(script), str(harvested.path), str(tmp_path / "one")], check=True, env=env,
                    cwd=REPO)
@@ -404,8 +420,12 @@ def test_two_processes_train_what_one_trains(harvested, tmp_path):
 def test_training_refuses_bad_input_before_any_step(harvested):
     with pytest.raises(ValueError, match="holds no activations"):
         S.train(harvested, **{**TRAIN, "hook": "blocks.0.hook_resid_pre"})
-    with pytest.raises(ValueError, match="JumpReLU"):
-        S.train(harvested, **{**TRAIN, "architecture": "jumprelu"})
+    with pytest.raises(ValueError, match="architecture must be one of"):
+        S.train(harvested, **{**TRAIN, "architecture": "gated"})
+    with pytest.raises(ValueError, match="bandwidth must be > 0"):
+        S.train(harvested, **{**TRAIN, "architecture": "jumprelu", "bandwidth": 0.0})
+    with pytest.raises(ValueError, match="l0 must be a finite number"):
+        S.train(harvested, **{**TRAIN, "architecture": "jumprelu", "l0": float("nan")})
     with pytest.raises(ValueError, match="steps"):
         S.train(harvested, **{**TRAIN, "steps": 0})
     with pytest.raises(ValueError, match="more than one shard"):
@@ -436,3 +456,46 @@ def test_saelens_reads_ours_and_we_read_saelens(architecture, tmp_path):
     again = S.load(tmp_path / "theirs")
     torch.testing.assert_close(again.encode(x), theirs.encode(x), atol=1e-6, rtol=1e-6)
     torch.testing.assert_close(again(x), theirs(x), atol=1e-6, rtol=1e-6)
+
+
+@pytest.mark.parametrize("architecture", S.ARCHITECTURES)
+def test_training_loss_and_gradients_are_saelens(architecture):
+    """The oracle for training: with the same weights and batch, our loss and every parameter's gradient equal
+    SAELens 6's ``training_forward_pass`` (standard: its L1 penalty; JumpReLU: its L0 "step" loss, its
+    straight-through estimator and its pre-activation loss on the dead latents). TopK is compared with no dead
+    latent: there our AuxK divides by the error's norm (Gao et al.) where SAELens scales by the dead count."""
+    sae_lens = pytest.importorskip("sae_lens")
+    from sae_lens.saes.sae import TrainStepInput
+
+    ours = random_sae(architecture, 32)
+    x = torch.randn(64, 32, generator=torch.Generator().manual_seed(4))
+    dead = torch.zeros(48, dtype=torch.bool)
+    dead[::3] = architecture == "jumprelu"
+    cfg = S.TrainConfig(hook=HOOK, d_sae=48, architecture=architecture, k=ours.k, l1=0.7, batch_size=64, steps=1,
+                        lr=1e-3, seed=0, aux_k=16, aux_coeff=0.3, dead_after=1, l0=0.9, bandwidth=0.1)
+    loss, _, _ = S._loss(ours, x, cfg, dead)
+    loss.backward()
+    common = dict(d_in=32, d_sae=48, apply_b_dec_to_input=True)
+    if architecture == "standard":
+        theirs = sae_lens.StandardTrainingSAE(sae_lens.StandardTrainingSAEConfig(**common, l1_coefficient=0.7))
+        coefficients = {"l1": 0.7}
+    elif architecture == "topk":
+        theirs = sae_lens.TopKTrainingSAE(sae_lens.TopKTrainingSAEConfig(**common, k=5,
+                                                                          rescale_acts_by_decoder_norm=False))
+        coefficients = {}
+    else:
+        theirs = sae_lens.JumpReLUTrainingSAE(sae_lens.JumpReLUTrainingSAEConfig(
+            **common, l0_coefficient=0.9, jumprelu_bandwidth=0.1, pre_act_loss_coefficient=0.3))
+        coefficients = {"l0": 0.9}
+    with torch.no_grad():
+        for name, p in ours.named_parameters():
+            getattr(theirs, name).copy_(p)
+    step = theirs.training_forward_pass(TrainStepInput(sae_in=x, coefficients=coefficients, dead_neuron_mask=dead,
+                                                       n_training_steps=0, is_logging_step=False))
+    step.loss.backward()
+    assert float(loss) == pytest.approx(float(step.loss), rel=1e-6)
+    if architecture == "jumprelu":
+        assert set(step.losses) == {"mse_loss", "l0_loss", "pre_act_loss"} and float(step.losses["pre_act_loss"]) > 0
+        assert float(theirs.threshold.grad.abs().sum()) > 0  # some pre-activations fall in the estimator's window
+    for name, p in ours.named_parameters():
+        torch.testing.assert_close(p.grad, getattr(theirs, name).grad, atol=1e-5, rtol=1e-5, msg=name)
