@@ -20,6 +20,9 @@ process or many (``torchrun``).
   CPU, nccl on GPU). Shard ``i`` holds the global rows ``[i * shard_rows, (i + 1) * shard_rows)`` and goes whole
   to rank ``i % world_size``; nothing written carries a rank, a time or the world size, and the statistics are
   summed shard by shard in shard order, so N processes write exactly what one writes.
+- **Reading back**: ``open(path)`` (a ``Harvest``: memory-mapped shards, statistics, seeded shuffled
+  batches); ``Stream(model, tokens, hooks)`` gives the same shards and batches for token rows already in hand,
+  computed as they are read, nothing written.
 - **Resumable**: a shard is written to a temporary name and renamed, so it is never seen half-written; a rerun
   of the same command skips the shards already there. A rerun with another model, hook, corpus or setting into
   the same folder is refused (``HarvestMismatchError``).
@@ -41,7 +44,7 @@ import json
 import os
 import struct
 import sys
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -52,9 +55,9 @@ from torch import Tensor
 from interp import distributed
 from interp.figures import atomic_write
 from interp.hooks import check_hook_names, temporary_hooks
-from interp.inputs import check_positive_int
+from interp.inputs import check_positive_int, check_tokens
 
-__all__ = ["Harvest", "HarvestMismatchError", "harvest", "open"]
+__all__ = ["Harvest", "HarvestMismatchError", "Stream", "harvest", "open"]
 
 EOT = 50256  # GPT-2's end-of-text token, which is also its BOS
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -405,6 +408,8 @@ class Harvest:
                                     "this is not a harvest folder")
         self.manifest = json.loads(manifest.read_text())
         self.hooks: list[str] = self.manifest["hooks"]
+        self.stats_only: bool = self.manifest["stats_only"]
+        self.model_label: str = self.manifest["model"]["label"]
         self.verify = verify
         self._checked: set[str] = set()
 
@@ -455,18 +460,103 @@ class Harvest:
         shape = self.manifest.get("feature_shapes", {}).get(name)
         return tuple(shape) if shape else (-1,)
 
-    def batches(self, name: str, batch_size: int, *, seed: int = 0, skip_first: bool = False) -> Iterator[Tensor]:
+    def _shard_tokens(self, skip_first: bool) -> list[int]:
+        positions = self.manifest["context"] - skip_first
+        return [(last - first) * positions for first, last in (entry["rows"] for entry in self.manifest["shards"])]
+
+    def batches(self, name: str, batch_size: int, *, seed: int = 0, skip_first: bool = False,
+                drop_last: bool = False, start: int = 0) -> Iterator[Tensor]:
         """Activations of ``name``, one token each ``[batch_size, ...]``, in a seeded shuffled order: shards in
         a shuffled order, tokens shuffled within each shard (one shard in memory at a time). ``skip_first``
-        leaves out each row's first position (its BOS, whose activations are far out of distribution)."""
-        generator = torch.Generator().manual_seed(seed)
-        for index in torch.randperm(len(self.manifest["shards"]), generator=generator).tolist():
-            acts = self.shard(index, name)
-            acts = acts[:, 1:] if skip_first else acts
-            flat = acts.reshape(acts.shape[0] * acts.shape[1], *acts.shape[2:])
-            order = torch.randperm(len(flat), generator=generator)
-            for start in range(0, len(order), batch_size):
-                yield flat[order[start:start + batch_size]].clone()
+        leaves out each row's first position (its BOS, whose activations are far out of distribution);
+        ``drop_last`` each shard's short last batch; ``start`` skips that many batches of the order without
+        reading their shards."""
+        return _shuffled_batches(self._shard_tokens(skip_first), lambda index: self.shard(index, name), batch_size,
+                                 seed, skip_first, drop_last, start)
+
+    def batch_count(self, batch_size: int, *, skip_first: bool = False, drop_last: bool = False) -> int:
+        """How many batches ``batches`` yields with these arguments."""
+        return _batch_count(self._shard_tokens(skip_first), batch_size, drop_last)
+
+
+def _batch_count(shard_tokens: Sequence[int], batch_size: int, drop_last: bool) -> int:
+    return sum(n // batch_size if drop_last else -(-n // batch_size) for n in shard_tokens)
+
+
+def _shuffled_batches(shard_tokens: Sequence[int], load: Callable[[int], Tensor], batch_size: int, seed: int,
+                      skip_first: bool, drop_last: bool, start: int) -> Iterator[Tensor]:
+    """The seeded order of ``Harvest.batches`` over shards of ``shard_tokens[i]`` tokens each, ``load(i)`` giving
+    shard i's activations ``[rows, pos, ...]``; shards that ``start`` skips whole are never loaded."""
+    generator = torch.Generator().manual_seed(seed)
+    for index in torch.randperm(len(shard_tokens), generator=generator).tolist():
+        order = torch.randperm(shard_tokens[index], generator=generator)
+        firsts = range(0, len(order) - batch_size + 1 if drop_last else len(order), batch_size)
+        if start >= len(firsts):
+            start -= len(firsts)
+            continue
+        acts = load(index)
+        acts = acts[:, 1:] if skip_first else acts
+        flat = acts.reshape(acts.shape[0] * acts.shape[1], *acts.shape[2:])
+        for first in firsts[start:]:
+            yield flat[order[first:first + batch_size]].clone()
+        start = 0
+
+
+class Stream:
+    """Activations of ``hooks`` on token rows, computed when a batch needs them and never written: the shards
+    and the seeded batches that ``open`` gives for a harvest of these rows (shard ``i`` is rows ``[i *
+    shard_rows, (i + 1) * shard_rows)``, run ``batch_size`` rows per forward), without the disk. One shard is in
+    memory at a time, and each pass over the rows runs the model again; under ``torchrun`` every rank computes
+    every shard it reads (harvest first to split the forwards over ranks).
+
+    Example:
+        >>> stream = interp.harvest.Stream(model, tokens, ["blocks.1.hook_resid_pre"])   # tokens [rows, pos]
+        >>> sae = interp.sae.train(stream, hook="blocks.1.hook_resid_pre", d_sae=4096)
+    """
+
+    def __init__(self, model, tokens: Tensor, hooks: Sequence[str], *, batch_size: int = 8, shard_rows: int = 256):
+        self.hooks = list(dict.fromkeys(hooks))
+        if not self.hooks:
+            raise ValueError("hooks is empty: name at least one hook point, e.g. blocks.0.hook_resid_pre")
+        check_hook_names(model, self.hooks)
+        self.tokens = check_tokens(model, tokens).cpu()
+        self.batch_size = check_positive_int(batch_size, "batch_size")
+        self.shard_rows = check_positive_int(shard_rows, "shard_rows")
+        from interp.loading import model_info
+
+        self.model = model
+        self.stats_only = False
+        self.model_label: str = model_info(model).label
+        self._last: tuple = (None, None, None)
+
+    def __repr__(self) -> str:
+        rows, context = self.tokens.shape
+        return f"Stream({rows} rows x {context} tokens of {self.model_label}, hooks {self.hooks}, {self.shard_rows} rows a shard)"
+
+    def shard(self, index: int, name: str) -> Tensor:
+        """``name``'s activations on the rows of shard ``index``, ``[rows, pos, ...]``, on the CPU."""
+        if name not in self.hooks:
+            raise KeyError(f"{name!r} is not streamed here (hooks {self.hooks})")
+        if self._last[:2] != (index, name):  # the shard computed last is kept: one shard in memory
+            rows = self.tokens[index * self.shard_rows:(index + 1) * self.shard_rows]
+            device = self.model.cfg.device
+            acts = torch.cat([_forward(self.model, rows[first:first + self.batch_size].to(device), [name])[name].cpu()
+                              for first in range(0, len(rows), self.batch_size)])
+            self._last = (index, name, acts)
+        return self._last[2]
+
+    def _shard_tokens(self, skip_first: bool) -> list[int]:
+        rows, context = self.tokens.shape
+        return [min(self.shard_rows, rows - first) * (context - skip_first) for first in range(0, rows, self.shard_rows)]
+
+    def batches(self, name: str, batch_size: int, *, seed: int = 0, skip_first: bool = False,
+                drop_last: bool = False, start: int = 0) -> Iterator[Tensor]:
+        """As ``Harvest.batches``."""
+        return _shuffled_batches(self._shard_tokens(skip_first), lambda index: self.shard(index, name), batch_size,
+                                 seed, skip_first, drop_last, start)
+
+    def batch_count(self, batch_size: int, *, skip_first: bool = False, drop_last: bool = False) -> int:
+        return _batch_count(self._shard_tokens(skip_first), batch_size, drop_last)
 
 
 def open(path: str | os.PathLike, *, verify: bool = True) -> Harvest:

@@ -1,5 +1,6 @@
 """Sparse autoencoders (SAEs) on one hook's activations: load and save them in SAELens's format, train them
-on a harvest (one process or many, under ``torchrun``), measure them, and splice them into the model.
+on a harvest or straight from tokens (one process or many, under ``torchrun``), measure them, and splice them
+into the model.
 
 - **Architectures** (``architecture``): ``"standard"`` (ReLU), ``"topk"`` (the k largest pre-activations,
   then ReLU) and ``"jumprelu"`` (ReLU where the pre-activation is above a per-latent ``threshold``), each as
@@ -42,7 +43,7 @@ from torch import Tensor, nn
 from interp import distributed
 from interp.errors import SAEFormatError
 from interp.figures import atomic_write
-from interp.harvest import Harvest
+from interp.harvest import Harvest, Stream
 from interp.hooks import check_hook_names, logits_for_gradients, temporary_hooks
 from interp.inputs import check_finite, check_index, check_positive_int, check_tokens
 from interp.interventions import activation_tail
@@ -529,20 +530,16 @@ class TrainConfig:
     bandwidth: float
 
 
-def _global_batches(data, hook: str, batch_size: int, seed: int) -> Iterator[Tensor]:
-    """Global batches ``[batch_size, d_in]``, the same on every rank, epoch after epoch (epoch e shuffled with
-    seed + e); each row's first position is left out."""
-    epoch = 0
+def _global_batches(data: Harvest | Stream, hook: str, batch_size: int, seed: int, start: int = 0) -> Iterator[Tensor]:
+    """Global batches ``[batch_size, d_in]`` from step ``start`` on, the same on every rank, epoch after epoch
+    (epoch e shuffled with seed + e); each row's first position and each shard's short last batch are left out
+    (every step has one size). The steps before ``start`` are skipped without reading their shards."""
+    per_epoch = data.batch_count(batch_size, skip_first=True, drop_last=True)
+    epoch, start = divmod(start, per_epoch)
     while True:
-        yielded = False
-        for batch in data.batches(hook, batch_size, seed=seed + epoch, skip_first=True):
-            if len(batch) == batch_size:  # the short tail of a shard is left out: every step has one size
-                yielded = True
-                yield batch.flatten(1).float()
-        if not yielded:
-            raise ValueError(f"batch_size {batch_size} is more than one shard of {data.path} holds (batches are "
-                             "drawn within a shard): use a smaller batch_size, or harvest with more shard_rows")
-        epoch += 1
+        for batch in data.batches(hook, batch_size, seed=seed + epoch, skip_first=True, drop_last=True, start=start):
+            yield batch.flatten(1).float()
+        epoch, start = epoch + 1, 0
 
 
 def train(data, *, hook: str, d_sae: int, architecture: str = "topk", k: int | None = 16, l1: float = 5.0,
@@ -550,7 +547,9 @@ def train(data, *, hook: str, d_sae: int, architecture: str = "topk", k: int | N
           seed: int = 0, aux_k: int | None = None, aux_coeff: float | None = None, dead_after: int = 1_000_000,
           out: str | os.PathLike | None = None, checkpoint_every: int = 100, progress: bool = True,
           metadata: Mapping | None = None) -> SAE:
-    """Train a SAE on a harvest's activations at ``hook`` (``data``: ``interp.harvest.open(path)`` or a path).
+    """Train a SAE on activations at ``hook``: a harvest's (``data``: ``interp.harvest.open(path)`` or a path),
+    or computed from tokens as the batches need them (``data``: ``interp.harvest.Stream(model, tokens, [hook])``,
+    the same batches a harvest of those rows gives, so the same SAE, with nothing written).
 
     - **Batches**: ``batch_size`` tokens per step, drawn in the harvest's seeded shuffled order (each row's BOS
       left out); under ``torchrun`` each of N ranks takes its 1/N slice of the same global batch, and the
@@ -584,17 +583,21 @@ def train(data, *, hook: str, d_sae: int, architecture: str = "topk", k: int | N
             raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
     if not bandwidth > 0:
         raise ValueError(f"bandwidth must be > 0, got {bandwidth!r}")
-    data = data if isinstance(data, Harvest) else Harvest(data)
-    if hook not in data.hooks or data.manifest["stats_only"]:
-        raise ValueError(f"the harvest {data.path} holds no activations of {hook!r} (hooks {data.hooks}"
-                         f"{', statistics only' if data.manifest['stats_only'] else ''})")
+    data = data if isinstance(data, Harvest | Stream) else Harvest(data)
+    if hook not in data.hooks or data.stats_only:
+        where = f"the harvest {data.path}" if isinstance(data, Harvest) else "the stream"
+        raise ValueError(f"{where} holds no activations of {hook!r} (hooks {data.hooks}"
+                         f"{', statistics only' if data.stats_only else ''})")
     rank, world = distributed.join()
     batch_size = check_positive_int(batch_size, "batch_size")
     if batch_size % world:
         raise ValueError(f"batch_size {batch_size} must divide evenly over {world} processes")
+    if data.batch_count(batch_size, skip_first=True, drop_last=True) == 0:
+        raise ValueError(f"batch_size {batch_size} is more than any one shard holds (batches are drawn within a "
+                         "shard): use a smaller batch_size, or more shard_rows")
     steps = check_positive_int(steps, "steps")
     checkpoint_every = check_positive_int(checkpoint_every, "checkpoint_every")
-    d_in = math.prod(data.manifest.get("feature_shapes", {}).get(hook) or [data.shard(0, hook).shape[-1]])
+    d_in = math.prod(data.shard(0, hook).shape[2:])
     k = k if architecture == "topk" else None
     if aux_coeff is None:
         aux_coeff = _PRE_ACT_COEFF if architecture == "jumprelu" else _AUX_K_COEFF
@@ -602,18 +605,15 @@ def train(data, *, hook: str, d_sae: int, architecture: str = "topk", k: int | N
                       float(lr), seed, aux_k or d_in // 2, float(aux_coeff), check_positive_int(dead_after, "dead_after"),
                       float(l0), float(bandwidth))
     sae = SAE(d_in, d_sae, hook_name=hook, architecture=architecture, k=k,
-              metadata={"model_name": data.manifest["model"]["label"], **(metadata or {})})
+              metadata={"model_name": data.model_label, **(metadata or {})})
     optimizer = torch.optim.Adam(sae.parameters(), lr=lr)
     since_fired = torch.zeros(d_sae, dtype=torch.int64)  # tokens since each latent last fired (all ranks)
     start = 0
-    batches = _global_batches(data, hook, batch_size, seed)
     out = None if out is None else Path(out)
     if out is not None and (out / "train.json").exists():
         _check_same_run(out, cfg)
     if out is not None and (out / "trainer_state.pt").exists():
         start = _resume(out, sae, optimizer, since_fired)
-        for _ in range(start):
-            next(batches)
     else:
         generator = torch.Generator().manual_seed(seed)
         with torch.no_grad():
@@ -625,6 +625,7 @@ def train(data, *, hook: str, d_sae: int, architecture: str = "topk", k: int | N
                 sae.threshold.fill_(_THRESHOLD_INIT)
         if out is not None and rank == 0:
             atomic_write(out / "train.json", json.dumps(asdict(cfg), indent=1) + "\n")
+    batches = _global_batches(data, hook, batch_size, seed, start)
     share = slice(rank * batch_size // world, (rank + 1) * batch_size // world)
     bar = None
     if progress and rank == 0:

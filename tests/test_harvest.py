@@ -113,6 +113,44 @@ def test_reading_back_checks_hashes_and_shuffles_reproducibly(harvested, tmp_pat
     hv.open(broken).shard(0, HOOKS[0])  # the others still read
 
 
+def test_batches_skip_without_reading_and_a_stream_gives_the_harvests_batches(model, harvested, monkeypatch):
+    """``start`` skips batches of the same order without reading their shards; ``drop_last`` leaves out each
+    shard's short batch; a ``Stream`` of the harvested rows, computed as it goes, gives the harvest's batches
+    bit for bit (the same shards, the same micro-batches, float32)."""
+    h = hv.open(harvested)
+    for drop_last in (False, True):
+        everything = list(h.batches(HOOKS[0], 100, seed=3, skip_first=True, drop_last=drop_last))
+        assert len(everything) == h.batch_count(100, skip_first=True, drop_last=drop_last)
+        assert all(len(b) == 100 for b in everything) or not drop_last
+        tail = list(h.batches(HOOKS[0], 100, seed=3, skip_first=True, drop_last=drop_last, start=len(everything) - 3))
+        assert len(tail) == 3 and all(torch.equal(a, b) for a, b in zip(tail, everything[-3:]))
+    read: list[int] = []
+    real = hv.Harvest.shard
+    monkeypatch.setattr(hv.Harvest, "shard", lambda self, index, name: read.append(index) or real(self, index, name))
+    assert list(h.batches(HOOKS[0], 100, start=h.batch_count(100))) == [] and read == []
+    monkeypatch.undo()
+    stream = hv.Stream(model, h.tokens, HOOKS, batch_size=8, shard_rows=SMALL["shard_rows"])
+    assert stream.batch_count(100, skip_first=True) == h.batch_count(100, skip_first=True)
+    for name in HOOKS:
+        ours = list(stream.batches(name, 100, seed=5, skip_first=True))
+        theirs = list(h.batches(name, 100, seed=5, skip_first=True))
+        assert len(ours) == len(theirs) and all(torch.equal(a, b) for a, b in zip(ours, theirs))
+
+
+def test_a_stream_refuses_bad_input_before_any_forward(model):
+    tokens = torch.zeros(4, 16, dtype=torch.int64)
+    with pytest.raises(ValueError, match="hooks is empty"):
+        hv.Stream(model, tokens, [])
+    with pytest.raises(KeyError, match="no hook point"):
+        hv.Stream(model, tokens, ["blocks.9.hook_resid_pre"])
+    with pytest.raises(ValueError, match="outside the vocabulary"):
+        hv.Stream(model, tokens - 1, HOOKS)
+    with pytest.raises(TypeError, match="integer tensor"):
+        hv.Stream(model, tokens.float(), HOOKS)
+    with pytest.raises(KeyError, match="not streamed here"):
+        hv.Stream(model, tokens, HOOKS[:1]).shard(0, HOOKS[1])
+
+
 def test_a_rerun_with_another_hook_or_corpus_is_refused(model, harvested, tmp_path):
     with pytest.raises(hv.HarvestMismatchError, match="hooks"):
         hv.harvest(model, CORPUS, hooks=HOOKS[:1], out=harvested, progress=False, **SMALL)
