@@ -338,6 +338,23 @@ def test_logit_effects_from_hugging_face_weights(checkpoint, raw_model):
 TRAIN = dict(hook=HOOK, d_sae=256, k=8, batch_size=256, steps=30, lr=1e-3, seed=0, dead_after=512, progress=False)
 
 
+def interrupted(monkeypatch, data, out: Path, *, after: int, checkpoint_every: int) -> None:
+    """Train with TRAIN into ``out`` and interrupt the run after ``after`` steps (a KeyboardInterrupt in step
+    ``after + 1``)."""
+    real, calls = S._loss, {"n": 0}
+
+    def crash(*args):
+        calls["n"] += 1
+        if calls["n"] == after + 1:
+            raise KeyboardInterrupt
+        return real(*args)
+
+    monkeypatch.setattr(S, "_loss", crash)
+    with pytest.raises(KeyboardInterrupt):
+        S.train(data, **TRAIN, out=out, checkpoint_every=checkpoint_every)
+    monkeypatch.setattr(S, "_loss", real)
+
+
 def test_training_is_seeded_learns_and_resumes_to_the_same_weights(bundled, harvested, tmp_path, monkeypatch):
     a = S.train(harvested, **TRAIN)
     b = S.train(harvested, **TRAIN)
@@ -349,19 +366,7 @@ def test_training_is_seeded_learns_and_resumes_to_the_same_weights(bundled, harv
     assert trained.explained_variance > untrained.explained_variance + 0.2
     # interrupted after step 17, then the same call again: the weights of an uninterrupted run
     out = tmp_path / "run"
-    calls = {"n": 0}
-    real = S._loss
-
-    def crash(*args):
-        calls["n"] += 1
-        if calls["n"] == 18:
-            raise KeyboardInterrupt
-        return real(*args)
-
-    monkeypatch.setattr(S, "_loss", crash)
-    with pytest.raises(KeyboardInterrupt):
-        S.train(harvested, **TRAIN, out=out, checkpoint_every=5)
-    monkeypatch.setattr(S, "_loss", real)
+    interrupted(monkeypatch, harvested, out, after=17, checkpoint_every=5)
     assert json.loads((out / "sae" / "cfg.json").read_text())["metadata"]["hook_name"] == HOOK
     resumed = S.train(harvested, **TRAIN, out=out, checkpoint_every=5)
     for (name, p), (_, q) in zip(a.named_parameters(), resumed.named_parameters()):
@@ -378,19 +383,7 @@ def test_training_on_a_stream_of_tokens_trains_what_their_harvest_trains(bundled
     for (name, p), (_, q) in zip(ours.named_parameters(), theirs.named_parameters()):
         assert torch.equal(p, q), name
     assert ours.metadata["model_name"] == theirs.metadata["model_name"]
-    calls = {"n": 0}
-    real = S._loss
-
-    def crash(*args):
-        calls["n"] += 1
-        if calls["n"] == 14:
-            raise KeyboardInterrupt
-        return real(*args)
-
-    monkeypatch.setattr(S, "_loss", crash)
-    with pytest.raises(KeyboardInterrupt):  # after step 13: the checkpoint of step 12 is kept
-        S.train(stream, **TRAIN, out=tmp_path / "run", checkpoint_every=4)
-    monkeypatch.setattr(S, "_loss", real)
+    interrupted(monkeypatch, stream, tmp_path / "run", after=13, checkpoint_every=4)  # step 12's checkpoint stays
     resumed = S.train(stream, **TRAIN, out=tmp_path / "run", checkpoint_every=4)
     for (name, p), (_, q) in zip(resumed.named_parameters(), theirs.named_parameters()):
         assert torch.equal(p, q), name
