@@ -44,7 +44,7 @@ import json
 import os
 import struct
 import sys
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -394,7 +394,38 @@ def _mmap(path: Path, name: str) -> Tensor:
     return tensor.view(view) if view is not None else tensor
 
 
-class Harvest:
+class _Shards:
+    """Seeded shuffled batches over shards, for ``Harvest`` and ``Stream``: each gives ``shard(index, name)``
+    (``[rows, pos, ...]``) and ``_shard_tokens(skip_first)`` (each shard's token count)."""
+
+    def batches(self, name: str, batch_size: int, *, seed: int = 0, skip_first: bool = False,
+                drop_last: bool = False, start: int = 0) -> Iterator[Tensor]:
+        """Activations of ``name``, one token each ``[batch_size, ...]``, in a seeded shuffled order: shards in
+        a shuffled order, tokens shuffled within each shard (one shard in memory at a time). ``skip_first``
+        leaves out each row's first position (its BOS, whose activations are far out of distribution);
+        ``drop_last`` each shard's short last batch; ``start`` skips that many batches of the order without
+        reading their shards."""
+        generator = torch.Generator().manual_seed(seed)
+        sizes = self._shard_tokens(skip_first)
+        for index in torch.randperm(len(sizes), generator=generator).tolist():
+            order = torch.randperm(sizes[index], generator=generator)
+            firsts = range(0, len(order) - batch_size + 1 if drop_last else len(order), batch_size)
+            if start >= len(firsts):
+                start -= len(firsts)
+                continue
+            acts = self.shard(index, name)
+            acts = acts[:, 1:] if skip_first else acts
+            flat = acts.reshape(acts.shape[0] * acts.shape[1], *acts.shape[2:])
+            for first in firsts[start:]:
+                yield flat[order[first:first + batch_size]].clone()
+            start = 0
+
+    def batch_count(self, batch_size: int, *, skip_first: bool = False, drop_last: bool = False) -> int:
+        """How many batches ``batches`` yields with these arguments."""
+        return sum(n // batch_size if drop_last else -(-n // batch_size) for n in self._shard_tokens(skip_first))
+
+
+class Harvest(_Shards):
     """A finished harvest, read back: memory-mapped shards, statistics, and seeded shuffled batches.
 
     Each shard's sha256 is checked on its first access (``verify=False`` skips it), not on open.
@@ -464,45 +495,9 @@ class Harvest:
         positions = self.manifest["context"] - skip_first
         return [(last - first) * positions for first, last in (entry["rows"] for entry in self.manifest["shards"])]
 
-    def batches(self, name: str, batch_size: int, *, seed: int = 0, skip_first: bool = False,
-                drop_last: bool = False, start: int = 0) -> Iterator[Tensor]:
-        """Activations of ``name``, one token each ``[batch_size, ...]``, in a seeded shuffled order: shards in
-        a shuffled order, tokens shuffled within each shard (one shard in memory at a time). ``skip_first``
-        leaves out each row's first position (its BOS, whose activations are far out of distribution);
-        ``drop_last`` each shard's short last batch; ``start`` skips that many batches of the order without
-        reading their shards."""
-        return _shuffled_batches(self._shard_tokens(skip_first), lambda index: self.shard(index, name), batch_size,
-                                 seed, skip_first, drop_last, start)
-
-    def batch_count(self, batch_size: int, *, skip_first: bool = False, drop_last: bool = False) -> int:
-        """How many batches ``batches`` yields with these arguments."""
-        return _batch_count(self._shard_tokens(skip_first), batch_size, drop_last)
 
 
-def _batch_count(shard_tokens: Sequence[int], batch_size: int, drop_last: bool) -> int:
-    return sum(n // batch_size if drop_last else -(-n // batch_size) for n in shard_tokens)
-
-
-def _shuffled_batches(shard_tokens: Sequence[int], load: Callable[[int], Tensor], batch_size: int, seed: int,
-                      skip_first: bool, drop_last: bool, start: int) -> Iterator[Tensor]:
-    """The seeded order of ``Harvest.batches`` over shards of ``shard_tokens[i]`` tokens each, ``load(i)`` giving
-    shard i's activations ``[rows, pos, ...]``; shards that ``start`` skips whole are never loaded."""
-    generator = torch.Generator().manual_seed(seed)
-    for index in torch.randperm(len(shard_tokens), generator=generator).tolist():
-        order = torch.randperm(shard_tokens[index], generator=generator)
-        firsts = range(0, len(order) - batch_size + 1 if drop_last else len(order), batch_size)
-        if start >= len(firsts):
-            start -= len(firsts)
-            continue
-        acts = load(index)
-        acts = acts[:, 1:] if skip_first else acts
-        flat = acts.reshape(acts.shape[0] * acts.shape[1], *acts.shape[2:])
-        for first in firsts[start:]:
-            yield flat[order[first:first + batch_size]].clone()
-        start = 0
-
-
-class Stream:
+class Stream(_Shards):
     """Activations of ``hooks`` on token rows, computed when a batch needs them and never written: the shards
     and the seeded batches that ``open`` gives for a harvest of these rows (shard ``i`` is rows ``[i *
     shard_rows, (i + 1) * shard_rows)``, run ``batch_size`` rows per forward), without the disk. One shard is in
@@ -549,14 +544,6 @@ class Stream:
         rows, context = self.tokens.shape
         return [min(self.shard_rows, rows - first) * (context - skip_first) for first in range(0, rows, self.shard_rows)]
 
-    def batches(self, name: str, batch_size: int, *, seed: int = 0, skip_first: bool = False,
-                drop_last: bool = False, start: int = 0) -> Iterator[Tensor]:
-        """As ``Harvest.batches``."""
-        return _shuffled_batches(self._shard_tokens(skip_first), lambda index: self.shard(index, name), batch_size,
-                                 seed, skip_first, drop_last, start)
-
-    def batch_count(self, batch_size: int, *, skip_first: bool = False, drop_last: bool = False) -> int:
-        return _batch_count(self._shard_tokens(skip_first), batch_size, drop_last)
 
 
 def open(path: str | os.PathLike, *, verify: bool = True) -> Harvest:
