@@ -753,12 +753,21 @@ def main(argv: list[str] | None = None) -> int:
 
     parser = argparse.ArgumentParser(
         prog="python -m interp.sae", formatter_class=argparse.RawDescriptionHelpFormatter,
-        description="Train a sparse autoencoder on a harvest's activations (interp.sae.train), checkpointed and "
-                    "resumable; the SAE is written in SAELens's format to OUT/sae.\n\n"
+        description="Train a sparse autoencoder (interp.sae.train) on a harvest's activations, or on activations "
+                    "computed from token rows as training reads them; checkpointed and resumable; the SAE is written "
+                    "in SAELens's format to OUT/sae.\n\n"
                     "    python -m interp.sae harvest/json --hook blocks.1.hook_resid_pre --d-sae 4096 --k 16 "
                     "--out sae/json\n"
+                    "    python -m interp.sae rows.npy --model bundled --hook blocks.1.hook_resid_pre --d-sae 4096 "
+                    "--out sae/rows\n"
                     "    torchrun --nproc_per_node 2 -m interp.sae ...   # the same steps, data-parallel")
-    parser.add_argument("harvest", help="a harvest folder (python -m interp.harvest) holding the hook's activations")
+    parser.add_argument("data", help="a harvest folder (python -m interp.harvest) holding the hook's activations, or "
+                                     "a .npy file of token rows [rows, pos], each row's first position left out")
+    parser.add_argument("--model", default="bundled", help="with token rows: the model to run (default: bundled)")
+    parser.add_argument("--backend", default=None, help="with token rows: bridge or hooked (default: the library's)")
+    parser.add_argument("--device", default="cpu", help="with token rows: cpu (default) or cuda")
+    parser.add_argument("--shard-rows", type=int, default=256,
+                        help="with token rows: rows whose activations are shuffled together (default: 256)")
     parser.add_argument("--hook", required=True, help="the hook whose activations to train on")
     parser.add_argument("--out", required=True, type=Path, help="output folder (checkpoints, then the SAE in OUT/sae)")
     parser.add_argument("--d-sae", type=int, required=True, help="number of latents")
@@ -777,15 +786,32 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--checkpoint-every", type=int, default=100, help="steps between checkpoints (default: 100)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
+    from interp.errors import ModelLoadError
+
     try:
-        train(args.harvest, hook=args.hook, d_sae=args.d_sae, architecture=args.architecture, k=args.k, l1=args.l1,
+        data = _token_rows(args) if str(args.data).endswith(".npy") else args.data
+        train(data, hook=args.hook, d_sae=args.d_sae, architecture=args.architecture, k=args.k, l1=args.l1,
               l0=args.l0, bandwidth=args.bandwidth,
               batch_size=args.batch_size, steps=args.steps, lr=args.lr, seed=args.seed, dead_after=args.dead_after,
               out=args.out, checkpoint_every=args.checkpoint_every, progress=not args.no_progress)
-    except (ValueError, TypeError, FileNotFoundError) as err:  # bad input: one line, no traceback
+    except (ModelLoadError, ValueError, TypeError, KeyError, FileNotFoundError) as err:  # bad input: one line
         raise SystemExit(f"error: {err}") from None
     distributed.leave()
     return 0
+
+
+def _token_rows(args) -> Stream:
+    """The command's ``.npy`` of token rows as a ``Stream`` through ``--model``."""
+    import numpy as np
+
+    from interp.loading import load_model
+
+    rows = np.load(args.data)
+    if rows.ndim != 2 or not np.issubdtype(rows.dtype, np.integer):
+        raise ValueError(f"{args.data} holds a {rows.dtype} array of shape {rows.shape}: token rows are a 2-d integer "
+                         "array [rows, pos]")
+    model = load_model(args.model, device=args.device, **({} if args.backend is None else {"backend": args.backend}))
+    return Stream(model, torch.from_numpy(rows.astype(np.int64)), [args.hook], shard_rows=args.shard_rows)
 
 
 if __name__ == "__main__":

@@ -389,6 +389,29 @@ def test_training_on_a_stream_of_tokens_trains_what_their_harvest_trains(bundled
         assert torch.equal(p, q), name
 
 
+def test_the_command_trains_from_a_file_of_token_rows_what_the_harvest_trains(harvested, tmp_path):
+    """``python -m interp.sae rows.npy --model bundled ...`` streams the rows through the model: the SAE it
+    writes equals ``train`` on the harvest of those rows, bit for bit. A file that is not 2-d token rows is one
+    line of error."""
+    import numpy as np
+
+    np.save(tmp_path / "rows.npy", harvested.tokens.numpy().astype(np.int32))
+    np.save(tmp_path / "flat.npy", harvested.tokens.numpy().ravel())
+    args = ["--model", "bundled", "--hook", HOOK, "--d-sae", "256", "--k", "8", "--batch-size", "256", "--steps", "30",
+            "--lr", "1e-3", "--dead-after", "512", "--shard-rows", str(harvested.manifest["shard_rows"]),
+            "--no-progress"]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO)}
+    subprocess.run([sys.executable, "-m", "interp.sae", str(tmp_path / "rows.npy"), *args, "--out",
+                    str(tmp_path / "run")], check=True, env=env, cwd=REPO)
+    ours, theirs = S.load(tmp_path / "run" / "sae"), S.train(harvested, **TRAIN)
+    for (name, p), (_, q) in zip(ours.named_parameters(), theirs.named_parameters()):
+        assert torch.equal(p, q), name
+    proc = subprocess.run([sys.executable, "-m", "interp.sae", str(tmp_path / "flat.npy"), *args, "--out",
+                           str(tmp_path / "bad")], capture_output=True, text=True, env=env, cwd=REPO)
+    assert proc.returncode != 0 and len(proc.stderr.strip().splitlines()) == 1
+    assert "token rows are a 2-d integer array" in proc.stderr and not (tmp_path / "bad").exists()
+
+
 def test_jumprelu_trains_its_thresholds_and_l0_sets_its_sparsity(bundled, harvested):
     """The straight-through estimator moves the thresholds (from 0.01, kept >= 0), the SAE learns, and a
     larger L0 coefficient gives a sparser SAE; the loss and gradients themselves are SAELens's (below)."""
