@@ -1,5 +1,7 @@
 """The process group that ``torchrun`` describes, for the commands that run data-parallel (``interp.harvest``,
-``interp.sae``'s training). It is ``torch.distributed`` itself: gloo on the CPU, nccl on a GPU. Outside
+``interp.sae``'s training). It is ``torch.distributed`` itself: gloo on a CPU-only machine; on a machine with
+GPUs, nccl for CUDA tensors and gloo for CPU ones (``"cpu:gloo,cuda:nccl"``: the SAE trains on the CPU), with
+each rank on its own GPU (``LOCAL_RANK``), so that ``"cuda"`` means that GPU once ``join`` has run. Outside
 ``torchrun`` (``WORLD_SIZE`` unset or 1) every function here is a no-op for one process, rank 0 of 1."""
 
 from __future__ import annotations
@@ -10,14 +12,25 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
+from interp.errors import DeviceUnavailableError
+
 __all__ = ["all_reduce", "barrier", "join", "leave"]
 
 
 def join() -> tuple[int, int]:
-    """(rank, world size); joins the process group from torchrun's environment when there is more than one."""
+    """(rank, world size); joins the process group from torchrun's environment when there is more than one.
+    The commands join before they load the model, so that ``--device cuda`` is each rank's own GPU."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world > 1 and not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if torch.cuda.is_available() else "gloo")
+        backend = "gloo"
+        if torch.cuda.is_available():
+            local, gpus = int(os.environ.get("LOCAL_RANK", "0")), torch.cuda.device_count()
+            if local >= gpus:  # nccl needs a GPU of its own for every rank
+                raise DeviceUnavailableError(f"local rank {local} has no GPU of its own: this machine has {gpus}; "
+                                             f"use --nproc_per_node {gpus} at most")
+            torch.cuda.set_device(local)
+            backend = "cpu:gloo,cuda:nccl"
+        dist.init_process_group(backend=backend)
     return (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
 
 

@@ -579,6 +579,7 @@ def main(argv: list[str] | None = None) -> int:
     from interp.loading import load_model
 
     try:
+        distributed.join()  # before the model loads, so that under torchrun "cuda" is this rank's own GPU
         kwargs = {} if args.backend is None else {"backend": args.backend}
         model = load_model(args.model, device=args.device, **kwargs)
         out = harvest(model, args.corpus, hooks=args.hooks, out=args.out, context=args.context, dtype=args.dtype,

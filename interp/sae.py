@@ -789,6 +789,7 @@ def main(argv: list[str] | None = None) -> int:
     from interp.errors import ModelLoadError
 
     try:
+        distributed.join()  # before a model loads, so that under torchrun "cuda" is this rank's own GPU
         data = _token_rows(args) if str(args.data).endswith(".npy") else args.data
         train(data, hook=args.hook, d_sae=args.d_sae, architecture=args.architecture, k=args.k, l1=args.l1,
               l0=args.l0, bandwidth=args.bandwidth,

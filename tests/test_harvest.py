@@ -215,6 +215,36 @@ def _env():
     return {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO)}
 
 
+def test_joining_on_a_gpu_machine_puts_each_rank_on_its_own_gpu(monkeypatch):
+    """What ``interp.distributed.join`` asks of torch on a machine with GPUs, with torch's calls recorded (no GPU
+    here): the local rank's own GPU, nccl for CUDA tensors and gloo for CPU ones (the SAE's gradients live on
+    the CPU); a rank without a GPU of its own is refused before any process group exists."""
+    import torch.distributed as dist
+
+    from interp import distributed
+    from interp.errors import DeviceUnavailableError
+
+    calls: list = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "set_device", lambda index: calls.append(("set_device", index)))
+    monkeypatch.setattr(dist, "is_initialized", lambda: bool(calls) and calls[-1][0] == "init")
+    monkeypatch.setattr(dist, "init_process_group", lambda backend: calls.append(("init", backend)))
+    monkeypatch.setattr(dist, "get_rank", lambda: 1)
+    monkeypatch.setattr(dist, "get_world_size", lambda: 2)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    assert distributed.join() == (1, 2)
+    assert calls == [("set_device", 1), ("init", "cpu:gloo,cuda:nccl")]
+    calls.clear()
+    monkeypatch.setenv("LOCAL_RANK", "2")
+    with pytest.raises(DeviceUnavailableError, match="local rank 2 has no GPU of its own: this machine has 2"):
+        distributed.join()
+    assert calls == []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert distributed.join() == (1, 2) and calls == [("init", "gloo")]
+
+
 def test_two_processes_write_exactly_what_one_writes(tmp_path):
     """torchrun with gloo on the CPU: 2 processes (1 thread each) against 1 (the machine's threads)."""
     one, two = tmp_path / "one", tmp_path / "two"
