@@ -1,7 +1,9 @@
 """The process group that ``torchrun`` describes, for the commands that run data-parallel (``interp.harvest``,
 ``interp.sae``'s training). It is ``torch.distributed`` itself: gloo on a CPU-only machine; on a machine with
-GPUs, nccl for CUDA tensors and gloo for CPU ones (``"cpu:gloo,cuda:nccl"``: the SAE trains on the CPU), with
-each rank on its own GPU (``LOCAL_RANK``), so that ``"cuda"`` means that GPU once ``join`` has run. Outside
+GPUs, nccl for CUDA tensors and gloo for CPU ones (``"cpu:gloo,cuda:nccl"``), with each rank on its own GPU
+(``LOCAL_RANK``; in turn when there are more ranks than GPUs), so that ``"cuda"`` means that GPU once ``join``
+has run. interp's own collectives (the barrier, the statistics, the SAE's gradients, which live on the CPU)
+are on CPU tensors, so they go through gloo, and nccl only starts if a caller reduces CUDA tensors. Outside
 ``torchrun`` (``WORLD_SIZE`` unset or 1) every function here is a no-op for one process, rank 0 of 1."""
 
 from __future__ import annotations
@@ -12,8 +14,6 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from interp.errors import DeviceUnavailableError
-
 __all__ = ["all_reduce", "barrier", "join", "leave"]
 
 
@@ -23,12 +23,8 @@ def join() -> tuple[int, int]:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world > 1 and not dist.is_initialized():
         backend = "gloo"
-        if torch.cuda.is_available():
-            local, gpus = int(os.environ.get("LOCAL_RANK", "0")), torch.cuda.device_count()
-            if local >= gpus:  # nccl needs a GPU of its own for every rank
-                raise DeviceUnavailableError(f"local rank {local} has no GPU of its own: this machine has {gpus}; "
-                                             f"use --nproc_per_node {gpus} at most")
-            torch.cuda.set_device(local)
+        if torch.cuda.is_available():  # ranks share the GPUs in turn when there are more ranks than GPUs
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")) % torch.cuda.device_count())
             backend = "cpu:gloo,cuda:nccl"
         dist.init_process_group(backend=backend)
     return (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
