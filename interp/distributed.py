@@ -2,8 +2,8 @@
 ``interp.sae``'s training). It is ``torch.distributed`` itself: gloo on a CPU-only machine; on a machine with
 GPUs, nccl for CUDA tensors and gloo for CPU ones (``"cpu:gloo,cuda:nccl"``), with each rank on its own GPU
 (``LOCAL_RANK``; in turn when there are more ranks than GPUs), so that ``"cuda"`` means that GPU once ``join``
-has run. interp's own collectives (the barrier, the statistics, the SAE's gradients, which live on the CPU)
-are on CPU tensors, so they go through gloo, and nccl only starts if a caller reduces CUDA tensors. Outside
+has run. interp's barrier, statistics and dead-latent counts are CPU tensors, so they go through gloo; nccl
+starts only for CUDA tensors (the gradients of an SAE training on GPUs). Outside
 ``torchrun`` (``WORLD_SIZE`` unset or 1) every function here is a no-op for one process, rank 0 of 1."""
 
 from __future__ import annotations

@@ -47,6 +47,7 @@ from interp.harvest import Harvest, Stream
 from interp.hooks import check_hook_names, logits_for_gradients, temporary_hooks
 from interp.inputs import check_finite, check_index, check_positive_int, check_tokens
 from interp.interventions import activation_tail
+from interp.loading import check_device
 
 __all__ = ["ARCHITECTURES", "SAE", "SAEMetrics", "ablate_features", "evaluate", "feature_attribution", "load",
            "logit_effects", "save", "splice", "steer_features", "train"]
@@ -546,7 +547,7 @@ def train(data, *, hook: str, d_sae: int, architecture: str = "topk", k: int | N
           l0: float = 1.0, bandwidth: float = 0.05, batch_size: int = 4096, steps: int = 1000, lr: float = 4e-4,
           seed: int = 0, aux_k: int | None = None, aux_coeff: float | None = None, dead_after: int = 1_000_000,
           out: str | os.PathLike | None = None, checkpoint_every: int = 100, progress: bool = True,
-          metadata: Mapping | None = None) -> SAE:
+          metadata: Mapping | None = None, device: str = "cpu") -> SAE:
     """Train a SAE on activations at ``hook``: a harvest's (``data``: ``interp.harvest.open(path)`` or a path),
     or computed from tokens as the batches need them (``data``: ``interp.harvest.Stream(model, tokens, [hook])``,
     the same batches a harvest of those rows gives, so the same SAE, with nothing written).
@@ -574,7 +575,11 @@ def train(data, *, hook: str, d_sae: int, architecture: str = "topk", k: int | N
       the step, each through a temporary name); a rerun with the same arguments resumes from the last one, with
       the batches it would have seen; other arguments are refused.
 
-    Returns the trained SAE (also saved in ``out``).
+    - **Device**: the SAE trains on ``device`` (``"cpu"`` or ``"cuda"``); the batches come from the CPU, and the
+      dead-latent counts stay there. Under ``torchrun`` on GPUs each rank trains on its own GPU and the
+      gradients are summed by nccl.
+
+    Returns the trained SAE (also saved in ``out``), on ``device``.
     """
     if architecture not in ARCHITECTURES:
         raise ValueError(f"architecture must be one of {ARCHITECTURES}, got {architecture!r}")
@@ -583,6 +588,7 @@ def train(data, *, hook: str, d_sae: int, architecture: str = "topk", k: int | N
             raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
     if not bandwidth > 0:
         raise ValueError(f"bandwidth must be > 0, got {bandwidth!r}")
+    device = check_device(device)
     data = data if isinstance(data, Harvest | Stream) else Harvest(data)
     if hook not in data.hooks or data.stats_only:
         where = f"the harvest {data.path}" if isinstance(data, Harvest) else "the stream"
@@ -605,7 +611,7 @@ def train(data, *, hook: str, d_sae: int, architecture: str = "topk", k: int | N
                       float(lr), seed, aux_k or d_in // 2, float(aux_coeff), check_positive_int(dead_after, "dead_after"),
                       float(l0), float(bandwidth))
     sae = SAE(d_in, d_sae, hook_name=hook, architecture=architecture, k=k,
-              metadata={"model_name": data.model_label, **(metadata or {})})
+              metadata={"model_name": data.model_label, **(metadata or {})}, device=device)
     optimizer = torch.optim.Adam(sae.parameters(), lr=lr)
     since_fired = torch.zeros(d_sae, dtype=torch.int64)  # tokens since each latent last fired (all ranks)
     start = 0
@@ -634,8 +640,8 @@ def train(data, *, hook: str, d_sae: int, architecture: str = "topk", k: int | N
         bar = tqdm(total=steps, initial=start, unit="step", desc=f"train SAE ({world} process{'es' * (world > 1)})",
                    file=sys.stderr)
     for step in range(start, steps):
-        x = next(batches)[share]
-        loss, parts, fired = _loss(sae, x, cfg, since_fired >= cfg.dead_after)
+        x = next(batches)[share].to(device)
+        loss, parts, fired = _loss(sae, x, cfg, (since_fired >= cfg.dead_after).to(device))
         optimizer.zero_grad(set_to_none=False)
         loss.backward()
         for p in sae.parameters():
@@ -646,7 +652,7 @@ def train(data, *, hook: str, d_sae: int, architecture: str = "topk", k: int | N
                 sae.W_dec /= sae.W_dec.norm(dim=-1, keepdim=True)
             elif architecture == "jumprelu":  # below 0 the gate would pass negative pre-activations
                 sae.threshold.clamp_(min=0)
-        fired = distributed.all_reduce(fired.to(torch.int64), "max").bool()
+        fired = distributed.all_reduce(fired.to("cpu", torch.int64), "max").bool()
         since_fired = torch.where(fired, 0, since_fired + batch_size)
         if bar is not None:
             bar.update()
@@ -738,7 +744,7 @@ def _check_same_run(out: Path, cfg: TrainConfig) -> None:
 
 def _resume(out: Path, sae: SAE, optimizer, since_fired: Tensor) -> int:
     """Load the last checkpoint; returns its step. (A run killed before its first checkpoint starts again.)"""
-    state = torch.load(out / "trainer_state.pt", weights_only=True)
+    state = torch.load(out / "trainer_state.pt", map_location="cpu", weights_only=True)  # copied to the SAE's device
     sae.load_state_dict(state["sae"])
     optimizer.load_state_dict(state["optimizer"])
     since_fired.copy_(state["since_fired"])
@@ -765,7 +771,8 @@ def main(argv: list[str] | None = None) -> int:
                                      "a .npy file of token rows [rows, pos], each row's first position left out")
     parser.add_argument("--model", default="bundled", help="with token rows: the model to run (default: bundled)")
     parser.add_argument("--backend", default=None, help="with token rows: bridge or hooked (default: the library's)")
-    parser.add_argument("--device", default="cpu", help="with token rows: cpu (default) or cuda")
+    parser.add_argument("--device", default="cpu",
+                        help="cpu (default) or cuda: where the SAE trains (and, with token rows, the model runs)")
     parser.add_argument("--shard-rows", type=int, default=256,
                         help="with token rows: rows whose activations are shuffled together (default: 256)")
     parser.add_argument("--hook", required=True, help="the hook whose activations to train on")
@@ -794,7 +801,8 @@ def main(argv: list[str] | None = None) -> int:
         train(data, hook=args.hook, d_sae=args.d_sae, architecture=args.architecture, k=args.k, l1=args.l1,
               l0=args.l0, bandwidth=args.bandwidth,
               batch_size=args.batch_size, steps=args.steps, lr=args.lr, seed=args.seed, dead_after=args.dead_after,
-              out=args.out, checkpoint_every=args.checkpoint_every, progress=not args.no_progress)
+              out=args.out, checkpoint_every=args.checkpoint_every, progress=not args.no_progress,
+              device=args.device)
     except (ModelLoadError, ValueError, TypeError, KeyError, FileNotFoundError) as err:  # bad input: one line
         raise SystemExit(f"error: {err}") from None
     distributed.leave()

@@ -120,3 +120,27 @@ def test_runner_on_cuda(tiny_checkpoint, tmp_path):
                         "--device", "cuda"]) == 0
     manifest = json.loads((tmp_path / "manifest.json").read_text())["figures"]
     assert manifest and all(entry for entry in manifest.values())
+
+
+def test_sae_training_on_cuda_follows_the_cpu(tmp_path):
+    """``interp.sae.train(device="cuda")`` takes the CPU's steps: the same seeded init and batches, the weights
+    after 5 steps within 1e-3 (TopK's choices can differ only at near ties), and the SAE it saves is the one
+    it returns."""
+    from pathlib import Path
+
+    from interp import harvest as hv
+    from interp import sae as S
+
+    model = load_model("bundled", device="cpu")
+    hook = "blocks.1.hook_resid_pre"
+    harvested = hv.open(hv.harvest(model, Path(json.__file__).parent, hooks=[hook], out=tmp_path / "h",
+                                   progress=False, context=64, shard_rows=64, pattern="**/*.py"))
+    args = dict(hook=hook, d_sae=256, k=8, batch_size=256, steps=5, lr=1e-3, dead_after=512, progress=False)
+    cpu = S.train(harvested, **args)
+    gpu = S.train(harvested, **args, device="cuda", out=tmp_path / "run")
+    assert gpu.W_enc.device.type == "cuda"
+    for (name, p), (_, q) in zip(cpu.named_parameters(), gpu.named_parameters()):
+        _close(p, q, atol=1e-3)
+    saved = S.load(tmp_path / "run" / "sae")
+    for (name, p), (_, q) in zip(saved.named_parameters(), gpu.named_parameters()):
+        assert torch.equal(p, q.cpu()), name

@@ -18,7 +18,7 @@ import interp
 from interp import harvest as hv
 from interp import sae as S
 from interp.checkpoints import write_random_checkpoint
-from interp.errors import SAEFormatError
+from interp.errors import DeviceUnavailableError, SAEFormatError
 from interp.hooks import attached_hooks
 from interp.loading import load_model
 from interp.metrics import metric_values
@@ -470,6 +470,8 @@ def test_training_refuses_bad_input_before_any_step(harvested):
         S.train(harvested, **{**TRAIN, "architecture": "jumprelu", "l0": float("nan")})
     with pytest.raises(ValueError, match="steps"):
         S.train(harvested, **{**TRAIN, "steps": 0})
+    with pytest.raises(DeviceUnavailableError):  # no machine has 100 GPUs
+        S.train(harvested, **{**TRAIN, "device": "cuda:99"})
     with pytest.raises(ValueError, match="more than any one shard holds"):
         shard_tokens = harvested.manifest["shard_rows"] * (harvested.manifest["context"] - 1)  # BOS left out
         S.train(harvested, **{**TRAIN, "batch_size": shard_tokens + 1})
