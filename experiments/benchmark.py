@@ -338,11 +338,13 @@ def bench_sae(model, bundled, reps: int) -> tuple[list[dict], dict]:
         tokens = harvested.manifest["rows"] * (harvested.manifest["context"] - 1)  # BOS left out of training
         steps = tokens // 4096
         start = time.perf_counter()
-        S.train(harvested, hook=small.hook_name, d_sae=4096, k=16, batch_size=4096, steps=steps, progress=False)
+        S.train(harvested, hook=small.hook_name, d_sae=4096, k=16, batch_size=4096, steps=steps, progress=False,
+                device=device)
+        _sync()
         train_s = time.perf_counter() - start
     detail = {"harvest_tokens_per_s": harvested.manifest["rows"] * harvested.manifest["context"] / harvest_s,
               "train_tokens_per_s": steps * 4096 / train_s, "train_steps": steps,
-              "sae": "TopK, k=16, 4,096 latents, batch 4,096 (the bundled recipe's shape)"}
+              "sae": "TopK, k=16, 4,096 latents, batch 4,096 (the bundled recipe's shape)", "train_device": device}
     return rows, detail
 
 
