@@ -16,8 +16,8 @@ process or many (``torchrun``).
   (what was asked, checked on a rerun); ``manifest.json`` (the model and its weights hash, the tokenizer, the
   corpus files and their hashes, the context, the dtype, each shard's rows, token range and sha256) and
   ``stats.safetensors`` (count, mean and variance per hook), written when every shard is there.
-- **Distributed**: under ``torchrun`` (``WORLD_SIZE`` > 1) ``harvest`` joins the process group itself (gloo on
-  CPU, nccl on GPU). Shard ``i`` holds the global rows ``[i * shard_rows, (i + 1) * shard_rows)`` and goes whole
+- **Distributed**: under ``torchrun`` (``WORLD_SIZE`` > 1) ``harvest`` joins the process group itself
+  (``interp.distributed``: gloo for CPU tensors, nccl for CUDA ones, each rank on its own GPU). Shard ``i`` holds the global rows ``[i * shard_rows, (i + 1) * shard_rows)`` and goes whole
   to rank ``i % world_size``; nothing written carries a rank, a time or the world size, and the statistics are
   summed shard by shard in shard order, so N processes write exactly what one writes.
 - **Reading back**: ``open(path)`` (a ``Harvest``: memory-mapped shards, statistics, seeded shuffled
@@ -496,7 +496,6 @@ class Harvest(_Shards):
         return [(last - first) * positions for first, last in (entry["rows"] for entry in self.manifest["shards"])]
 
 
-
 class Stream(_Shards):
     """Activations of ``hooks`` on token rows, computed when a batch needs them and never written: the shards
     and the seeded batches that ``open`` gives for a harvest of these rows (shard ``i`` is rows ``[i *
@@ -522,7 +521,8 @@ class Stream(_Shards):
         self.model = model
         self.stats_only = False
         self.model_label: str = model_info(model).label
-        self._last: tuple = (None, None, None)
+        self._index: int | None = None  # the shard computed last, kept: one shard in memory
+        self._acts: dict[str, Tensor] = {}
 
     def __repr__(self) -> str:
         rows, context = self.tokens.shape
@@ -532,18 +532,17 @@ class Stream(_Shards):
         """``name``'s activations on the rows of shard ``index``, ``[rows, pos, ...]``, on the CPU."""
         if name not in self.hooks:
             raise KeyError(f"{name!r} is not streamed here (hooks {self.hooks})")
-        if self._last[:2] != (index, name):  # the shard computed last is kept: one shard in memory
+        if self._index != index:  # one forward per micro-batch gives every hook of the shard
             rows = self.tokens[index * self.shard_rows:(index + 1) * self.shard_rows]
             device = self.model.cfg.device
-            acts = torch.cat([_forward(self.model, rows[first:first + self.batch_size].to(device), [name])[name].cpu()
-                              for first in range(0, len(rows), self.batch_size)])
-            self._last = (index, name, acts)
-        return self._last[2]
+            parts = [_forward(self.model, rows[first:first + self.batch_size].to(device), self.hooks)
+                     for first in range(0, len(rows), self.batch_size)]
+            self._index, self._acts = index, {hook: torch.cat([p[hook].cpu() for p in parts]) for hook in self.hooks}
+        return self._acts[name]
 
     def _shard_tokens(self, skip_first: bool) -> list[int]:
         rows, context = self.tokens.shape
         return [min(self.shard_rows, rows - first) * (context - skip_first) for first in range(0, rows, self.shard_rows)]
-
 
 
 def open(path: str | os.PathLike, *, verify: bool = True) -> Harvest:

@@ -709,16 +709,26 @@ def _loss(sae: SAE, x: Tensor, cfg: TrainConfig, dead: Tensor) -> tuple[Tensor, 
         loss = loss + cfg.l1 * (features * sae.W_dec.norm(dim=-1)).sum() / cfg.batch_size
     elif cfg.architecture == "jumprelu":
         loss = loss + cfg.l0 * fired.sum() / cfg.batch_size
-        if dead.any():
-            below = (sae.threshold - pre).relu()[:, dead] * sae.W_dec[dead].norm(dim=-1)
-            loss = loss + cfg.aux_coeff * below.sum() / cfg.batch_size
-    if dead.any() and cfg.architecture != "jumprelu":
-        e = error.detach()
-        scale = distributed.all_reduce(e.pow(2).sum().reshape(1)).clamp_min(1e-12)
-        values, indices = pre[:, dead].topk(min(cfg.aux_k, int(dead.sum())), dim=-1)
-        e_hat = torch.zeros_like(pre[:, dead]).scatter(-1, indices, values.relu()) @ sae.W_dec[dead]
-        loss = loss + cfg.aux_coeff * (e - e_hat).pow(2).sum() / scale[0]
+    if dead.any():
+        dead_loss = _pre_act_loss if cfg.architecture == "jumprelu" else _aux_k_loss
+        loss = loss + cfg.aux_coeff * dead_loss(sae, pre, error.detach(), dead, cfg)
     return loss, {"mse": float(mse.detach()) * cfg.batch_size / len(x)}, (features > 0).any(0)
+
+
+def _aux_k_loss(sae: SAE, pre: Tensor, e: Tensor, dead: Tensor, cfg: TrainConfig) -> Tensor:
+    """AuxK: the dead latents' top ``aux_k`` pre-activations reconstruct the error ``e``, ``||e - e_hat||^2 /
+    ||e||^2`` over the global batch (the denominator summed over the ranks)."""
+    scale = distributed.all_reduce(e.pow(2).sum().reshape(1)).clamp_min(1e-12)
+    values, indices = pre[:, dead].topk(min(cfg.aux_k, int(dead.sum())), dim=-1)
+    e_hat = torch.zeros_like(pre[:, dead]).scatter(-1, indices, values.relu()) @ sae.W_dec[dead]
+    return (e - e_hat).pow(2).sum() / scale[0]
+
+
+def _pre_act_loss(sae: SAE, pre: Tensor, e: Tensor, dead: Tensor, cfg: TrainConfig) -> Tensor:
+    """Anthropic's pre-activation loss: ``sum_i relu(threshold_i - pre_i) ||W_dec_i||`` over the dead latents,
+    this rank's share of the global batch's mean."""
+    below = (sae.threshold - pre).relu()[:, dead] * sae.W_dec[dead].norm(dim=-1)
+    return below.sum() / cfg.batch_size
 
 
 def _checkpoint(out: Path, sae: SAE, optimizer, since_fired: Tensor, step: int) -> None:
