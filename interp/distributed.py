@@ -14,7 +14,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-__all__ = ["all_reduce", "barrier", "join", "leave"]
+__all__ = ["all_reduce", "barrier", "broadcast", "join", "leave"]
 
 
 def join() -> tuple[int, int]:
@@ -40,6 +40,13 @@ def all_reduce(tensor: Tensor, op: str = "sum") -> Tensor:
     """``tensor`` summed (``op="sum"``) or maximised (``"max"``) over the ranks, in place; returned."""
     if dist.is_initialized():
         dist.all_reduce(tensor, op=dist.ReduceOp.SUM if op == "sum" else dist.ReduceOp.MAX)
+    return tensor
+
+
+def broadcast(tensor: Tensor, src: int) -> Tensor:
+    """Rank ``src``'s ``tensor`` on every rank, in place (same shape and dtype everywhere); returned."""
+    if dist.is_initialized():
+        dist.broadcast(tensor, src=src)
     return tensor
 
 

@@ -500,8 +500,10 @@ class Stream(_Shards):
     """Activations of ``hooks`` on token rows, computed when a batch needs them and never written: the shards
     and the seeded batches that ``open`` gives for a harvest of these rows (shard ``i`` is rows ``[i *
     shard_rows, (i + 1) * shard_rows)``, run ``batch_size`` rows per forward), without the disk. One shard is in
-    memory at a time, and each pass over the rows runs the model again; under ``torchrun`` every rank computes
-    every shard it reads (harvest first to split the forwards over ranks).
+    memory at a time, and each pass over the rows runs the model again. Under ``torchrun`` the ranks split the
+    forwards (the ``j``-th micro-batch of the rows on rank ``j % world_size``) and broadcast the activations, so
+    every rank holds the whole shard; every rank must then read the same shards in the same order, as
+    ``interp.sae.train`` does.
 
     Example:
         >>> stream = interp.harvest.Stream(model, tokens, ["blocks.1.hook_resid_pre"])   # tokens [rows, pos]
@@ -533,12 +535,30 @@ class Stream(_Shards):
         if name not in self.hooks:
             raise KeyError(f"{name!r} is not streamed here (hooks {self.hooks})")
         if self._index != index:  # one forward per micro-batch gives every hook of the shard
-            rows = self.tokens[index * self.shard_rows:(index + 1) * self.shard_rows]
-            device = self.model.cfg.device
-            parts = [_forward(self.model, rows[first:first + self.batch_size].to(device), self.hooks)
-                     for first in range(0, len(rows), self.batch_size)]
+            rows = self.tokens[index * self.shard_rows:(index + 1) * self.shard_rows].to(self.model.cfg.device)
+            micro = [rows[first:first + self.batch_size] for first in range(0, len(rows), self.batch_size)]
+            rank, world = distributed.join()
+            first = index * -(-self.shard_rows // self.batch_size)  # the global number of this shard's first micro-batch
+            owners = [(first + j) % world for j in range(len(micro))]
+            parts = [_forward(self.model, batch, self.hooks) if owner == rank else None
+                     for batch, owner in zip(micro, owners)]
+            if world > 1:
+                like = self._like
+                for j, (batch, owner) in enumerate(zip(micro, owners)):
+                    if parts[j] is None:
+                        parts[j] = {hook: like[hook].new_empty(len(batch), *like[hook].shape[1:]) for hook in self.hooks}
+                    else:  # a hook may hand over a view; broadcast sends contiguous memory
+                        parts[j] = {hook: act.contiguous() for hook, act in parts[j].items()}
+                    for hook in self.hooks:
+                        distributed.broadcast(parts[j][hook], src=owner)
             self._index, self._acts = index, {hook: torch.cat([p[hook].cpu() for p in parts]) for hook in self.hooks}
         return self._acts[name]
+
+    @functools.cached_property
+    def _like(self) -> dict[str, Tensor]:
+        """Each hook's activation on the first row, for the shape and dtype of the micro-batches other ranks
+        compute."""
+        return _forward(self.model, self.tokens[:1].to(self.model.cfg.device), self.hooks)
 
     def _shard_tokens(self, skip_first: bool) -> list[int]:
         rows, context = self.tokens.shape

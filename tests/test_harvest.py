@@ -252,6 +252,51 @@ def test_two_processes_write_exactly_what_one_writes(tmp_path):
     assert _files(one) == _files(two)
 
 
+STREAM_WORKER = """
+import json, sys, torch
+from safetensors.torch import save_file
+from interp import distributed, harvest as hv
+from interp.loading import load_model
+hooks, shard_rows, rows = json.loads(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
+model = load_model("bundled", device="cpu")
+calls = [0]
+forward = hv._forward
+hv._forward = lambda *args: calls.__setitem__(0, calls[0] + 1) or forward(*args)
+stream = hv.Stream(model, hv.open(sys.argv[1]).tokens[:rows], hooks, batch_size=8, shard_rows=shard_rows)
+shards = {f"{i}/{name}": stream.shard(i, name) for i in range(len(stream._shard_tokens(False))) for name in hooks}
+rank, world = distributed.join()
+if rank == 0:
+    save_file(shards, sys.argv[2] + ".safetensors")
+open(f"{sys.argv[2]}.{rank}.json", "w").write(json.dumps(calls[0]))
+distributed.leave()
+"""
+
+
+def test_two_processes_split_a_streams_forwards_and_each_holds_every_shard(harvested, tmp_path):
+    """Under torchrun a ``Stream``'s ranks split its micro-batches (rank 0 the 1st, 3rd, 5th, ... over all
+    shards) and broadcast them: each rank runs half the forwards (and one single-row forward for the shapes),
+    and every shard it holds equals the harvest's rows, bit for bit (micro-batches of the same 8 rows). 77 rows
+    in shards of 24 are micro-batches 3, 3, 3 and 1: the last shard has none for rank 0."""
+    from safetensors.torch import load_file
+
+    h = hv.open(harvested)
+    shard_rows, rows = 24, 77
+    script = tmp_path / "worker.py"
+    script.write_text(STREAM_WORKER)
+    args = [str(script), str(harvested), str(tmp_path / "out"), json.dumps(HOOKS), str(shard_rows), str(rows)]
+    run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", *args],
+                         env=_env(), capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert run.returncode == 0, run.stderr[-2000:]
+    counts = [json.loads((tmp_path / f"out.{rank}.json").read_text()) for rank in (0, 1)]
+    assert counts == [5 + 1, 5 + 1]
+    shards = load_file(tmp_path / "out.safetensors")
+    assert len(shards) == 4 * len(HOOKS)
+    for name in HOOKS:
+        whole = h[name][:rows]
+        for i in range(4):
+            assert torch.equal(shards[f"{i}/{name}"], whole[i * shard_rows:(i + 1) * shard_rows]), (i, name)
+
+
 def test_a_run_killed_with_sigkill_resumes_to_the_same_bytes(tmp_path):
     whole, killed = tmp_path / "whole", tmp_path / "killed"
     subprocess.run(_cli(whole), check=True, env=_env(), capture_output=True, timeout=300)

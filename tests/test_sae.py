@@ -429,9 +429,13 @@ def test_jumprelu_trains_its_thresholds_and_l0_sets_its_sparsity(bundled, harves
 WORKER = """
 import sys, torch
 from interp import harvest as hv, sae as S
+from interp.loading import load_model
 kwargs = dict(hook="{hook}", d_sae=256, architecture="{architecture}", k=8 if "{architecture}" == "topk" else None,
               batch_size=256, steps=25, lr=1e-3, seed=0, dead_after=256, progress=False)
-sae = S.train(hv.open(sys.argv[1]), **kwargs)
+data = hv.open(sys.argv[1])
+if "{data}" == "stream":
+    data = hv.Stream(load_model("bundled", device="cpu"), data.tokens, ["{hook}"], shard_rows=data.manifest["shard_rows"])
+sae = S.train(data, **kwargs)
 import torch.distributed as dist
 if not dist.is_initialized() or dist.get_rank() == 0:
     S.save(sae, sys.argv[2])
@@ -441,14 +445,14 @@ if dist.is_initialized():
 """
 
 
-@pytest.mark.parametrize("architecture", ["topk", "jumprelu"])
-def test_two_processes_train_what_one_trains(harvested, tmp_path, architecture):
+@pytest.mark.parametrize("architecture, data", [("topk", "harvest"), ("jumprelu", "harvest"), ("topk", "stream")])
+def test_two_processes_train_what_one_trains(harvested, tmp_path, architecture, data):
     """The same global batch split over 2 ranks (gloo), gradients summed: the weights after 25 steps (with
     dead latents and their loss in play: dead_after is one batch; AuxK for TopK, the pre-activation loss and
     the thresholds' estimator for JumpReLU) agree with one process's to 1e-5. Float sums in another order are
-    the only difference."""
+    the only difference. From a ``Stream`` too, whose ranks split its forwards."""
     script = tmp_path / "worker.py"
-    script.write_text(WORKER.format(hook=HOOK, architecture=architecture))
+    script.write_text(WORKER.format(hook=HOOK, architecture=architecture, data=data))
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
     subprocess.run([sys.executable, str(script), str(harvested.path), str(tmp_path / "one")], check=True, env=env,
                    cwd=REPO)
