@@ -18,6 +18,8 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from interp._repr import concise_repr
+
 __all__ = [
     "ComponentRow",
     "ComponentTable",
@@ -210,6 +212,8 @@ class SplitAttention:
     b_V: Float[Tensor, "head d_head"]
     W_O: Float[Tensor, "head d_head d_model"]
     b_O: Float[Tensor, " d_model"]
+
+    __repr__ = concise_repr
 
 
 def split_attention(model, layer: int) -> SplitAttention:

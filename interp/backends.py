@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from jaxtyping import Float
 from torch import Tensor
 
+from interp._repr import concise_repr
 from interp.errors import BackendUnavailableError
 
 __all__ = ["AVAILABLE_BACKENDS", "BACKENDS", "DEFAULT_BACKEND", "TL_MAJOR", "TL_VERSION", "GPT2Weights",
@@ -128,6 +129,8 @@ class BlockWeights:
     W_out: Float[Tensor, "d_mlp d_model"]
     b_out: Float[Tensor, " d_model"]
 
+    __repr__ = concise_repr
+
 
 @dataclass(frozen=True)
 class GPT2Weights:
@@ -140,6 +143,8 @@ class GPT2Weights:
     W_U: Float[Tensor, "d_model d_vocab"]
     b_U: Float[Tensor, " d_vocab"]
     act: object  # the MLP activation
+
+    __repr__ = concise_repr
 
 
 _ACTIVATIONS = {"gelu_new": lambda x: F.gelu(x, approximate="tanh"), "gelu": F.gelu, "relu": F.relu}

@@ -20,6 +20,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
+from interp._repr import concise_repr
 from interp.backends import Hook
 from interp.hooks import run_with_hooks
 from interp.inputs import check_heads, check_layers, check_positive_int, check_tokens
@@ -232,6 +233,8 @@ class ResidStack:
     resid_mid: Float[Tensor, "layer batch pos d_model"] | None = None
     resid_post: Float[Tensor, "layer batch pos d_model"] | None = None
 
+    __repr__ = concise_repr
+
 
 def residual_stream(model, tokens: Int[Tensor, "batch pos"], kinds: Sequence[str] = RESID_KINDS) -> ResidStack:
     """``resid_pre``, ``resid_mid`` and ``resid_post`` of every layer, stacked over layers."""
@@ -261,6 +264,8 @@ class ResidDecomposition:
     labels: tuple[str, ...]  # "embed", "pos_embed", "L0 attn" (or "L0H3" + "L0 attn bias"), "L0 mlp", ...
     components: Float[Tensor, "component batch pos d_model"]
     final: Float[Tensor, "batch pos d_model"]  # resid_post of the last layer
+
+    __repr__ = concise_repr
 
 
 def decompose_resid(model, tokens: Int[Tensor, "batch pos"], *, per_head: bool = False) -> ResidDecomposition:

@@ -55,6 +55,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
+from interp._repr import concise_repr
 from interp.backends import layer_norm, ln_affine
 from interp.hooks import logits_for_gradients, temporary_hooks
 from interp.inputs import check_positive_int, check_tokens
@@ -361,6 +362,8 @@ class EdgeScores:
     clean_metric: float
     corrupted_metric: float
 
+    __repr__ = concise_repr
+
     @cached_property
     def _interval(self) -> tuple[Tensor, Tensor] | tuple[None, None]:
         return (None, None) if self.per_pair is None else bootstrap_interval(self.per_pair)
@@ -662,6 +665,8 @@ class FaithfulnessCurve:
     fractions: tuple[float, ...]
     sizes: tuple[int, ...]
     values: tuple[float, ...]
+
+    __repr__ = concise_repr
 
     @property
     def area(self) -> float:

@@ -35,6 +35,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
+from interp._repr import concise_repr
 from interp.caching import cache_heads
 from interp.inputs import check_tokens
 
@@ -113,6 +114,8 @@ class HeadScores:
     """One ``[layer, head]`` tensor per detector; ``scores["induction"]`` or ``scores.induction``."""
 
     scores: dict[str, Float[Tensor, "layer head"]]
+
+    __repr__ = concise_repr
 
     def __getitem__(self, name: str) -> Tensor:
         if name not in self.scores:
@@ -260,6 +263,8 @@ class CorpusHeadScores:
     ci_low: dict[str, Float[Tensor, "layer head"]]
     ci_high: dict[str, Float[Tensor, "layer head"]]
     rows: int
+
+    __repr__ = concise_repr
 
     def to_frame(self):
         import pandas as pd

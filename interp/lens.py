@@ -14,6 +14,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
+from interp._repr import concise_repr
 from interp.backends import final_layer_norm, ln_affine, unembed
 from interp.caching import decompose_resid, residual_stream
 from interp.inputs import check_position, check_positive_int, check_tokens
@@ -29,6 +30,8 @@ class LogitLens:
     top_tokens: Int[Tensor, "layer k"]
     top_probs: Float[Tensor, "layer k"]
     top_strings: tuple[tuple[str, ...], ...]
+
+    __repr__ = concise_repr
 
     def to_frame(self):
         import pandas as pd
@@ -68,6 +71,8 @@ class LogitAttribution:
     contributions: Float[Tensor, " component"]
     constant: float  # unembedding bias (and final LN bias, if not folded): the part no component wrote
     logit: float  # the model's actual logit for the token
+
+    __repr__ = concise_repr
 
     def to_frame(self):
         import pandas as pd

@@ -25,6 +25,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
+from interp._repr import concise_repr
 from interp.hooks import logits_for_gradients, temporary_hooks
 from interp.inputs import check_finite, check_index, check_layers, check_positive_int, check_tokens, to_tokens
 from interp.metrics import Metric, check_metric, metric_mean
@@ -44,6 +45,8 @@ class PatchingResult:
     by: str
     clean_metric: float  # the metric of the clean run, unpatched
     corrupted_metric: float  # the metric of the corrupted run, unpatched
+
+    __repr__ = concise_repr
 
     def to_frame(self):
         import pandas as pd

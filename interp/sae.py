@@ -41,6 +41,7 @@ from jaxtyping import Float, Int
 from torch import Tensor, nn
 
 from interp import distributed
+from interp._repr import concise_repr
 from interp.errors import SAEFormatError
 from interp.figures import atomic_write
 from interp.harvest import Harvest, Stream
@@ -398,6 +399,8 @@ class SAEMetrics:
     kl_score: float
     dead_fraction: float
     dense_fraction: float
+
+    __repr__ = concise_repr
 
     def to_dict(self) -> dict:
         return asdict(self)

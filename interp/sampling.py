@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from jaxtyping import Float, Int
 from torch import Tensor
 
+from interp._repr import concise_repr
 from interp.backends import gpt2_weights, layer_norm
 from interp.hooks import attached_hooks, temporary_hooks
 from interp.inputs import check_positive_int
@@ -81,6 +82,8 @@ class TemperatureSweep:
     top50_mass: Float[Tensor, " temp"]
     kl_from_t1: Float[Tensor, " temp"]  # KL(p_T || p_1), nats
     greedy_prob: Float[Tensor, " temp"]  # probability of the T=1 argmax token
+
+    __repr__ = concise_repr
 
     def to_frame(self):
         import pandas as pd
@@ -227,6 +230,8 @@ class Generation:
     tokens: Int[Tensor, "batch new"]  # the sampled continuation of each prompt
     texts: tuple[str, ...]  # decoded continuations
     seeds: tuple[int, ...]
+
+    __repr__ = concise_repr
 
 
 def _filter(logits: Float[Tensor, "batch d_vocab"], top_k: int | None, top_p: float | None) -> Tensor:

@@ -168,6 +168,42 @@ def test_head_cache_prints_shapes_not_tensors(model, tokens):
     assert f"q: (2, 2, 1, {tokens.shape[1]}, 64)" in text and "MiB" in text and "tensor(" not in text
 
 
+def test_every_result_prints_on_one_line_with_shapes_not_tensors(model, tokens):
+    """What IPython shows for each result: one line, tensors as their shape and dtype, long label tuples cut
+    to their ends and length, floats six digits."""
+    from interp import circuits
+    from interp import sae as S
+    from interp.architecture import split_attention
+    from interp.backends import gpt2_weights
+    from interp.caching import decompose_resid, residual_stream
+    from interp.heads import corpus_head_scores, head_scores
+
+    clean = torch.cat([tokens, tokens.flip(1)])
+    corrupted = clean.clone()
+    corrupted[:, 3] = 1000
+
+    def metric(logits):
+        return logits[:, -1, 13]
+
+    eap = circuits.edge_attribution(model, clean, corrupted, metric, method="eap")
+    results = [head_scores(model), corpus_head_scores(model, clean), logit_lens(model, tokens),
+               direct_logit_attribution(model, tokens, 13), activation_patching(model, clean, corrupted, metric),
+               temperature_sweep(model, "The cat", [0.1, 1.0, 10.0]),
+               generate(model, "The cat", max_new_tokens=3, temperature=0), residual_stream(model, tokens),
+               decompose_resid(model, tokens, per_head=True), eap,
+               circuits.faithfulness_curve(model, eap, clean, corrupted, metric),
+               S.evaluate(model, S.load("bundled"), clean), split_attention(model, 0), gpt2_weights(model)]
+    for result in results:
+        text = repr(result)
+        assert "\n" not in text and "tensor(" not in text and len(text) < 2000, text[:300]
+        assert text.startswith(type(result).__name__ + "("), text[:100]
+    n = tokens.shape[1]
+    assert f"resid_pre=Tensor[2, 1, {n}, 128] float32" in repr(results[7])
+    assert "labels=('embed', 'pos_embed', ..., 'L1 mlp'; 10 items)" in repr(results[8])
+    assert "scores=Tensor[46] float32" in repr(eap) and "temperatures=(0.1, 1.0, 10.0)" in repr(results[5])
+    assert f"clean_metric={float(f'{eap.clean_metric:.6g}')!r}" in repr(eap)
+
+
 def test_estimate_works_on_the_weightless_skeleton():
     estimate = estimate_cache_bytes(interp.architecture("gpt2"), 1, 1024, kinds=("pattern",))
     assert estimate.total == 12 * 12 * 1024 * 1024 * 4
