@@ -27,8 +27,9 @@ def _brief(value) -> str:
         if len(value) > _SHOWN:
             return f"({_brief(value[0])}, {_brief(value[1])}, ..., {_brief(value[-1])}; {len(value)} items)"
         inner = ", ".join(_brief(item) for item in value)
-        return f"({inner},)" if isinstance(value, tuple) and len(value) == 1 else (
-            f"({inner})" if isinstance(value, tuple) else f"[{inner}]")
+        if isinstance(value, list):
+            return f"[{inner}]"
+        return f"({inner},)" if len(value) == 1 else f"({inner})"
     if isinstance(value, float):
         return repr(float(f"{value:.6g}"))
     return repr(value)

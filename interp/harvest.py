@@ -17,8 +17,8 @@ process or many (``torchrun``).
   corpus files and their hashes, the context, the dtype, each shard's rows, token range and sha256) and
   ``stats.safetensors`` (count, mean and variance per hook), written when every shard is there.
 - **Distributed**: under ``torchrun`` (``WORLD_SIZE`` > 1) ``harvest`` joins the process group itself
-  (``interp.distributed``: gloo for CPU tensors, nccl for CUDA ones, each rank on its own GPU). Shard ``i`` holds the global rows ``[i * shard_rows, (i + 1) * shard_rows)`` and goes whole
-  to rank ``i % world_size``; nothing written carries a rank, a time or the world size, and the statistics are
+  (``interp.distributed``: gloo for CPU tensors, nccl for CUDA ones, each rank on its own GPU). Shard ``i``
+  holds the global rows ``[i * shard_rows, (i + 1) * shard_rows)`` and goes whole to rank ``i % world_size``; nothing written carries a rank, a time or the world size, and the statistics are
   summed shard by shard in shard order, so N processes write exactly what one writes.
 - **Reading back**: ``open(path)`` (a ``Harvest``: memory-mapped shards, statistics, seeded shuffled
   batches); ``Stream(model, tokens, hooks)`` gives the same shards and batches for token rows already in hand,
@@ -542,8 +542,8 @@ class Stream(_Shards):
             owners = [(first + j) % world for j in range(len(micro))]
             parts = [_forward(self.model, batch, self.hooks) if owner == rank else None
                      for batch, owner in zip(micro, owners)]
-            if world > 1:
-                like = self._like
+            if world > 1:  # shapes and dtypes from this rank's own micro-batch, or from one row when it has none
+                like = next((part for part in parts if part is not None), None) or self._like
                 for j, (batch, owner) in enumerate(zip(micro, owners)):
                     if parts[j] is None:
                         parts[j] = {hook: like[hook].new_empty(len(batch), *like[hook].shape[1:]) for hook in self.hooks}
@@ -556,8 +556,8 @@ class Stream(_Shards):
 
     @functools.cached_property
     def _like(self) -> dict[str, Tensor]:
-        """Each hook's activation on the first row, for the shape and dtype of the micro-batches other ranks
-        compute."""
+        """Each hook's activation on the first row: the shape and dtype of what other ranks compute, for a rank
+        with no micro-batch of its own in a shard."""
         return _forward(self.model, self.tokens[:1].to(self.model.cfg.device), self.hooks)
 
     def _shard_tokens(self, skip_first: bool) -> list[int]:

@@ -713,8 +713,8 @@ def _loss(sae: SAE, x: Tensor, cfg: TrainConfig, dead: Tensor) -> tuple[Tensor, 
     elif cfg.architecture == "jumprelu":
         loss = loss + cfg.l0 * fired.sum() / cfg.batch_size
     if dead.any():
-        dead_loss = _pre_act_loss if cfg.architecture == "jumprelu" else _aux_k_loss
-        loss = loss + cfg.aux_coeff * dead_loss(sae, pre, error.detach(), dead, cfg)
+        loss = loss + cfg.aux_coeff * (_pre_act_loss(sae, pre, dead, cfg) if cfg.architecture == "jumprelu"
+                                       else _aux_k_loss(sae, pre, error.detach(), dead, cfg))
     return loss, {"mse": float(mse.detach()) * cfg.batch_size / len(x)}, (features > 0).any(0)
 
 
@@ -727,7 +727,7 @@ def _aux_k_loss(sae: SAE, pre: Tensor, e: Tensor, dead: Tensor, cfg: TrainConfig
     return (e - e_hat).pow(2).sum() / scale[0]
 
 
-def _pre_act_loss(sae: SAE, pre: Tensor, e: Tensor, dead: Tensor, cfg: TrainConfig) -> Tensor:
+def _pre_act_loss(sae: SAE, pre: Tensor, dead: Tensor, cfg: TrainConfig) -> Tensor:
     """Anthropic's pre-activation loss: ``sum_i relu(threshold_i - pre_i) ||W_dec_i||`` over the dead latents,
     this rank's share of the global batch's mean."""
     below = (sae.threshold - pre).relu()[:, dead] * sae.W_dec[dead].norm(dim=-1)
