@@ -6,6 +6,7 @@
 - patching every edge reproduces the source run, and none the unpatched one;
 - EAP equals the first-order term (central finite differences), and on TransformerLens 4.x its edge-level
   ``attribution_patch`` after mapping the conventions;
+- exact denoising of every head -> head edge equals TransformerLens 4.x's ``get_act_patch_direct_path``;
 - EAP-IG's Riemann sum converges, and the scores out of ``input`` sum to the whole effect (completeness);
 - on the bundled model's copying task the known circuit is found, not typed in.
 """
@@ -355,3 +356,35 @@ def test_eap_equals_transformer_lens_4_edge_attribution(raw_model, pair):
             assert float(ours.scores[g.edge_index[edge]]) == pytest.approx(value, rel=1e-3, abs=1e-5), edge.name
             compared += 1
     assert compared >= len(g.edges) // 2
+
+
+@pytest.mark.skipif(TL_MAJOR < 4, reason="get_act_patch_direct_path is TransformerLens 4.x's")
+def test_exact_denoising_equals_transformer_lens_4_direct_path_patching(raw_model, pair):
+    """TransformerLens 4.3's ``patching.get_act_patch_direct_path`` is the exact patch of one head -> head edge
+    in the denoising direction: the corrupted run with the source head's clean-minus-corrupted write added to
+    one later head's own q, k or v input. Its metric minus the corrupted metric is our exact denoising score,
+    for every head -> head edge (layer-skipping ones included) and each of q, k and v."""
+    from transformer_lens import patching
+
+    if interp.loading.model_info(raw_model).backend != "bridge":
+        pytest.skip("TransformerLens 4.x runs on the bridge")
+    clean, corrupt = pair
+    ours = edge_attribution(raw_model, clean, corrupt, logit_metric, method="exact", direction="denoising")
+    with torch.no_grad():
+        _, clean_cache = raw_model.run_with_cache(clean)
+        _, corrupt_cache = raw_model.run_with_cache(corrupt)
+    g, n_layers, n_heads = graph(raw_model), raw_model.cfg.n_layers, raw_model.cfg.n_heads
+    compared = 0
+    for qkv in "qkv":
+        theirs = patching.get_act_patch_direct_path_all_sources(
+            raw_model, corrupt, clean_cache, corrupt_cache, lambda logits: logit_metric(logits).mean(),
+            component=qkv, verbose=False)  # [src layer, src head, dst layer, dst head]
+        paths = [(sl, sh, dl, dh) for sl in range(n_layers) for sh in range(n_heads)
+                 for dl in range(sl + 1, n_layers) for dh in range(n_heads)]
+        for sl, sh, dl, dh in paths:
+            edge = Edge(f"a{sl}.h{sh}", f"a{dl}.h{dh}", qkv)
+            score = float(ours.scores[g.edge_index[edge]])
+            assert score + ours.corrupted_metric == pytest.approx(float(theirs[sl, sh, dl, dh]), abs=2e-5), edge.name
+            compared += 1
+    assert compared == 3 * n_heads ** 2 * n_layers * (n_layers - 1) // 2
+    assert ours.scores.abs().max() > 0.1  # the edges move the metric: equality is not of zeros

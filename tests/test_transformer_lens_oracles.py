@@ -4,6 +4,9 @@
   in meaning, cell by cell (TransformerLens's metric returns a scalar; ours gets the same scalar).
 - TransformerLens 4.x's ``tools.analysis.logit_lens``: the same top tokens and probabilities as our
   ``logit_lens`` at every layer.
+- TransformerLens 4.x's ``tools.analysis.direct_logit_attribution``: per head, and per component (the
+  embeddings, each attention layer, each MLP), the same contributions as our ``direct_logit_attribution``;
+  its ``remainder`` is everything of ours that is not a head.
 - TransformerLens 4.x's ``tools.analysis.attribution_patch`` (node level, ``ig_steps=1``): it is denoising,
   per position and averaged over prompt pairs, with the gradient on the corrupted run, as ours. The mapping:
   ``ours.scores[layer, head] - ours.corrupted_metric`` (``by="head"``, ``hook="z"``) equals the sum over
@@ -22,7 +25,7 @@ import torch
 
 import interp
 from interp.backends import TL_MAJOR
-from interp.lens import logit_lens
+from interp.lens import direct_logit_attribution, logit_lens
 from interp.patching import activation_patching, attribution_patching
 
 tl4 = pytest.mark.skipif(TL_MAJOR < 4, reason="tools.analysis is TransformerLens 4.x's")
@@ -94,3 +97,22 @@ def test_attribution_patching_equals_transformer_lens_4_node_scores(tiny_model, 
         for pos in range(n_pos):
             node = next(v for n, v in theirs.items() if n.kind == "mlp_out" and n.layer == layer and n.position == pos)
             assert float(mlps.scores[layer, pos]) - mlps.corrupted_metric == pytest.approx(node, rel=1e-3, abs=1e-5)
+
+
+@tl4
+def test_direct_logit_attribution_equals_transformer_lens_4(tiny_model):
+    from transformer_lens.tools.analysis.direct_logit_attribution import direct_logit_attribution as tl_dla
+
+    tokens = interp.to_tokens(tiny_model, CLEAN[0])
+    heads = direct_logit_attribution(tiny_model, tokens, 42, per_head=True)
+    theirs = tl_dla(tiny_model, tokens, 42, unit="head")
+    is_head = [label[0] == "L" and "H" in label for label in heads.labels]
+    assert [label for label, head in zip(heads.labels, is_head) if head] == theirs.labels[:-1]
+    assert theirs.labels[-1] == "remainder"
+    ours = torch.cat([heads.contributions[is_head], heads.contributions[[not h for h in is_head]].sum()[None]])
+    torch.testing.assert_close(ours, theirs.attribution.flatten().detach(), rtol=1e-4, atol=1e-6)
+
+    components = direct_logit_attribution(tiny_model, tokens, 42, per_head=False)
+    theirs = tl_dla(tiny_model, tokens, 42, unit="component")
+    assert len(theirs.labels) == len(components.labels)  # embed, pos_embed, then attention and MLP per layer
+    torch.testing.assert_close(components.contributions, theirs.attribution.flatten().detach(), rtol=1e-4, atol=1e-6)
