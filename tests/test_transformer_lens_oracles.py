@@ -7,6 +7,9 @@
 - TransformerLens 4.x's ``tools.analysis.direct_logit_attribution``: per head, and per component (the
   embeddings, each attention layer, each MLP), the same contributions as our ``direct_logit_attribution``;
   its ``remainder`` is everything of ours that is not a head.
+- TransformerLens 4.x's ``utilities.statistics.bootstrap_ci``: from the same seeded draws, the same percentile
+  interval as our ``bootstrap_interval`` (which every interval over pairs or rows uses), at resample counts
+  where both definitions of a percentile pick the same order statistic.
 - TransformerLens 4.x's ``tools.analysis.attribution_patch`` (node level, ``ig_steps=1``): it is denoising,
   per position and averaged over prompt pairs, with the gradient on the corrupted run, as ours. The mapping:
   ``ours.scores[layer, head] - ours.corrupted_metric`` (``by="head"``, ``hook="z"``) equals the sum over
@@ -26,6 +29,7 @@ import torch
 import interp
 from interp.backends import TL_MAJOR
 from interp.lens import direct_logit_attribution, logit_lens
+from interp.metrics import bootstrap_interval
 from interp.patching import activation_patching, attribution_patching
 
 tl4 = pytest.mark.skipif(TL_MAJOR < 4, reason="tools.analysis is TransformerLens 4.x's")
@@ -116,3 +120,18 @@ def test_direct_logit_attribution_equals_transformer_lens_4(tiny_model):
     theirs = tl_dla(tiny_model, tokens, 42, unit="component")
     assert len(theirs.labels) == len(components.labels)  # embed, pos_embed, then attention and MLP per layer
     torch.testing.assert_close(components.contributions, theirs.attribution.flatten().detach(), rtol=1e-4, atol=1e-6)
+
+
+@tl4
+@pytest.mark.parametrize("level", [0.95, 0.8])
+def test_bootstrap_interval_equals_transformer_lens_4_bootstrap_ci(level):
+    """Ours takes the nearest order statistic and TransformerLens's ``torch.quantile`` interpolates: with 1001
+    resamples, (1 - level) / 2 * 1000 is a whole number and the two definitions agree."""
+    from transformer_lens.utilities.statistics import bootstrap_ci
+
+    values = torch.randn(50, 12) * torch.linspace(0.1, 3, 50)[:, None] + 1  # [statistic, item]
+    ours = bootstrap_interval(values, resamples=1001, seed=0, level=level)
+    theirs = bootstrap_ci(values, dim=1, confidence=level, n_resamples=1001, chunk_size=1001,
+                          generator=torch.Generator().manual_seed(0))
+    for a, b in zip(ours, theirs):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
