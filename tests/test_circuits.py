@@ -6,7 +6,8 @@
 - patching every edge reproduces the source run, and none the unpatched one;
 - EAP equals the first-order term (central finite differences), and on TransformerLens 4.x its edge-level
   ``attribution_patch`` after mapping the conventions;
-- exact denoising of every head -> head edge equals TransformerLens 4.x's ``get_act_patch_direct_path``;
+- exact denoising of every head -> head edge equals TransformerLens 4.x's ``get_act_patch_direct_path``, and
+  ``faithfulness`` (so each point of ``faithfulness_curve``) its ``faithfulness``, edge by edge per position;
 - EAP-IG's Riemann sum converges, and the scores out of ``input`` sum to the whole effect (completeness);
 - on the bundled model's copying task the known circuit is found, not typed in.
 """
@@ -388,3 +389,44 @@ def test_exact_denoising_equals_transformer_lens_4_direct_path_patching(raw_mode
             compared += 1
     assert compared == 3 * n_heads ** 2 * n_layers * (n_layers - 1) // 2
     assert ours.scores.abs().max() > 0.1  # the edges move the metric: equality is not of zeros
+
+
+def transformer_lens_4_edges(edge: Edge, n_layers: int, n_pos: int) -> list:
+    """Our edge as TransformerLens 4.3's ``attribution_patching`` graph has it: one (writer, reader) pair of
+    ``Node`` per position, since its edges join a writer and a reader at the same position."""
+    from transformer_lens.tools.analysis.attribution_patching import Node
+
+    def node(name: str, kind: str):
+        if name == "input":
+            return lambda p: Node("embed", p)
+        if name == "logits":
+            return lambda p: Node("logits", p, layer=n_layers - 1)
+        if name.startswith("m"):
+            return lambda p: Node(f"mlp_{kind}", p, layer=int(name[1:]))
+        layer, head = (int(x) for x in name[1:].split(".h"))
+        return lambda p: Node("attn_head_out" if kind == "out" else f"{edge.input}_input", p, layer=layer, head=head)
+
+    writer, reader = node(edge.sender, "out"), node(edge.receiver, "in")
+    return [(writer(p), reader(p)) for p in range(n_pos)]
+
+
+@pytest.mark.skipif(TL_MAJOR < 4, reason="tools.analysis.attribution_patching.faithfulness is TransformerLens 4.x's")
+def test_faithfulness_equals_transformer_lens_4(raw_model, pair):
+    """TransformerLens 4.3's ``faithfulness`` (one pair, every edge outside the circuit ablated to the corrupted
+    run's writer output, ``recovered`` normalised as ours) against ours, and so against each point of our
+    curve, for a random ranking of the edges."""
+    from transformer_lens.tools.analysis.attribution_patching import faithfulness as tl_faithfulness
+
+    if interp.loading.model_info(raw_model).backend != "bridge":
+        pytest.skip("TransformerLens 4.x runs on the bridge")
+    clean, corrupt = (t[:1] for t in pair)
+    g = graph(raw_model)
+    ranked = [g.edges[i] for i in torch.randperm(len(g.edges), generator=torch.Generator().manual_seed(0))]
+    curve = faithfulness_curve(raw_model, ranked, clean, corrupt, logit_metric)
+    for size, value in zip(curve.sizes, curve.values):
+        circuit = [pair for edge in ranked[:size] for pair in transformer_lens_4_edges(edge, g.n_layers, clean.shape[1])]
+        theirs = tl_faithfulness(raw_model, clean, corrupt, lambda logits: logit_metric(logits)[0], circuit).recovered
+        assert value == pytest.approx(theirs, abs=1e-5), size
+        if size in (0, len(g.edges)) or size == curve.sizes[len(curve.sizes) // 2]:
+            assert faithfulness(raw_model, ranked[:size], clean, corrupt, logit_metric) == pytest.approx(value, abs=1e-6)
+    assert len({round(v, 3) for v in curve.values}) > 3  # the random circuits recover different amounts
