@@ -372,16 +372,21 @@ def steer_features(model, sae: SAE, values: Mapping[int, float], *, mode: str = 
 
 @dataclass(frozen=True)
 class SAEMetrics:
-    """What ``evaluate`` measured, on held-out tokens (every position but the first of each row).
+    """What ``evaluate`` measured, on held-out tokens: every position but the first of each row (its BOS),
+    as SAELens's ``run_evals`` measures, which leaves out the positions that hold a special token. SAELens also
+    leaves out a 50256 inside a row (a document boundary in packed text); on rows without one, ``l0``,
+    ``explained_variance``, ``mse``, ``ce_clean``, ``ce_spliced`` and ``kl_spliced`` are SAELens's (tested).
 
     - ``l0``: features above zero per token, averaged over tokens.
     - ``explained_variance``: 1 - sum ||x - x_hat||^2 / sum ||x - mean(x)||^2, sums over tokens, the mean over
       the held-out tokens.
-    - ``mse``: the mean over tokens and dimensions of (x - x_hat)^2.
-    - ``ce_loss_score``: (CE zero-ablated - CE spliced) / (CE zero-ablated - CE clean); the splice and the
-      zero ablation both leave position 0 alone; CE is the mean next-token loss over every predicted position.
-    - ``kl_score``: (KL zero-ablated - KL spliced) / KL zero-ablated, KL from the clean next-token distribution,
-      averaged over positions.
+    - ``mse``: ||x - x_hat||^2 summed over dimensions, averaged over tokens (SAELens's convention, and the
+      ``mse`` that ``train`` reports).
+    - ``ce_loss_score``: (CE zero-ablated - CE spliced) / (CE zero-ablated - CE clean); CE is the mean
+      next-token loss over the positions that have a next token. The splice and the zero ablation both leave
+      position 0 alone (SAELens's zero ablation zeroes it too, so its CE zero-ablated and score differ).
+    - ``kl_score``: (KL zero-ablated - KL spliced) / KL zero-ablated, KL(clean || run) of the next-token
+      distributions, averaged over positions.
     - ``dead_fraction``: latents that never fire on these tokens; ``dense_fraction``: latents that fire on more
       than 10% of them.
     """
@@ -406,11 +411,6 @@ class SAEMetrics:
         return asdict(self)
 
 
-def _next_token_log_probs(logits: Tensor) -> Tensor:
-    """Log-probabilities at every predicted position (all but the last), in float32: ``[batch, pos - 1, d_vocab]``."""
-    return logits[:, :-1].float().log_softmax(-1)
-
-
 @torch.no_grad()
 def evaluate(model, sae: SAE, tokens: Int[Tensor, "batch pos"], *, batch_size: int = 8) -> SAEMetrics:
     """Measure ``sae`` on held-out ``tokens`` (rows that start with BOS; see ``SAEMetrics`` for each definition,
@@ -418,8 +418,9 @@ def evaluate(model, sae: SAE, tokens: Int[Tensor, "batch pos"], *, batch_size: i
     tokens = check_tokens(model, tokens)
     hook = check_sae(model, sae)
     batch_size = check_positive_int(batch_size, "batch_size")
-    if tokens.shape[1] < 2:
-        raise ValueError("evaluate needs rows of at least 2 tokens (position 0 is left alone)")
+    if tokens.shape[1] < 3:
+        raise ValueError("evaluate needs rows of at least 3 tokens (position 0 is left alone, and the loss needs "
+                         "a next token)")
     sums = {key: 0.0 for key in ("ce_clean", "ce_spliced", "ce_zero", "kl_spliced", "kl_zero", "n_pred")}
     n_tok, l0_sum, sq_err, x_sum, x_sq = 0, 0.0, 0.0, None, 0.0
     fired = torch.zeros(sae.d_sae, dtype=torch.float64)
@@ -441,12 +442,12 @@ def evaluate(model, sae: SAE, tokens: Int[Tensor, "batch pos"], *, batch_size: i
             spliced = model(rows)
         with temporary_hooks(model, [(hook, zero)]):
             zeroed = model(rows)
-        targets = rows[:, 1:].flatten()
-        clean_logprobs = _next_token_log_probs(clean).flatten(0, 1)  # [predicted position, d_vocab]
-        sums["ce_clean"] += float(F.nll_loss(clean_logprobs, targets, reduction="sum"))
+        targets = rows[:, 2:].flatten()  # what positions 1 .. pos - 2 predict
+        clean_logprobs = clean[:, 1:].float().log_softmax(-1)  # [batch, position 1 on, d_vocab]
+        sums["ce_clean"] += float(F.nll_loss(clean_logprobs[:, :-1].flatten(0, 1), targets, reduction="sum"))
         for key, logits in (("spliced", spliced), ("zero", zeroed)):
-            logprobs = _next_token_log_probs(logits).flatten(0, 1)
-            sums[f"ce_{key}"] += float(F.nll_loss(logprobs, targets, reduction="sum"))
+            logprobs = logits[:, 1:].float().log_softmax(-1)
+            sums[f"ce_{key}"] += float(F.nll_loss(logprobs[:, :-1].flatten(0, 1), targets, reduction="sum"))
             sums[f"kl_{key}"] += float(F.kl_div(logprobs, clean_logprobs, reduction="sum", log_target=True))
         sums["n_pred"] += len(targets)
         x = kept["x"].reshape(-1, sae.d_in).double()
@@ -461,10 +462,10 @@ def evaluate(model, sae: SAE, tokens: Int[Tensor, "batch pos"], *, batch_size: i
         n_tok += len(x)
     total_var = x_sq - float(x_sum.pow(2).sum()) / n_tok  # sum ||x - mean||^2
     ce = {key: sums[f"ce_{key}"] / sums["n_pred"] for key in ("clean", "spliced", "zero")}
-    kl = {key: sums[f"kl_{key}"] / sums["n_pred"] for key in ("spliced", "zero")}
+    kl = {key: sums[f"kl_{key}"] / n_tok for key in ("spliced", "zero")}
     frequency = fired / n_tok
     return SAEMetrics(
-        tokens=n_tok, l0=l0_sum / n_tok, explained_variance=1 - sq_err / total_var, mse=sq_err / (n_tok * sae.d_in),
+        tokens=n_tok, l0=l0_sum / n_tok, explained_variance=1 - sq_err / total_var, mse=sq_err / n_tok,
         ce_clean=ce["clean"], ce_spliced=ce["spliced"], ce_zero_ablated=ce["zero"],
         ce_loss_score=(ce["zero"] - ce["spliced"]) / (ce["zero"] - ce["clean"]),
         kl_spliced=kl["spliced"], kl_zero_ablated=kl["zero"], kl_score=(kl["zero"] - kl["spliced"]) / kl["zero"],

@@ -1,5 +1,5 @@
-"""Sparse autoencoders: SAELens's format both ways (the oracle test runs where ``sae-lens`` installs, on
-TransformerLens 3.9), splicing against a hand-written Hugging Face hook, the evaluation's definitions against
+"""Sparse autoencoders: SAELens's format both ways, and ``evaluate`` against SAELens's evaluation (the oracle
+tests run where ``sae-lens`` installs, on TransformerLens 3.9), splicing against a hand-written Hugging Face hook, the evaluation's definitions against
 SAEs whose answers are known, feature attribution against finite differences, logit effects against Hugging
 Face's weights, and training (seeded, resumed, and one process against two under torchrun)."""
 
@@ -274,8 +274,8 @@ def test_evaluation_definitions_on_saes_with_known_answers(bundled):
     exact = S.evaluate(bundled, exact_sae(128), tokens)
     assert exact.explained_variance == pytest.approx(1, abs=1e-6) and exact.mse == pytest.approx(0, abs=1e-9)
     assert exact.ce_loss_score == pytest.approx(1, abs=1e-4) and exact.kl_score == pytest.approx(1, abs=1e-4)
-    assert exact.tokens == 2 * 7 and exact.ce_clean == pytest.approx(float(bundled(tokens, return_type="loss")),
-                                                                     rel=1e-5)
+    per_token = bundled(tokens, return_type="loss", loss_per_token=True)  # [batch, pos - 1]: what each position predicts
+    assert exact.tokens == 2 * 7 and exact.ce_clean == pytest.approx(float(per_token[:, 1:].mean()), rel=1e-5)
     zero = S.evaluate(bundled, S.SAE(128, 64, hook_name=HOOK, architecture="standard"), tokens)
     assert zero.ce_loss_score == pytest.approx(0, abs=1e-6) and zero.kl_score == pytest.approx(0, abs=1e-6)
     assert zero.l0 == 0 and zero.dead_fraction == 1 and zero.dense_fraction == 0
@@ -504,6 +504,46 @@ def test_saelens_reads_ours_and_we_read_saelens(architecture, tmp_path):
     again = S.load(tmp_path / "theirs")
     torch.testing.assert_close(again.encode(x), theirs.encode(x), atol=1e-6, rtol=1e-6)
     torch.testing.assert_close(again(x), theirs(x), atol=1e-6, rtol=1e-6)
+
+
+@pytest.mark.parametrize("architecture", S.ARCHITECTURES)
+def test_evaluate_is_saelens_evals_on_rows_without_special_tokens(architecture, tmp_path):
+    """The oracle for ``evaluate``: SAELens 6's own evaluation functions (``run_evals``'s parts), on the bundled
+    model as a HookedTransformer and the same SAE read from our files, with BOS left out as SAELens leaves out
+    special tokens. Its zero ablation zeroes BOS too, so CE and KL zero-ablated (and the scores) are not
+    compared; every other number is."""
+    pytest.importorskip("sae_lens")
+    from sae_lens import SAE as SAELensSAE
+    from sae_lens.evals import get_downstream_reconstruction_metrics, get_sparsity_and_variance_metrics
+    from sae_lens.training.activation_scaler import ActivationScaler
+
+    if "hooked" not in interp.backends.AVAILABLE_BACKENDS:
+        pytest.skip("SAELens runs on TransformerLens 3.x's HookedTransformer")
+    model = load_model("bundled", backend="hooked", device="cpu")
+    ours = random_sae(architecture, 128, d_sae=64)
+    S.save(ours, tmp_path / "sae")
+    theirs = SAELensSAE.load_from_disk(str(tmp_path / "sae"))
+    body = torch.randint(0, hv.EOT, (3, 11), generator=torch.Generator().manual_seed(5))  # no 50256 inside a row
+    tokens = torch.cat([torch.full((3, 1), hv.EOT), body], dim=1)
+
+    class Store:  # what the evaluation functions read of an ActivationsStore
+        def get_batch_tokens(self, batch_size):
+            return tokens[:batch_size]
+
+    common = dict(activation_store=Store(), activation_scaler=ActivationScaler(), n_batches=1,
+                  eval_batch_size_prompts=len(tokens), ignore_tokens=[hv.EOT])
+    sparsity, _ = get_sparsity_and_variance_metrics(
+        theirs, model, compute_l2_norms=False, compute_sparsity_metrics=True, compute_variance_metrics=True,
+        compute_featurewise_density_statistics=False, model_kwargs={}, **common)
+    downstream = get_downstream_reconstruction_metrics(theirs, model, compute_kl=True, compute_ce_loss=True, **common)
+    m = S.evaluate(model, ours, tokens)
+    assert m.l0 == pytest.approx(sparsity["l0"], rel=1e-6) and m.l0 > 0
+    assert m.explained_variance == pytest.approx(sparsity["explained_variance"], rel=1e-5, abs=1e-6)
+    assert m.mse == pytest.approx(sparsity["mse"], rel=1e-5)
+    assert m.ce_clean == pytest.approx(downstream["ce_loss_without_sae"], rel=1e-5)
+    assert m.ce_spliced == pytest.approx(downstream["ce_loss_with_sae"], rel=1e-5)
+    assert m.kl_spliced == pytest.approx(downstream["kl_div_with_sae"], rel=1e-4, abs=1e-6)
+    assert m.ce_spliced != pytest.approx(m.ce_clean, rel=1e-3)  # the splice changes the loss: equality is not trivial
 
 
 @pytest.mark.parametrize("architecture", S.ARCHITECTURES)
