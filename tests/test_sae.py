@@ -546,6 +546,29 @@ def test_evaluate_is_saelens_evals_on_rows_without_special_tokens(architecture, 
     assert m.ce_spliced != pytest.approx(m.ce_clean, rel=1e-3)  # the splice changes the loss: equality is not trivial
 
 
+def test_harvest_packs_rows_as_saelens_until_a_document_ends_at_a_row():
+    """The rows SAEs train on: ``interp.harvest``'s packing against SAELens 6's ``concat_and_batch_sequences``
+    (BOS at each row's start, 50256 between documents). They agree while no document ends exactly where a row
+    does; there ours keeps the separator after the row's BOS and SAELens drops it."""
+    pytest.importorskip("sae_lens")
+    import numpy as np
+    from sae_lens.tokenization_and_batching import concat_and_batch_sequences
+
+    def ours(docs, context):
+        return list(hv._rows([hv._Document(f"d{i}", "", tokens=np.array(d)) for i, d in enumerate(docs)], None, context))
+
+    def theirs(docs, context):
+        return [row.tolist() for row in concat_and_batch_sequences(iter(torch.tensor(d) for d in docs), context,
+                                                                   begin_batch_token_id=hv.EOT,
+                                                                   sequence_separator_token_id=hv.EOT)]
+
+    lengths = [31, 12, 23, 50, 9, 41]  # separators at 31, 44, 68, 119, 129, 171 of the stream: none at 15 k
+    docs = [list(range(100 * i, 100 * i + n)) for i, n in enumerate(lengths)]
+    assert ours(docs, 16) == theirs(docs, 16)  # 15 stream tokens per row: no document ends at a row's end
+    aligned = [list(range(1, 16)), [7, 8, 9], list(range(20, 40))]  # the first document fills row 0 exactly
+    assert ours(aligned, 16)[1][:5] == [hv.EOT, hv.EOT, 7, 8, 9] and theirs(aligned, 16)[1][:4] == [hv.EOT, 7, 8, 9]
+
+
 @pytest.mark.parametrize("architecture", S.ARCHITECTURES)
 def test_training_loss_and_gradients_are_saelens(architecture):
     """The oracle for training: with the same weights and batch, our loss and every parameter's gradient equal
