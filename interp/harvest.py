@@ -18,8 +18,9 @@ process or many (``torchrun``).
   ``stats.safetensors`` (count, mean and variance per hook), written when every shard is there.
 - **Distributed**: under ``torchrun`` (``WORLD_SIZE`` > 1) ``harvest`` joins the process group itself
   (``interp.distributed``: gloo for CPU tensors, nccl for CUDA ones, each rank on its own GPU). Shard ``i``
-  holds the global rows ``[i * shard_rows, (i + 1) * shard_rows)`` and goes whole to rank ``i % world_size``; nothing written carries a rank, a time or the world size, and the statistics are
-  summed shard by shard in shard order, so N processes write exactly what one writes.
+  holds the global rows ``[i * shard_rows, (i + 1) * shard_rows)`` and goes whole to rank ``i % world_size``;
+  nothing written carries a rank, a time or the world size, and the statistics are summed shard by shard in
+  shard order, so N processes write exactly what one writes.
 - **Reading back**: ``open(path)`` (a ``Harvest``: memory-mapped shards, statistics, seeded shuffled
   batches); ``Stream(model, tokens, hooks)`` gives the same shards and batches for token rows already in hand,
   computed as they are read, nothing written.

@@ -1,7 +1,8 @@
-"""Sparse autoencoders: SAELens's format both ways, and ``evaluate`` against SAELens's evaluation (the oracle
-tests run where ``sae-lens`` installs, on TransformerLens 3.9), splicing against a hand-written Hugging Face hook, the evaluation's definitions against
-SAEs whose answers are known, feature attribution against finite differences, logit effects against Hugging
-Face's weights, and training (seeded, resumed, and one process against two under torchrun)."""
+"""Sparse autoencoders: SAELens's format both ways, ``evaluate`` against SAELens's evaluation and the harvest's
+packing against SAELens's (the oracle tests run where ``sae-lens`` installs, on TransformerLens 3.9), splicing
+against a hand-written Hugging Face hook, the evaluation's definitions against SAEs whose answers are known,
+feature attribution against finite differences, logit effects against Hugging Face's weights, and training
+(seeded, resumed, and one process against two under torchrun)."""
 
 from __future__ import annotations
 
