@@ -42,8 +42,8 @@ def check_positive_int(value, what: str, *, low: int = 1, high: int | None = Non
     """An integer in ``low..high``; ``TypeError`` or ``ValueError`` otherwise."""
     value = check_index(value, what)
     if value < low or (high is not None and value > high):
-        bounds = f"{low}..{high}" if high is not None else f">= {low}"
-        raise ValueError(f"{what} must be in {bounds}, got {value}")
+        bounds = f"in {low}..{high}" if high is not None else f">= {low}"
+        raise ValueError(f"{what} must be {bounds}, got {value}")
     return value
 
 

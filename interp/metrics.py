@@ -21,6 +21,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from interp.errors import MetricError
+from interp.inputs import check_positive_int
 
 __all__ = ["Metric", "MetricError", "bootstrap_interval", "check_metric", "metric_mean", "metric_values"]
 
@@ -66,9 +67,16 @@ def bootstrap_interval(values: Float[Tensor, "stat item"], *, resamples: int = 1
     """The percentile bootstrap interval of the mean over items (prompt pairs, corpus rows), per statistic.
 
     The same seeded resamples serve every statistic, and each resample's mean is a weighted sum, so thousands
-    of statistics (every edge of a graph) take one matmul.
+    of statistics (every edge of a graph) take one matmul. With one item there is no interval: every resample
+    is that item, and a zero-width interval would read as certainty, so both ends are NaN.
     """
+    resamples = check_positive_int(resamples, "resamples")
+    if not isinstance(level, float | int) or not 0 < level < 1:
+        raise ValueError(f"level must be between 0 and 1 (e.g. 0.95), got {level!r}")
     n = values.shape[1]
+    if n < 2:
+        nan = torch.full(values.shape[:1], float("nan"))
+        return nan, nan.clone()
     generator = torch.Generator().manual_seed(seed)
     draws = torch.randint(n, (resamples, n), generator=generator)
     weights = torch.zeros(resamples, n).scatter_add_(1, draws, torch.ones(resamples, n)) / n  # [resample, item]

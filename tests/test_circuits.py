@@ -261,6 +261,20 @@ def test_bad_edges_and_methods_are_refused(raw_model, pair):
         assert not getattr(raw_model.cfg, flag), f"{flag} must be restored"
 
 
+def test_one_pair_has_no_interval_and_two_have_one_around_the_mean(raw_model, pair):
+    """A bootstrap over one pair resamples that pair every time: a zero-width interval that would read as
+    certainty. It is NaN instead; from two pairs on the interval is real and holds the mean."""
+    clean, corrupt = pair
+    one = edge_attribution(raw_model, clean[:1], corrupt[:1], logit_metric, method="eap")
+    assert one.per_pair.shape == (len(one.scores), 1)
+    assert one.ci_low.isnan().all() and one.ci_high.isnan().all()
+    assert one.to_frame()[["ci_low", "ci_high"]].isna().all().all()
+    two = edge_attribution(raw_model, clean[:2], corrupt[:2], logit_metric, method="eap")
+    assert torch.isfinite(two.ci_low).all()
+    assert (two.ci_low <= two.scores + 1e-6).all() and (two.scores <= two.ci_high + 1e-6).all()
+    assert (two.ci_high > two.ci_low).any()
+
+
 # ------------------------------------------------------------------------------------ the bundled model
 
 

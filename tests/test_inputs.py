@@ -17,6 +17,7 @@ from interp.hooks import attached_hooks, temporary_hooks
 from interp.interventions import ablate_heads, patch_activation
 from interp.lens import direct_logit_attribution, logit_lens
 from interp.loading import UnknownModelError, load_model
+from interp.metrics import bootstrap_interval
 from interp.patching import activation_patching, attribution_patching, steer, steering_vector
 from interp.sampling import generate, temperature_sweep
 
@@ -46,6 +47,10 @@ BAD_CALLS = {
                                  "list of"),
     "negative batch estimate": (lambda m, t: estimate_cache_bytes(m, -1, 10), ValueError, "batch must be"),
     "zero pos estimate": (lambda m, t: estimate_cache_bytes(m, 1, 0), ValueError, "pos must be"),
+    "bootstrap level 95": (lambda m, t: bootstrap_interval(torch.ones(2, 3), level=95), ValueError,
+                           "level must be between 0 and 1"),
+    "bootstrap no resamples": (lambda m, t: bootstrap_interval(torch.ones(2, 3), resamples=0), ValueError,
+                               "resamples must be >= 1"),
     "sweep k=0": (lambda m, t: temperature_sweep(m, "Hi", [1.0], k=0), ValueError, "k must be in"),
     "sweep k too large": (lambda m, t: temperature_sweep(m, "Hi", [1.0], k=10**6), ValueError, "k must be in"),
     "generate top_k=2.5": (lambda m, t: generate(m, "Hi", top_k=2.5), TypeError, "top_k must be an integer"),
