@@ -95,6 +95,9 @@ class SAE(nn.Module):
         return f"SAE({self.architecture}{k}, {self.d_in} -> {self.d_sae} latents, at {self.hook_name})"
 
     def pre_acts(self, x: Float[Tensor, "... d_in"]) -> Float[Tensor, "... d_sae"]:
+        if x.shape[-1:] != (self.d_in,):
+            raise ValueError(f"this SAE reads vectors of d_in = {self.d_in} ({self.hook_name}), got shape "
+                             f"{tuple(x.shape)}")
         x = x.to(self.W_enc.dtype)
         centred = (x - self.b_dec) if self.apply_b_dec_to_input else x
         pre = (centred.reshape(-1, self.d_in) @ self.W_enc).add_(self.b_enc).view(*x.shape[:-1], self.d_sae)
@@ -112,6 +115,9 @@ class SAE(nn.Module):
         return self.activation(self.pre_acts(x))
 
     def decode(self, features: Float[Tensor, "... d_sae"]) -> Float[Tensor, "... d_in"]:
+        if features.shape[-1:] != (self.d_sae,):
+            raise ValueError(f"this SAE has d_sae = {self.d_sae} latents, got features of shape "
+                             f"{tuple(features.shape)}")
         if self.rescale_acts_by_decoder_norm:
             features = features / self.W_dec.norm(dim=-1)
         return features @ self.W_dec + self.b_dec

@@ -169,6 +169,17 @@ def test_bad_files_get_typed_errors(tmp_path, bundled):
     assert not forwards and not attached_hooks(bundled)
 
 
+@pytest.mark.parametrize("architecture", S.ARCHITECTURES)
+def test_vectors_of_the_wrong_width_are_refused(architecture):
+    sae = random_sae(architecture, 16)
+    for call in (sae.encode, sae.forward, sae.pre_acts):
+        with pytest.raises(ValueError, match=r"d_in = 16 .* got shape \(3, 15\)"):
+            call(torch.zeros(3, 15))
+    with pytest.raises(ValueError, match=r"d_sae = 48 latents, got features of shape \(2, 3, 47\)"):
+        sae.decode(torch.zeros(2, 3, 47))
+    assert sae.forward(torch.zeros(2, 3, 16)).shape == (2, 3, 16)
+
+
 def test_pre_6_saelens_configs_load(tmp_path):
     """SAELens before 6 wrote ``hook_point`` and no ``architecture`` (as gpt2-small-res-jb's files do)."""
     sae = random_sae("standard", 16)
