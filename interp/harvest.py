@@ -406,6 +406,12 @@ class _Shards:
         leaves out each row's first position (its BOS, whose activations are far out of distribution);
         ``drop_last`` each shard's short last batch; ``start`` skips that many batches of the order without
         reading their shards."""
+        batch_size = check_positive_int(batch_size, "batch_size")
+        start = check_positive_int(start, "start", low=0)
+        return self._batches(name, batch_size, seed, skip_first, drop_last, start)
+
+    def _batches(self, name: str, batch_size: int, seed: int, skip_first: bool, drop_last: bool,
+                 start: int) -> Iterator[Tensor]:
         generator = torch.Generator().manual_seed(seed)
         sizes = self._shard_tokens(skip_first)
         for index in torch.randperm(len(sizes), generator=generator).tolist():
@@ -423,7 +429,11 @@ class _Shards:
 
     def batch_count(self, batch_size: int, *, skip_first: bool = False, drop_last: bool = False) -> int:
         """How many batches ``batches`` yields with these arguments."""
+        batch_size = check_positive_int(batch_size, "batch_size")
         return sum(n // batch_size if drop_last else -(-n // batch_size) for n in self._shard_tokens(skip_first))
+
+    def _check_shard(self, index: int) -> int:
+        return check_positive_int(index, "shard index", low=0, high=len(self._shard_tokens(False)) - 1)
 
 
 class Harvest(_Shards):
@@ -461,6 +471,7 @@ class Harvest(_Shards):
 
     def shard(self, index: int, name: str) -> Tensor:
         """``name`` (``"tokens"`` or a hook) of one shard, memory-mapped."""
+        index = self._check_shard(index)
         if name != "tokens" and (name not in self.hooks or self.manifest["stats_only"]):
             raise KeyError(f"{name!r} is not stored here (hooks {self.hooks}"
                            f"{'; statistics only' if self.manifest['stats_only'] else ''})")
@@ -535,6 +546,7 @@ class Stream(_Shards):
         """``name``'s activations on the rows of shard ``index``, ``[rows, pos, ...]``, on the CPU."""
         if name not in self.hooks:
             raise KeyError(f"{name!r} is not streamed here (hooks {self.hooks})")
+        index = self._check_shard(index)
         if self._index != index:  # one forward per micro-batch gives every hook of the shard
             rows = self.tokens[index * self.shard_rows:(index + 1) * self.shard_rows].to(self.model.cfg.device)
             micro = [rows[first:first + self.batch_size] for first in range(0, len(rows), self.batch_size)]

@@ -151,6 +151,31 @@ def test_a_stream_refuses_bad_input_before_any_forward(model):
         hv.Stream(model, tokens, HOOKS[:1]).shard(0, HOOKS[1])
 
 
+def test_reading_refuses_a_bad_batch_size_or_shard_index_before_any_forward(model, harvested):
+    """On the call, not on the first batch, and for a harvest and a stream alike."""
+    h = hv.open(harvested)
+    stream = hv.Stream(model, h.tokens, HOOKS, shard_rows=SMALL["shard_rows"])
+    n = len(h.manifest["shards"])
+    forwards = []
+    handle = model.register_forward_pre_hook(lambda *a: forwards.append(1))
+    try:
+        for source in (h, stream):
+            with pytest.raises(ValueError, match="batch_size must be >= 1, got 0"):
+                source.batches(HOOKS[0], 0)
+            with pytest.raises(ValueError, match="start must be >= 0, got -1"):
+                source.batches(HOOKS[0], 8, start=-1)
+            with pytest.raises(ValueError, match="batch_size must be >= 1"):
+                source.batch_count(0)
+            for index in (n, -1):
+                with pytest.raises(ValueError, match=rf"shard index must be in 0..{n - 1}, got {index}"):
+                    source.shard(index, HOOKS[0])
+            with pytest.raises(TypeError, match="shard index must be an integer"):
+                source.shard(0.5, HOOKS[0])
+    finally:
+        handle.remove()
+    assert not forwards
+
+
 def test_a_rerun_with_another_hook_or_corpus_is_refused(model, harvested, tmp_path):
     with pytest.raises(hv.HarvestMismatchError, match="hooks"):
         hv.harvest(model, CORPUS, hooks=HOOKS[:1], out=harvested, progress=False, **SMALL)
