@@ -382,6 +382,8 @@ class EdgeScores:
         return sorted(range(len(self.scores)), key=lambda i: -abs(float(self.scores[i])))
 
     def top(self, n: int = 10) -> list[tuple[Edge, float]]:
+        """The ``n`` edges with the largest |score| (every edge when there are fewer), with their scores."""
+        n = check_positive_int(n, "n", low=0)
         return [(self.graph.edges[i], float(self.scores[i])) for i in self.ranking()[:n]]
 
     def circuit(self, n: int) -> tuple[Edge, ...]:

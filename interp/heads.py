@@ -37,7 +37,7 @@ from torch import Tensor
 
 from interp._repr import concise_repr
 from interp.caching import cache_heads
-from interp.inputs import check_tokens
+from interp.inputs import check_positive_int, check_tokens
 
 __all__ = ["DETECTORS", "CorpusHeadScores", "Detector", "HeadScores", "copying_task", "corpus_head_scores", "detector",
            "detector_tokens", "head_scores", "repeated_random_tokens", "scores_from_pattern"]
@@ -142,7 +142,8 @@ class HeadScores:
                              for layer in range(n_layers) for head in range(n_heads)])
 
     def top(self, name: str, k: int = 5) -> list[tuple[int, int, float]]:
-        """The k highest-scoring heads for ``name`` as ``(layer, head, score)``."""
+        """The k highest-scoring heads for ``name`` as ``(layer, head, score)`` (every head when there are fewer)."""
+        k = check_positive_int(k, "k", low=0)
         scores = self[name]
         flat = scores.flatten().topk(min(k, scores.numel()))
         n_heads = scores.shape[1]

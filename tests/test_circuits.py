@@ -269,6 +269,10 @@ def test_one_pair_has_no_interval_and_two_have_one_around_the_mean(raw_model, pa
     assert one.per_pair.shape == (len(one.scores), 1)
     assert one.ci_low.isnan().all() and one.ci_high.isnan().all()
     assert one.to_frame()[["ci_low", "ci_high"]].isna().all().all()
+    assert len(one.top(10**6)) == len(one.scores)
+    for call in (one.top, one.circuit):  # a negative n would slice all but the last edges
+        with pytest.raises(ValueError, match="n must be >= 0, got -1"):
+            call(-1)
     two = edge_attribution(raw_model, clean[:2], corrupt[:2], logit_metric, method="eap")
     assert torch.isfinite(two.ci_low).all()
     assert (two.ci_low <= two.scores + 1e-6).all() and (two.scores <= two.ci_high + 1e-6).all()

@@ -70,6 +70,9 @@ def test_detector_finds_the_planted_previous_token_head_and_only_it(planted_mode
     others[PLANTED_LAYER, PLANTED_HEAD] = 0
     assert others.max() < 0.2, f"other heads flagged: {others}"
     assert scores.top("previous_token", 1)[0][:2] == (PLANTED_LAYER, PLANTED_HEAD)
+    assert len(scores.top("previous_token", 100)) == prev.numel()
+    with pytest.raises(ValueError, match="k must be >= 0, got -1"):
+        scores.top("previous_token", -1)
     assert scores.induction.max() < 0.2 and scores.duplicate_token[PLANTED_LAYER, PLANTED_HEAD] < 0.05
     frame = scores.to_frame()
     assert len(frame) == 8 and frame.loc[frame.previous_token.idxmax(), "name"] == "0.2"
