@@ -680,11 +680,19 @@ class FaithfulnessCurve:
 
 def faithfulness_curve(model, scores: EdgeScores | Sequence[Edge], clean_tokens, corrupted_tokens,
                        metric: Metric, *, fractions: Sequence[float] = CIRCUIT_FRACTIONS) -> FaithfulnessCurve:
-    """Faithfulness of the top ``round(f * edges)`` edges of ``scores`` (or of a ranked edge list), per f."""
+    """Faithfulness of the top ``round(f * edges)`` edges of ``scores`` (or of a ranked edge list), per f;
+    ``fractions`` increase within 0..1."""
     _check_pair(model, clean_tokens, corrupted_tokens)
     check_metric(metric, model, *clean_tokens.shape)
+    fractions = tuple(fractions)
+    if not fractions or not all(isinstance(f, float | int) and 0 <= f <= 1 for f in fractions) or \
+            any(a >= b for a, b in zip(fractions, fractions[1:])):
+        raise ValueError(f"fractions must increase within 0..1, e.g. {CIRCUIT_FRACTIONS[:4]}, got {fractions}")
     g = graph(model)
+    if isinstance(scores, EdgeScores) and scores.graph != g:
+        raise ValueError(f"the scores are of another model's graph ({scores.graph.n_layers} layers x "
+                         f"{scores.graph.n_heads} heads; this one has {g.n_layers} x {g.n_heads})")
     ranked = (list(scores.circuit(len(g.edges))) if isinstance(scores, EdgeScores) else list(g.check_edges(scores)))
     sizes = tuple(round(f * len(g.edges)) for f in fractions)
     values = _faithfulness(model, g, [set(ranked[:n]) for n in sizes], clean_tokens, corrupted_tokens, metric)
-    return FaithfulnessCurve(tuple(fractions), sizes, tuple(values))
+    return FaithfulnessCurve(fractions, sizes, tuple(values))
