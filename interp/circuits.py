@@ -44,8 +44,9 @@ Example:
 from __future__ import annotations
 
 import contextlib
+import itertools
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from typing import NamedTuple
@@ -144,6 +145,8 @@ class Graph:
 
     def check_edges(self, edges: Sequence[Edge]) -> tuple[Edge, ...]:
         """Each item as an ``Edge`` of this graph; ``ValueError`` naming the first that is not."""
+        if isinstance(edges, Edge | str) or not isinstance(edges, Iterable):
+            raise TypeError(f"edges must be a list of Edge (e.g. scores.circuit(20)), got {type(edges).__name__}")
         out = []
         for edge in edges:
             edge = Edge(*edge) if isinstance(edge, tuple) else edge
@@ -686,7 +689,7 @@ def faithfulness_curve(model, scores: EdgeScores | Sequence[Edge], clean_tokens,
     check_metric(metric, model, *clean_tokens.shape)
     fractions = tuple(fractions)
     if not fractions or not all(isinstance(f, float | int) and 0 <= f <= 1 for f in fractions) or \
-            any(a >= b for a, b in zip(fractions, fractions[1:])):
+            any(a >= b for a, b in itertools.pairwise(fractions)):
         raise ValueError(f"fractions must increase within 0..1, e.g. {CIRCUIT_FRACTIONS[:4]}, got {fractions}")
     g = graph(model)
     if isinstance(scores, EdgeScores) and scores.graph != g:

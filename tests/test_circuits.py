@@ -258,11 +258,16 @@ def test_bad_edges_and_methods_are_refused(raw_model, pair):
         edge_attribution(raw_model, clean, corrupt[:, :-1], logit_metric)
     with pytest.raises(ValueError, match="edges_per_forward"):
         edge_attribution(raw_model, clean, corrupt, logit_metric, method="exact", edges_per_forward=0)
+    for edges in (Edge("input", "logits"), "input->logits", 3):  # one edge, not a list: its strings iterated
+        with pytest.raises(TypeError, match="edges must be a list of Edge"):
+            faithfulness(raw_model, edges, clean, corrupt, logit_metric)
     ranked = list(graph(raw_model).edges)
     for fractions in ((), (0.5, 0.1), (-0.1, 0.5), (0.0, 1.5), (0.1, 0.1)):  # a negative one sliced ranked[:-n]
         with pytest.raises(ValueError, match="fractions must increase within 0..1"):
             faithfulness_curve(raw_model, ranked, clean, corrupt, logit_metric, fractions=fractions)
     scores = edge_attribution(raw_model, clean, corrupt, logit_metric, method="eap")
+    with pytest.raises(TypeError, match=r"e.g. scores.circuit\(20\)\), got EdgeScores"):
+        faithfulness(raw_model, scores, clean, corrupt, logit_metric)
     with pytest.raises(ValueError, match="another model's graph"):
         faithfulness_curve(raw_model, dataclasses.replace(scores, graph=Graph(2, 2)), clean, corrupt, logit_metric)
     assert attached_hooks(raw_model) == []
