@@ -29,9 +29,10 @@ import contextlib
 import functools
 import json
 import math
+import numbers
 import os
 import sys
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -323,6 +324,9 @@ def splice(model, sae: SAE, hook: str | None = None, *, with_error: bool = False
 
 
 def _check_features(sae: SAE, features) -> list[int]:
+    if isinstance(features, str | numbers.Number) or (isinstance(features, Tensor) and features.ndim == 0) or \
+            not isinstance(features, Iterable):
+        raise TypeError(f"features must be a list of latent indices, e.g. [123], got {features!r}")
     out = [check_index(f, "feature") for f in features]
     bad = [f for f in out if not 0 <= f < sae.d_sae]
     if bad:
@@ -358,6 +362,8 @@ def steer_features(model, sae: SAE, values: Mapping[int, float], *, mode: str = 
     """
     if mode not in ("add", "set"):
         raise ValueError(f"mode must be 'add' or 'set', got {mode!r}")
+    if not isinstance(values, Mapping):
+        raise TypeError(f"values must map latent indices to amounts, e.g. {{123: 8.0}}, got {type(values).__name__}")
     if not values:
         raise ValueError("values is empty: name at least one feature, e.g. {123: 8.0}")
     chosen = _check_features(sae, values)

@@ -269,6 +269,14 @@ def test_steering_reaches_generate_and_leaves_no_hook(bundled):
         pass
     with pytest.raises(ValueError, match="NaN or inf"), S.steer_features(bundled, sae, {1: float("nan")}):
         pass
+    for features in (7, torch.tensor(7), "7"):  # one latent, not a list
+        with pytest.raises(TypeError, match=r"features must be a list of latent indices, e.g. \[123\]"), \
+                S.ablate_features(bundled, sae, features):
+            pass
+    with pytest.raises(TypeError, match="values must map latent indices to amounts"), \
+            S.steer_features(bundled, sae, [7]):
+        pass
+    assert not interp.hooks.attached_hooks(bundled)
 
 
 def exact_sae(d_in: int) -> S.SAE:
