@@ -604,6 +604,14 @@ def train(data, *, hook: str, d_sae: int, architecture: str = "topk", k: int | N
             raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
     if not bandwidth > 0:
         raise ValueError(f"bandwidth must be > 0, got {bandwidth!r}")
+    if not (isinstance(lr, float | int) and math.isfinite(lr) and lr > 0):
+        raise ValueError(f"lr must be a finite number > 0, got {lr!r}")
+    d_sae = check_positive_int(d_sae, "d_sae")
+    k = check_positive_int(k, "k", high=d_sae) if architecture == "topk" else None
+    aux_k = None if aux_k is None else check_positive_int(aux_k, "aux_k")
+    steps = check_positive_int(steps, "steps")
+    checkpoint_every = check_positive_int(checkpoint_every, "checkpoint_every")
+    dead_after = check_positive_int(dead_after, "dead_after")
     device = check_device(device)
     data = data if isinstance(data, Harvest | Stream) else Harvest(data)
     if hook not in data.hooks or data.stats_only:
@@ -617,15 +625,12 @@ def train(data, *, hook: str, d_sae: int, architecture: str = "topk", k: int | N
     if data.batch_count(batch_size, skip_first=True, drop_last=True) == 0:
         raise ValueError(f"batch_size {batch_size} is more than any one shard holds (batches are drawn within a "
                          "shard): use a smaller batch_size, or more shard_rows")
-    steps = check_positive_int(steps, "steps")
-    checkpoint_every = check_positive_int(checkpoint_every, "checkpoint_every")
     d_in = math.prod(data.shard(0, hook).shape[2:])
-    k = k if architecture == "topk" else None
     if aux_coeff is None:
         aux_coeff = _PRE_ACT_COEFF if architecture == "jumprelu" else _AUX_K_COEFF
-    cfg = TrainConfig(hook, check_positive_int(d_sae, "d_sae"), architecture, k, float(l1), batch_size, steps,
-                      float(lr), seed, aux_k or d_in // 2, float(aux_coeff), check_positive_int(dead_after, "dead_after"),
-                      float(l0), float(bandwidth))
+    cfg = TrainConfig(hook, d_sae, architecture, k, float(l1), batch_size, steps, float(lr), seed,
+                      d_in // 2 if aux_k is None else aux_k, float(aux_coeff), dead_after, float(l0),
+                      float(bandwidth))
     sae = SAE(d_in, d_sae, hook_name=hook, architecture=architecture, k=k,
               metadata={"model_name": data.model_label, **(metadata or {})}, device=device)
     optimizer = torch.optim.Adam(sae.parameters(), lr=lr)

@@ -483,7 +483,7 @@ def test_two_processes_train_what_one_trains(harvested, tmp_path, architecture, 
         torch.testing.assert_close(p, q, atol=1e-5, rtol=1e-4, msg=name)
 
 
-def test_training_refuses_bad_input_before_any_step(harvested):
+def test_training_refuses_bad_input_before_any_step(bundled, harvested):
     with pytest.raises(ValueError, match="holds no activations"):
         S.train(harvested, **{**TRAIN, "hook": "blocks.0.hook_resid_pre"})
     with pytest.raises(ValueError, match="architecture must be one of"):
@@ -494,6 +494,19 @@ def test_training_refuses_bad_input_before_any_step(harvested):
         S.train(harvested, **{**TRAIN, "architecture": "jumprelu", "l0": float("nan")})
     with pytest.raises(ValueError, match="steps"):
         S.train(harvested, **{**TRAIN, "steps": 0})
+    # on a stream, whose first shard is a forward away: these are refused before it runs
+    stream = hv.Stream(bundled, harvested.tokens[:8], [HOOK])
+    forwards = []
+    handle = bundled.register_forward_pre_hook(lambda *a: forwards.append(1))
+    try:
+        for change, message in (({"lr": 0.0}, "lr must be a finite number > 0"), ({"d_sae": 0}, "d_sae must be >= 1"),
+                                ({"k": 10**6}, "k must be in 1.."), ({"aux_k": 0}, "aux_k must be >= 1"),
+                                ({"dead_after": 0}, "dead_after must be >= 1")):
+            with pytest.raises(ValueError, match=message):
+                S.train(stream, **{**TRAIN, **change})
+    finally:
+        handle.remove()
+    assert not forwards
     with pytest.raises(DeviceUnavailableError):  # no machine has 100 GPUs
         S.train(harvested, **{**TRAIN, "device": "cuda:99"})
     with pytest.raises(ValueError, match="more than any one shard holds"):
