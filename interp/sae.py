@@ -599,6 +599,11 @@ def train(data, *, hook: str, d_sae: int, architecture: str = "topk", k: int | N
     """
     if architecture not in ARCHITECTURES:
         raise ValueError(f"architecture must be one of {ARCHITECTURES}, got {architecture!r}")
+    data = data if isinstance(data, Harvest | Stream) else Harvest(data)
+    if hook not in data.hooks or data.stats_only:
+        where = f"the harvest {data.path}" if isinstance(data, Harvest) else "the stream"
+        raise ValueError(f"{where} holds no activations of {hook!r} (hooks {data.hooks}"
+                         f"{', statistics only' if data.stats_only else ''})")
     for value, name in ((l1, "l1"), (l0, "l0"), (bandwidth, "bandwidth"), (aux_coeff, "aux_coeff")):
         if value is not None and not (math.isfinite(value) and value >= 0):
             raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
@@ -613,11 +618,6 @@ def train(data, *, hook: str, d_sae: int, architecture: str = "topk", k: int | N
     checkpoint_every = check_positive_int(checkpoint_every, "checkpoint_every")
     dead_after = check_positive_int(dead_after, "dead_after")
     device = check_device(device)
-    data = data if isinstance(data, Harvest | Stream) else Harvest(data)
-    if hook not in data.hooks or data.stats_only:
-        where = f"the harvest {data.path}" if isinstance(data, Harvest) else "the stream"
-        raise ValueError(f"{where} holds no activations of {hook!r} (hooks {data.hooks}"
-                         f"{', statistics only' if data.stats_only else ''})")
     rank, world = distributed.join()
     batch_size = check_positive_int(batch_size, "batch_size")
     if batch_size % world:
