@@ -22,6 +22,7 @@ from torch import Tensor
 
 from interp._repr import concise_repr
 from interp.backends import Hook
+from interp.errors import NameNotFoundError
 from interp.hooks import run_with_hooks
 from interp.inputs import check_heads, check_layers, check_positive_int, check_tokens
 
@@ -141,7 +142,7 @@ class HeadCache:
     def __getitem__(self, kind: str) -> Tensor:
         value = getattr(self, kind, None) if kind in HEAD_KINDS else None
         if value is None:
-            raise KeyError(f"{kind!r} was not cached; cached kinds: {self.kinds}")
+            raise NameNotFoundError(f"{kind!r} was not cached; cached kinds: {self.kinds}")
         return value
 
     @property
@@ -162,7 +163,7 @@ class HeadCache:
     def head(self, kind: str, layer: int, head: int) -> Tensor:
         """One head's activation, by its real layer and head number: ``[batch, ...]``."""
         if layer not in self.layers or head not in self.heads:
-            raise KeyError(f"head {layer}.{head} was not cached (layers {self.layers}, heads {self.heads})")
+            raise NameNotFoundError(f"head {layer}.{head} was not cached (layers {self.layers}, heads {self.heads})")
         return self[kind][self.layers.index(layer), self.heads.index(head)]
 
 

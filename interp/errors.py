@@ -13,6 +13,7 @@ __all__ = [
     "DeviceUnavailableError",
     "MetricError",
     "ModelLoadError",
+    "NameNotFoundError",
     "NotGPT2CheckpointError",
     "SAEFormatError",
     "UnknownModelError",
@@ -60,3 +61,12 @@ class MetricError(TypeError, ValueError):
 class SAEFormatError(ValueError):
     """A sparse autoencoder's files are not a SAE interp can read (SAELens's format: ``cfg.json`` and
     ``sae_weights.safetensors``), or do not fit the model they are used with."""
+
+
+class NameNotFoundError(KeyError):
+    """A name that is not there: a hook point, a cached kind or head, a score, a harvested hook. A ``KeyError``
+    whose message prints as written (``KeyError``'s own ``str`` wraps it in quotes, in a traceback and in a
+    command's one-line error alike)."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""

@@ -54,6 +54,7 @@ import torch
 from torch import Tensor
 
 from interp import distributed
+from interp.errors import NameNotFoundError
 from interp.figures import atomic_write
 from interp.hooks import check_hook_names, temporary_hooks
 from interp.inputs import check_positive_int, check_tokens
@@ -473,7 +474,7 @@ class Harvest(_Shards):
         """``name`` (``"tokens"`` or a hook) of one shard, memory-mapped."""
         index = self._check_shard(index)
         if name != "tokens" and (name not in self.hooks or self.manifest["stats_only"]):
-            raise KeyError(f"{name!r} is not stored here (hooks {self.hooks}"
+            raise NameNotFoundError(f"{name!r} is not stored here (hooks {self.hooks}"
                            f"{'; statistics only' if self.manifest['stats_only'] else ''})")
         return _mmap(self._shard(self.manifest["shards"][index]), name)
 
@@ -499,7 +500,7 @@ class Harvest(_Shards):
 
     def _feature_shape(self, name: str) -> tuple[int, ...]:
         if name not in self.hooks:
-            raise KeyError(f"{name!r} was not harvested (hooks {self.hooks})")
+            raise NameNotFoundError(f"{name!r} was not harvested (hooks {self.hooks})")
         shape = self.manifest.get("feature_shapes", {}).get(name)
         return tuple(shape) if shape else (-1,)
 
@@ -545,7 +546,7 @@ class Stream(_Shards):
     def shard(self, index: int, name: str) -> Tensor:
         """``name``'s activations on the rows of shard ``index``, ``[rows, pos, ...]``, on the CPU."""
         if name not in self.hooks:
-            raise KeyError(f"{name!r} is not streamed here (hooks {self.hooks})")
+            raise NameNotFoundError(f"{name!r} is not streamed here (hooks {self.hooks})")
         index = self._check_shard(index)
         if self._index != index:  # one forward per micro-batch gives every hook of the shard
             rows = self.tokens[index * self.shard_rows:(index + 1) * self.shard_rows].to(self.model.cfg.device)

@@ -37,6 +37,7 @@ from torch import Tensor
 
 from interp._repr import concise_repr
 from interp.caching import cache_heads
+from interp.errors import NameNotFoundError
 from interp.inputs import check_positive_int, check_tokens
 
 __all__ = ["DETECTORS", "CorpusHeadScores", "Detector", "HeadScores", "copying_task", "corpus_head_scores", "detector",
@@ -119,7 +120,7 @@ class HeadScores:
 
     def __getitem__(self, name: str) -> Tensor:
         if name not in self.scores:
-            raise KeyError(f"no score {name!r}: these were computed: {tuple(self.scores)}")
+            raise NameNotFoundError(f"no score {name!r}: these were computed: {tuple(self.scores)}")
         return self.scores[name]
 
     def __getattr__(self, name: str) -> Tensor:

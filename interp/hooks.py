@@ -21,6 +21,7 @@ import torch
 from torch import Tensor
 
 from interp.backends import Hook, hook_attachments
+from interp.errors import NameNotFoundError
 
 __all__ = ["attached_hooks", "check_hook_names", "logits_for_gradients", "run_with_hooks", "temporary_hooks"]
 
@@ -46,7 +47,7 @@ def check_hook_names(model, names: Sequence[str]) -> dict:
             import difflib
 
             close = difflib.get_close_matches(name, list(hook_dict), n=3)
-            raise KeyError(f"no hook point named {name!r}" + (f"; did you mean {close}?" if close else ""))
+            raise NameNotFoundError(f"no hook point named {name!r}" + (f"; did you mean {close}?" if close else ""))
         flag = next((f for suffix, f in _FLAGGED_HOOKS.items() if name.endswith("." + suffix)), None)
         if flag is not None and not getattr(model.cfg, flag, False):
             raise ValueError(f"{name} fires only when {flag} is on: call model.set_{flag}(True) first")

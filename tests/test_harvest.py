@@ -222,6 +222,13 @@ def test_bad_input_is_refused_before_any_forward(model, tmp_path):
     with pytest.raises(ValueError, match="context must be in"):
         hv.harvest(model, CORPUS, hooks=HOOKS, out=tmp_path / "c", context=10**6, progress=False)
     assert not (tmp_path / "a").exists() and not (tmp_path / "c").exists()
+    # the command says it in one line, as written (a KeyError's str() would wrap it in quotes)
+    command = _cli(tmp_path / "d")
+    command[command.index(f"--hook={HOOKS[0]}")] = "--hook=blocks.9.hook_resid_pre"
+    proc = subprocess.run(command, capture_output=True, text=True, env=_env())
+    (line,) = proc.stderr.strip().splitlines()
+    assert proc.returncode != 0
+    assert line.startswith("error: no hook point named 'blocks.9.hook_resid_pre'; did you mean ['blocks."), line
 
 
 def _cli(out: Path, *, torchrun: int = 0) -> list[str]:
