@@ -472,10 +472,10 @@ class Harvest(_Shards):
 
     def shard(self, index: int, name: str) -> Tensor:
         """``name`` (``"tokens"`` or a hook) of one shard, memory-mapped."""
-        index = self._check_shard(index)
         if name != "tokens" and (name not in self.hooks or self.manifest["stats_only"]):
             raise NameNotFoundError(f"{name!r} is not stored here (hooks {self.hooks}"
-                           f"{'; statistics only' if self.manifest['stats_only'] else ''})")
+                                    f"{'; statistics only' if self.manifest['stats_only'] else ''})")
+        index = self._check_shard(index)
         return _mmap(self._shard(self.manifest["shards"][index]), name)
 
     def __getitem__(self, name: str) -> Tensor:
