@@ -248,7 +248,7 @@ def bench_exact_bundled(bundled, reps: int) -> dict:
     with torch.no_grad():
         times = interleaved({"forward": lambda: bundled(clean),
                              "exact": lambda: circuits.edge_attribution(bundled, clean, corrupted, _target_logprob,
-                                                                        method="exact")}, reps)
+                                                                        method="exact", progress=False)}, reps)
     per_edge = {**times, "exact": [t / n_edges for t in times["exact"]]}
     return row(f"exact edge patching, bundled model, all {n_edges} edges, 8 pairs x 16 tokens, per edge, vs one "
                "forward", per_edge, "exact", "forward", "<= 1x")

@@ -46,7 +46,6 @@ from __future__ import annotations
 import contextlib
 import itertools
 import math
-import sys
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from functools import cached_property
@@ -57,6 +56,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
+from interp._progress import progress_bar
 from interp._repr import concise_repr
 from interp.backends import layer_norm, ln_affine
 from interp.hooks import logits_for_gradients, temporary_hooks
@@ -464,10 +464,6 @@ def edge_attribution(model, clean_tokens: Int[Tensor, "batch pos"], corrupted_to
 _TOKENS_PER_FORWARD = 1024
 
 
-# Exact patching's progress bar appears once a run has taken this long, so a small model's run prints nothing.
-_PROGRESS_DELAY_S = 2.0
-
-
 def _edges_per_forward(tokens: Tensor) -> int:
     return max(1, _TOKENS_PER_FORWARD // tokens.numel())
 
@@ -477,16 +473,13 @@ def _exact(model, g: Graph, base: Tensor, source_tokens: Tensor, metric: Metric,
     """One forward's work per edge (of ``edges``, default all): copy c of the batch patches edge c of the chunk.
     Returns the scores ``[edge, batch]`` (``[edge]`` for a scalar metric) and the unpatched and source
     metrics. The edge hook points must be on."""
-    from tqdm.auto import tqdm
-
     batch = base.shape[0]
     chosen = g.edges if edges is None else tuple(edges)
     source, source_logits = _sender_outputs(model, source_tokens)
     with torch.no_grad():
         unpatched = metric_values(metric, model(base)).float()
     out = []
-    with tqdm(total=len(chosen), unit="edge", desc="exact edge patching", delay=_PROGRESS_DELAY_S, disable=not progress,
-              file=sys.stderr) as bar:
+    with progress_bar(len(chosen), unit="edge", desc="exact edge patching", enabled=progress) as bar:
         for start in range(0, len(chosen), chunk):
             edges = chosen[start:start + chunk]
             patches: dict[tuple[str, str], list] = {}

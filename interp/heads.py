@@ -35,6 +35,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
+from interp._progress import progress_bar
 from interp._repr import concise_repr
 from interp.caching import cache_heads
 from interp.errors import NameNotFoundError
@@ -280,12 +281,13 @@ class CorpusHeadScores:
 
 
 def corpus_head_scores(model, rows, *, detectors: Sequence[str] | None = None, batch_size: int = 8,
-                       seed: int = 0) -> CorpusHeadScores:
+                       seed: int = 0, progress: bool = True) -> CorpusHeadScores:
     """How much each head behaves as the detectors say on real text: every detector that takes any text
     (default) scored on each corpus row, then the mean and a bootstrap interval over rows.
 
     Args:
         rows: ``[rows, pos]`` token rows, or a corpus harvest (``interp.harvest.open(path)``: its rows).
+        progress: a progress bar in rows, shown once the run has taken 2 s.
 
     Example:
         >>> corpus = corpus_head_scores(model, interp.harvest.open("harvest/json"))
@@ -300,12 +302,14 @@ def corpus_head_scores(model, rows, *, detectors: Sequence[str] | None = None, b
     if repeated:
         raise ValueError(f"{repeated} need repeated random tokens, not corpus text: use head_scores for them")
     per_row: dict[str, list[Tensor]] = {name: [] for name in names}
-    for start in range(0, len(tokens), batch_size):
-        chunk = tokens[start:start + batch_size]
-        pattern = cache_heads(model, chunk, kinds=("pattern",)).pattern  # [layer, head, batch, q, k]
-        for i in range(len(chunk)):
-            for name in names:
-                per_row[name].append(DETECTORS[name].fn(pattern[:, :, i:i + 1], chunk[i:i + 1]).cpu())
+    with progress_bar(len(tokens), unit="row", desc="head scores", enabled=progress) as bar:
+        for start in range(0, len(tokens), batch_size):
+            chunk = tokens[start:start + batch_size]
+            pattern = cache_heads(model, chunk, kinds=("pattern",)).pattern  # [layer, head, batch, q, k]
+            for i in range(len(chunk)):
+                for name in names:
+                    per_row[name].append(DETECTORS[name].fn(pattern[:, :, i:i + 1], chunk[i:i + 1]).cpu())
+            bar.update(len(chunk))
     scores, low, high = {}, {}, {}
     for name in names:
         stacked = torch.stack(per_row[name], dim=-1)  # [layer, head, row]

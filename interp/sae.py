@@ -42,6 +42,7 @@ from jaxtyping import Float, Int
 from torch import Tensor, nn
 
 from interp import distributed
+from interp._progress import progress_bar
 from interp._repr import concise_repr
 from interp.errors import SAEFormatError
 from interp.figures import atomic_write
@@ -424,9 +425,11 @@ class SAEMetrics:
 
 
 @torch.no_grad()
-def evaluate(model, sae: SAE, tokens: Int[Tensor, "batch pos"], *, batch_size: int = 8) -> SAEMetrics:
+def evaluate(model, sae: SAE, tokens: Int[Tensor, "batch pos"], *, batch_size: int = 8,
+             progress: bool = True) -> SAEMetrics:
     """Measure ``sae`` on held-out ``tokens`` (rows that start with BOS; see ``SAEMetrics`` for each definition,
-    chosen to compare with SAELens's)."""
+    chosen to compare with SAELens's), three forwards per batch of rows; a progress bar in rows once it has
+    taken 2 s (``progress=False`` hides it)."""
     tokens = check_tokens(model, tokens)
     hook = check_sae(model, sae)
     batch_size = check_positive_int(batch_size, "batch_size")
@@ -446,32 +449,34 @@ def evaluate(model, sae: SAE, tokens: Int[Tensor, "batch pos"], *, batch_size: i
         out[:, 1:] = 0
         return out
 
-    for start in range(0, len(tokens), batch_size):
-        rows = tokens[start:start + batch_size]
-        with temporary_hooks(model, [(hook, keep)]):
-            clean = model(rows)
-        with splice(model, sae):
-            spliced = model(rows)
-        with temporary_hooks(model, [(hook, zero)]):
-            zeroed = model(rows)
-        targets = rows[:, 2:].flatten()  # what positions 1 .. pos - 2 predict
-        clean_logprobs = clean[:, 1:].float().log_softmax(-1)  # [batch, position 1 on, d_vocab]
-        sums["ce_clean"] += float(F.nll_loss(clean_logprobs[:, :-1].flatten(0, 1), targets, reduction="sum"))
-        for key, logits in (("spliced", spliced), ("zero", zeroed)):
-            logprobs = logits[:, 1:].float().log_softmax(-1)
-            sums[f"ce_{key}"] += float(F.nll_loss(logprobs[:, :-1].flatten(0, 1), targets, reduction="sum"))
-            sums[f"kl_{key}"] += float(F.kl_div(logprobs, clean_logprobs, reduction="sum", log_target=True))
-        sums["n_pred"] += len(targets)
-        x = kept["x"].reshape(-1, sae.d_in).double()
-        features = sae.encode(kept["x"].reshape(-1, sae.d_in))
-        x_hat = sae.decode(features).double()
-        active = features > 0
-        l0_sum += float(active.sum())
-        fired += active.sum(0).double().cpu()
-        sq_err += float((x - x_hat).pow(2).sum())
-        x_sum = x.sum(0) if x_sum is None else x_sum + x.sum(0)
-        x_sq += float(x.pow(2).sum())
-        n_tok += len(x)
+    with progress_bar(len(tokens), unit="row", desc="evaluate SAE", enabled=progress) as bar:
+        for start in range(0, len(tokens), batch_size):
+            rows = tokens[start:start + batch_size]
+            with temporary_hooks(model, [(hook, keep)]):
+                clean = model(rows)
+            with splice(model, sae):
+                spliced = model(rows)
+            with temporary_hooks(model, [(hook, zero)]):
+                zeroed = model(rows)
+            targets = rows[:, 2:].flatten()  # what positions 1 .. pos - 2 predict
+            clean_logprobs = clean[:, 1:].float().log_softmax(-1)  # [batch, position 1 on, d_vocab]
+            sums["ce_clean"] += float(F.nll_loss(clean_logprobs[:, :-1].flatten(0, 1), targets, reduction="sum"))
+            for key, logits in (("spliced", spliced), ("zero", zeroed)):
+                logprobs = logits[:, 1:].float().log_softmax(-1)
+                sums[f"ce_{key}"] += float(F.nll_loss(logprobs[:, :-1].flatten(0, 1), targets, reduction="sum"))
+                sums[f"kl_{key}"] += float(F.kl_div(logprobs, clean_logprobs, reduction="sum", log_target=True))
+            sums["n_pred"] += len(targets)
+            x = kept["x"].reshape(-1, sae.d_in).double()
+            features = sae.encode(kept["x"].reshape(-1, sae.d_in))
+            x_hat = sae.decode(features).double()
+            active = features > 0
+            l0_sum += float(active.sum())
+            fired += active.sum(0).double().cpu()
+            sq_err += float((x - x_hat).pow(2).sum())
+            x_sum = x.sum(0) if x_sum is None else x_sum + x.sum(0)
+            x_sq += float(x.pow(2).sum())
+            n_tok += len(x)
+            bar.update(len(rows))
     total_var = x_sq - float(x_sum.pow(2).sum()) / n_tok  # sum ||x - mean||^2
     ce = {key: sums[f"ce_{key}"] / sums["n_pred"] for key in ("clean", "spliced", "zero")}
     kl = {key: sums[f"kl_{key}"] / n_tok for key in ("spliced", "zero")}

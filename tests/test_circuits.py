@@ -167,19 +167,6 @@ def test_exact_equals_patch_edges_edge_by_edge(raw_model, pair, direction):
     assert result.ci_low is not None and bool((result.ci_low <= result.scores + 1e-6).all())
 
 
-def test_exact_patching_shows_progress_in_edges_unless_asked_not_to(raw_model, pair, monkeypatch, capsys):
-    from interp import circuits
-
-    clean, corrupt = pair
-    monkeypatch.setattr(circuits, "_PROGRESS_DELAY_S", 0.0)  # this small run is over long before 2 s
-    edge_attribution(raw_model, clean, corrupt, logit_metric, method="exact", progress=False)
-    assert "exact edge patching" not in capsys.readouterr().err
-    edge_attribution(raw_model, clean, corrupt, logit_metric, method="exact")
-    err = capsys.readouterr().err
-    n = len(graph(raw_model).edges)
-    assert "exact edge patching" in err and f"{n}/{n}" in err
-
-
 def test_every_edge_patched_is_the_source_run_and_none_the_unpatched(raw_model, pair):
     clean, corrupt = pair
     g = graph(raw_model)

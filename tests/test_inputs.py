@@ -212,3 +212,32 @@ def test_every_result_prints_on_one_line_with_shapes_not_tensors(model, tokens):
 def test_estimate_works_on_the_weightless_skeleton():
     estimate = estimate_cache_bytes(interp.architecture("gpt2"), 1, 1024, kinds=("pattern",))
     assert estimate.total == 12 * 12 * 1024 * 1024 * 4
+
+
+def _long_runs(model):
+    """The runs whose length depends on the input (edges, rows), each with the bar's unit."""
+    from interp import sae as S
+    from interp.circuits import edge_attribution, graph
+    from interp.heads import copying_task, corpus_head_scores
+
+    clean, corrupt, metric = copying_task(model, n_pairs=2, seq_len=6, seed=0)
+    rows = torch.randint(0, model.cfg.d_vocab, (3, 12), generator=torch.Generator().manual_seed(0))
+    rows[:, 0] = 50256
+    bundled_sae = S.load("bundled")
+    return {"exact edge patching": (lambda progress: edge_attribution(model, clean, corrupt, metric, method="exact",
+                                                                      progress=progress), graph(model).edges, "edge"),
+            "evaluate SAE": (lambda progress: S.evaluate(model, bundled_sae, rows, progress=progress), rows, "row"),
+            "head scores": (lambda progress: corpus_head_scores(model, rows, progress=progress), rows, "row")}
+
+
+@pytest.mark.parametrize("desc", ["exact edge patching", "evaluate SAE", "head scores"])
+def test_long_runs_show_progress_once_they_take_2_s_unless_asked_not_to(model, desc, monkeypatch, capsys):
+    from interp import _progress
+
+    run, items, unit = _long_runs(model)[desc]
+    monkeypatch.setattr(_progress, "DELAY_S", 0.0)  # these small runs are over long before 2 s
+    run(False)
+    assert desc not in capsys.readouterr().err
+    run(True)
+    err = capsys.readouterr().err
+    assert desc in err and f"{len(items)}/{len(items)}" in err and unit in err
