@@ -12,7 +12,8 @@ process or many (``torchrun``).
   ``dtype`` (float32 by default).
 - **Output** in ``out``: ``shard-00000.safetensors``, ... each with ``tokens`` ``[rows, context]``, one tensor
   per hook keyed by its name (``[rows, context, ...]``; left out with ``stats_only``) and the shard's statistic
-  partials (``stats.{hook}.count``, ``.sum`` and ``.sumsq``, float64); a ``.sha256`` beside each; ``run.json``
+  partials (``stats.{hook}.count``, ``.sum`` and ``.sumsq``, float64, of the activations as the model computed
+  them, before the cast to ``dtype``); a ``.sha256`` beside each; ``run.json``
   (what was asked, checked on a rerun); ``manifest.json`` (the model and its weights hash, the tokenizer, the
   corpus files and their hashes, the context, the dtype, each shard's rows, token range and sha256) and
   ``stats.safetensors`` (count, mean and variance per hook), written when every shard is there.

@@ -93,6 +93,18 @@ def test_statistics_are_the_activations_mean_and_variance(harvested):
         torch.testing.assert_close(h.var(name).double(), flat.var(0, unbiased=False), rtol=1e-5, atol=1e-6)
 
 
+def test_a_bfloat16_harvest_keeps_the_statistics_of_the_activations_before_the_cast(model, harvested, tmp_path):
+    """The activations are stored in bfloat16; their mean and variance are those of the float32 activations the
+    model computed (the float32 harvest's, exactly), not of the rounded values stored."""
+    out = hv.harvest(model, CORPUS, hooks=HOOKS[:1], out=tmp_path / "bf16", dtype="bfloat16", progress=False, **SMALL)
+    h16, h32 = hv.open(out), hv.open(harvested)
+    assert h16[HOOKS[0]].dtype == torch.bfloat16
+    torch.testing.assert_close(h16[HOOKS[0]], h32[HOOKS[0]].to(torch.bfloat16), rtol=0, atol=0)
+    assert torch.equal(h16.mean(HOOKS[0]), h32.mean(HOOKS[0])) and torch.equal(h16.var(HOOKS[0]), h32.var(HOOKS[0]))
+    rounded = h16[HOOKS[0]].double().flatten(0, 1).mean(0)
+    assert not torch.allclose(h16.mean(HOOKS[0]).double(), rounded, rtol=0, atol=1e-7)
+
+
 def test_reading_back_checks_hashes_and_shuffles_reproducibly(harvested, tmp_path):
     h = hv.open(harvested)
     first = [b for b in h.batches(HOOKS[0], 100, seed=3)]
