@@ -13,10 +13,11 @@ process or many (``torchrun``).
 - **Output** in ``out``: ``shard-00000.safetensors``, ... each with ``tokens`` ``[rows, context]``, one tensor
   per hook keyed by its name (``[rows, context, ...]``; left out with ``stats_only``) and the shard's statistic
   partials (``stats.{hook}.count``, ``.sum`` and ``.sumsq``, float64, of the activations as the model computed
-  them, before the cast to ``dtype``); a ``.sha256`` beside each; ``run.json``
-  (what was asked, checked on a rerun); ``manifest.json`` (the model and its weights hash, the tokenizer, the
-  corpus files and their hashes, the context, the dtype, each shard's rows, token range and sha256) and
-  ``stats.safetensors`` (count, mean and variance per hook), written when every shard is there.
+  them, before the cast to ``dtype``); a ``.sha256`` beside each; ``run.json`` (what was asked, checked on a
+  rerun); ``manifest.json`` (the model: its checkpoint's hash, weight processing, backend and dtype; the
+  tokenizer, the corpus files and their hashes, the context, the dtype, each shard's rows, token range and
+  sha256) and ``stats.safetensors`` (count, mean and variance per hook), written when every shard is there.
+  ``Harvest.check_model`` refuses the statistics for another checkpoint or weight processing.
 - **Distributed**: under ``torchrun`` (``WORLD_SIZE`` > 1) ``harvest`` joins the process group itself
   (``interp.distributed``: gloo for CPU tensors, nccl for CUDA ones, each rank on its own GPU). Shard ``i``
   holds the global rows ``[i * shard_rows, (i + 1) * shard_rows)`` and goes whole to rank ``i % world_size``;
@@ -191,10 +192,17 @@ def _fingerprint(model, corpus_docs: list[dict], hooks, context, dtype, batch_si
         tokenizer["vocab_sha256"] = hashlib.sha256(vocab).hexdigest()
     # The checkpoint file's hash, not the processed state dict's: LayerNorm folding in float32 rounds
     # differently with 1 and 2 threads (torchrun sets 1), which would make one process and many disagree.
-    return {"model": {"spec": info.spec, "label": info.label, "checkpoint_sha256": _checkpoint_sha256(info)},
-            "tokenizer": tokenizer, "corpus": corpus_docs, "hooks": list(hooks), "context": context,
+    return {"model": _model_record(info), "tokenizer": tokenizer, "corpus": corpus_docs, "hooks": list(hooks), "context": context,
             "dtype": dtype, "batch_size": batch_size, "shard_rows": shard_rows, "stats_only": stats_only,
             "packing": "documents joined with token 50256, rows of `context` tokens each starting with 50256"}
+
+
+def _model_record(info) -> dict:
+    """What a harvest records of its model: the checkpoint, and what changes the activations it holds (the
+    weight processing: ``center_writing_weights`` centres every residual-stream activation; the backend and
+    dtype, which change their rounding)."""
+    return {"spec": info.spec, "label": info.label, "checkpoint_sha256": _checkpoint_sha256(info),
+            "processing": list(info.processing), "backend": info.backend, "dtype": info.dtype}
 
 
 def _checkpoint_sha256(info) -> str:
@@ -491,6 +499,19 @@ class Harvest(_Shards):
         from safetensors.torch import load_file
 
         return load_file(self.path / "stats.safetensors")
+
+    def check_model(self, model) -> None:
+        """``ValueError`` unless ``model`` is the checkpoint this harvest ran, with the same weight processing:
+        the test before its statistics stand in for ``model``'s activations (as means to ablate or patch with)."""
+        from interp.loading import model_info
+
+        theirs, ours = self.manifest["model"], _model_record(model_info(model))
+        differ = [key for key in ("checkpoint_sha256", "processing") if key in theirs and theirs[key] != ours[key]]
+        if differ:
+            def named(record):
+                return f"{record['label']} ({', '.join(record.get('processing') or ['no processing'])})"
+            raise ValueError(f"{self.path} is a harvest of {named(theirs)}, not of this model, {named(ours)}: "
+                             f"its {' and '.join(differ)} differ, so its statistics are not this model's")
 
     def mean(self, name: str) -> Tensor:
         """The mean activation of hook ``name`` over every harvested token, in its per-token shape."""

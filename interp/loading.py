@@ -67,6 +67,8 @@ class ModelInfo:
     label: str  # human name for titles, e.g. "GPT-2 small" or "bundled stdlib-GPT (2L)"
     checkpoint: str | None  # local directory, or None for a Hub model
     weights_sha256: str  # of the state dict the model runs with (after processing and casting)
+    processing: tuple[str, ...] = ()  # the weight processing applied, e.g. ("fold_ln", "center_writing_weights")
+    dtype: str = "float32"  # the parameters' dtype
 
 
 def model_info(model) -> ModelInfo:
@@ -149,7 +151,8 @@ def load_model(spec: str | os.PathLike = "gpt2", *, backend: str = DEFAULT_BACKE
         model.to(dtype, print_details=False)
     model.eval()
     model.interp_info = ModelInfo(resolved.spec, backend, resolved.label,
-                                  str(resolved.path) if resolved.path else None, weights_sha256(model))
+                                  str(resolved.path) if resolved.path else None, weights_sha256(model),
+                                  tuple(step for step, on in processing.items() if on), str(dtype).removeprefix("torch."))
     return model
 
 

@@ -417,3 +417,26 @@ def test_patching_in_a_harvest_mean_equals_patching_the_mean_tensor(model, harve
         with patch_activation(model, name, mean.expand(2, 12, -1).clone(), positions=[3, 5]):
             theirs = model(probe)
     assert torch.equal(ours, theirs)
+
+
+def test_a_harvest_is_not_another_models_statistics_nor_resumed_by_another_model(model, harvested):
+    """The same checkpoint unprocessed is another model for a harvest: without center_writing_weights every
+    residual-stream activation moves by its mean, so the harvest's means would be wrong for it, silently."""
+    from interp.hooks import attached_hooks
+    from interp.interventions import ablate_heads, patch_activation
+
+    unprocessed = load_model("bundled", device="cpu", fold_ln=False, center_writing_weights=False,
+                             center_unembed=False)
+    h = hv.open(harvested)
+    _, cache = unprocessed.run_with_cache(h.tokens, names_filter=HOOKS[:1])
+    assert not torch.allclose(cache[HOOKS[0]].flatten(0, 1).mean(0), h.mean(HOOKS[0]), atol=1e-3)
+    for enter in (lambda: ablate_heads(unprocessed, [(0, 1)], mode="mean", reference=h).__enter__(),
+                  lambda: patch_activation(unprocessed, HOOKS[0], h).__enter__()):
+        with pytest.raises(ValueError, match=r"is a harvest of bundled .*\(fold_ln, center_writing_weights, "
+                                             r"center_unembed\), not of this model, .*\(no processing\)"):
+            enter()
+    with pytest.raises(hv.HarvestMismatchError, match="model"):
+        hv.harvest(unprocessed, CORPUS, hooks=HOOKS, out=harvested, progress=False, **SMALL)
+    with ablate_heads(model, [(0, 1)], mode="mean", reference=h):  # its own model: accepted
+        pass
+    assert not attached_hooks(model) and not attached_hooks(unprocessed)
