@@ -462,6 +462,7 @@ class Harvest(_Shards):
         self.hooks: list[str] = self.manifest["hooks"]
         self.stats_only: bool = self.manifest["stats_only"]
         self.model_label: str = self.manifest["model"]["label"]
+        self.model_processing: list[str] | None = self.manifest["model"].get("processing")  # None: an older harvest
         self.verify = verify
         self._checked: set[str] = set()
 
@@ -558,6 +559,7 @@ class Stream(_Shards):
         self.model = model
         self.stats_only = False
         self.model_label: str = model_info(model).label
+        self.model_processing: list[str] | None = list(model_info(model).processing)
         self._index: int | None = None  # the shard computed last, kept: one shard in memory
         self._acts: dict[str, Tensor] = {}
 

@@ -261,9 +261,22 @@ def load(path: str | os.PathLike, *, device: str = "cpu", dtype: torch.dtype | N
     return sae
 
 
+# What each weight processing step moves. SAELens loads an SAE's model with from_pretrained_no_processing plus
+# the steps in its metadata's model_from_pretrained_kwargs (training and evaluation alike). Centring the writing
+# weights moves every residual-stream activation by its mean over d_model; folding LayerNorm takes its gain and
+# bias out of hook_normalized. Neither moves z, q, k, v, the patterns or the MLP's neurons.
+_MOVED_BY = {"center_writing_weights": ("hook_embed", "hook_pos_embed", "hook_resid_pre", "hook_resid_mid",
+                                        "hook_resid_post", "hook_attn_out", "hook_mlp_out", "hook_mlp_in",
+                                        "hook_result", "hook_q_input", "hook_k_input", "hook_v_input"),
+             "fold_ln": ("hook_normalized",)}
+PROCESSING_STEPS = ("fold_ln", "center_writing_weights", "center_unembed")
+
+
 def check_sae(model, sae: SAE, hook: str | None = None) -> str:
     """The hook ``sae`` reads in ``model`` (``hook`` or its own ``hook_name``), checked before any forward:
-    the hook exists, and its activation's size is the SAE's ``d_in`` (where the hook's shape is known)."""
+    the hook exists, its activation's size is the SAE's ``d_in`` (where the hook's shape is known), and, when
+    the SAE says which weight processing its model had (``metadata["model_from_pretrained_kwargs"]``, as
+    SAELens writes it), ``model`` has the same where it moves this hook's activations."""
     if not isinstance(sae, SAE):
         raise TypeError(f"sae must be an interp.sae.SAE (interp.sae.load reads SAELens folders), got "
                         f"{type(sae).__name__}")
@@ -271,12 +284,27 @@ def check_sae(model, sae: SAE, hook: str | None = None) -> str:
     try:
         check_hook_names(model, [hook])
     except (KeyError, ValueError) as e:
-        raise SAEFormatError(f"the SAE's hook {hook!r} is not in this model: {str(e).strip(chr(34))}") from None
+        raise SAEFormatError(f"the SAE's hook {hook!r} is not in this model: {e}") from None
     tail = activation_tail(model, hook)
     if tail is not None and math.prod(tail) != sae.d_in:
         raise SAEFormatError(f"the SAE reads d_in={sae.d_in}, but {hook} gives {math.prod(tail)} per token "
                              f"({' x '.join(map(str, tail))})")
+    kwargs = sae.metadata.get("model_from_pretrained_kwargs")
+    info = getattr(model, "interp_info", None)
+    if isinstance(kwargs, Mapping) and info is not None:  # otherwise unknown: nothing to compare
+        for step, moved in _MOVED_BY.items():
+            wanted = bool(kwargs.get(step, False))
+            if wanted != (step in info.processing) and hook.rsplit(".", 1)[-1] in moved:
+                raise SAEFormatError(
+                    f"the SAE was trained on a model with {step}={wanted} (its metadata's model_from_pretrained_kwargs)"
+                    f", which changes {hook}; this model has {step}={not wanted}: load it with "
+                    f"interp.load_model(..., {step}={wanted})")
     return hook
+
+
+def _processing_kwargs(processing: Sequence[str]) -> dict[str, bool]:
+    """SAELens's ``model_from_pretrained_kwargs`` (steps on top of no processing) for a model with ``processing``."""
+    return {step: step in processing for step in PROCESSING_STEPS}
 
 
 # ---------------------------------------------------------------------------------------------- splicing
@@ -636,8 +664,11 @@ def train(data, *, hook: str, d_sae: int, architecture: str = "topk", k: int | N
     cfg = TrainConfig(hook, d_sae, architecture, k, float(l1), batch_size, steps, float(lr), seed,
                       d_in // 2 if aux_k is None else aux_k, float(aux_coeff), dead_after, float(l0),
                       float(bandwidth))
+    processing = data.model_processing
     sae = SAE(d_in, d_sae, hook_name=hook, architecture=architecture, k=k,
-              metadata={"model_name": data.model_label, **(metadata or {})}, device=device)
+              metadata={"model_name": data.model_label,
+                        **({} if processing is None else {"model_from_pretrained_kwargs": _processing_kwargs(processing)}),
+                        **(metadata or {})}, device=device)
     optimizer = torch.optim.Adam(sae.parameters(), lr=lr)
     since_fired = torch.zeros(d_sae, dtype=torch.int64)  # tokens since each latent last fired (all ranks)
     start = 0

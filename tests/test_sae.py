@@ -180,6 +180,38 @@ def test_vectors_of_the_wrong_width_are_refused(architecture):
     assert sae.forward(torch.zeros(2, 3, 16)).shape == (2, 3, 16)
 
 
+def test_an_sae_of_another_weight_processing_is_refused_where_it_moves_the_activations(bundled):
+    """SAELens records the processing of an SAE's model on top of none (``model_from_pretrained_kwargs``; its
+    default for a new SAE is none at all). Without center_writing_weights the residual stream is not centred,
+    so an SAE trained there reads other activations on a model with it: refused. z does not move: accepted."""
+    unprocessed = load_model("bundled", device="cpu", fold_ln=False, center_writing_weights=False,
+                             center_unembed=False)
+    tokens = interp.to_tokens(bundled, "def main():\n    pass")
+    resid = [m.run_with_cache(tokens, names_filter=[HOOK])[1][HOOK] for m in (bundled, unprocessed)]
+    assert not torch.allclose(resid[0], resid[1], atol=1e-3)  # what a wrong splice would read
+    saelens_default = random_sae("topk", 128)
+    saelens_default.metadata["model_from_pretrained_kwargs"] = {}  # trained with no processing
+    with pytest.raises(SAEFormatError, match=r"center_writing_weights=False .* this model has "
+                                             r"center_writing_weights=True: load it with"):
+        S.evaluate(bundled, saelens_default, tokens)
+    with pytest.raises(SAEFormatError, match="center_writing_weights=False"), S.splice(bundled, saelens_default):
+        pass
+    S.evaluate(unprocessed, saelens_default, tokens, progress=False)  # its own processing: accepted
+    normalized = random_sae("topk", 128, hook="blocks.1.ln1.hook_normalized")
+    normalized.metadata["model_from_pretrained_kwargs"] = {"center_writing_weights": True}
+    with pytest.raises(SAEFormatError, match="fold_ln=False"), S.splice(bundled, normalized):
+        pass
+    on_z = random_sae("topk", bundled.cfg.n_heads * bundled.cfg.d_head, hook="blocks.1.attn.hook_z")
+    on_z.metadata["model_from_pretrained_kwargs"] = {}
+    with S.splice(bundled, on_z):  # processing does not move z
+        pass
+    jb = random_sae("topk", 128)
+    jb.metadata["model_from_pretrained_kwargs"] = {"center_writing_weights": True}  # as gpt2-small-res-jb's
+    with S.splice(bundled, jb):  # fold_ln differs, but does not move the residual stream
+        pass
+    assert not attached_hooks(bundled)
+
+
 def test_pre_6_saelens_configs_load(tmp_path):
     """SAELens before 6 wrote ``hook_point`` and no ``architecture`` (as gpt2-small-res-jb's files do)."""
     sae = random_sae("standard", 16)
@@ -387,7 +419,10 @@ def test_training_is_seeded_learns_and_resumes_to_the_same_weights(bundled, harv
     # interrupted after step 17, then the same call again: the weights of an uninterrupted run
     out = tmp_path / "run"
     interrupted(monkeypatch, harvested, out, after=17, checkpoint_every=5)
-    assert json.loads((out / "sae" / "cfg.json").read_text())["metadata"]["hook_name"] == HOOK
+    metadata = json.loads((out / "sae" / "cfg.json").read_text())["metadata"]
+    assert metadata["hook_name"] == HOOK  # and SAELens's record of the model's processing, from the harvest's
+    assert metadata["model_from_pretrained_kwargs"] == {"fold_ln": True, "center_writing_weights": True,
+                                                        "center_unembed": True}
     resumed = S.train(harvested, **TRAIN, out=out, checkpoint_every=5)
     for (name, p), (_, q) in zip(a.named_parameters(), resumed.named_parameters()):
         assert torch.equal(p, q), name
@@ -533,6 +568,11 @@ def test_saelens_reads_ours_and_we_read_saelens(architecture, tmp_path):
     torch.testing.assert_close(theirs.encode(x), ours.encode(x), atol=1e-6, rtol=1e-6)
     torch.testing.assert_close(theirs.decode(theirs.encode(x)), ours(x), atol=1e-6, rtol=1e-6)
     assert theirs.cfg.metadata.hook_name == HOOK and theirs.cfg.architecture() == architecture
+    processed = dict(fold_ln=True, center_writing_weights=False, center_unembed=True)
+    ours.metadata["model_from_pretrained_kwargs"] = processed
+    S.save(ours, tmp_path / "with-processing")
+    assert sae_lens.SAE.load_from_disk(str(tmp_path / "with-processing")).cfg.metadata.model_from_pretrained_kwargs \
+        == processed
     theirs.save_model(str(tmp_path / "theirs"))
     again = S.load(tmp_path / "theirs")
     torch.testing.assert_close(again.encode(x), theirs.encode(x), atol=1e-6, rtol=1e-6)
