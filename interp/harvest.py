@@ -192,9 +192,9 @@ def _fingerprint(model, corpus_docs: list[dict], hooks, context, dtype, batch_si
         tokenizer["vocab_sha256"] = hashlib.sha256(vocab).hexdigest()
     # The checkpoint file's hash, not the processed state dict's: LayerNorm folding in float32 rounds
     # differently with 1 and 2 threads (torchrun sets 1), which would make one process and many disagree.
-    return {"model": _model_record(info), "tokenizer": tokenizer, "corpus": corpus_docs, "hooks": list(hooks), "context": context,
-            "dtype": dtype, "batch_size": batch_size, "shard_rows": shard_rows, "stats_only": stats_only,
-            "packing": "documents joined with token 50256, rows of `context` tokens each starting with 50256"}
+    return {"model": _model_record(info), "tokenizer": tokenizer, "corpus": corpus_docs, "hooks": list(hooks),
+            "context": context, "dtype": dtype, "batch_size": batch_size, "shard_rows": shard_rows,
+            "stats_only": stats_only, "packing": "documents joined with token 50256, rows of `context` tokens each starting with 50256"}
 
 
 def _model_record(info) -> dict:
@@ -501,18 +501,23 @@ class Harvest(_Shards):
 
         return load_file(self.path / "stats.safetensors")
 
-    def check_model(self, model) -> None:
-        """``ValueError`` unless ``model`` is the checkpoint this harvest ran, with the same weight processing:
-        the test before its statistics stand in for ``model``'s activations (as means to ablate or patch with)."""
-        from interp.loading import model_info
+    def check_model(self, model, hooks: Sequence[str]) -> None:
+        """``ValueError`` unless ``model`` is the checkpoint this harvest ran, with the same weight processing
+        where it moves ``hooks``' activations (``interp.loading.processing_moves``): the test before the
+        statistics of those hooks stand in for ``model``'s (as means to ablate or patch with)."""
+        from interp.loading import model_info, processing_moves
 
         theirs, ours = self.manifest["model"], _model_record(model_info(model))
-        differ = [key for key in ("checkpoint_sha256", "processing") if key in theirs and theirs[key] != ours[key]]
+        differ = ["checkpoint"] if theirs["checkpoint_sha256"] != ours["checkpoint_sha256"] else []
+        if "processing" in theirs:  # an older harvest does not say
+            steps = set(theirs["processing"]) ^ set(ours["processing"])
+            differ += sorted(step for step in steps if any(processing_moves(step, hook) for hook in hooks))
         if differ:
             def named(record):
                 return f"{record['label']} ({', '.join(record.get('processing') or ['no processing'])})"
             raise ValueError(f"{self.path} is a harvest of {named(theirs)}, not of this model, {named(ours)}: "
-                             f"its {' and '.join(differ)} differ, so its statistics are not this model's")
+                             f"its {' and '.join(differ)} {'differ' if len(differ) > 1 else 'differs'} for {', '.join(hooks)}, so its statistics are not "
+                             "this model's")
 
     def mean(self, name: str) -> Tensor:
         """The mean activation of hook ``name`` over every harvested token, in its per-token shape."""

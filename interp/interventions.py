@@ -72,7 +72,7 @@ def ablate_heads(model, heads: Sequence[tuple[int, int]], *, mode: str = "zero",
     from interp.harvest import Harvest
 
     if isinstance(reference, Harvest):
-        reference.check_model(model)
+        reference.check_model(model, [f"blocks.{layer}.attn.hook_z" for layer in by_layer])
         missing = [f"blocks.{layer}.attn.hook_z" for layer in by_layer
                    if f"blocks.{layer}.attn.hook_z" not in reference.hooks]
         if missing:
@@ -167,7 +167,7 @@ def patch_activation(model, name: str, source: Tensor, *, positions: Sequence[in
 def _patch_mean(model, name: str, harvest, positions, heads) -> Iterator[None]:
     """``patch_activation`` with a harvest: its mean of ``name``, at every position or at ``positions``."""
     check_hook_names(model, [name])
-    harvest.check_model(model)
+    harvest.check_model(model, [name])
     if name not in harvest.hooks:
         raise ValueError(f"the harvest has no {name}: harvest that hook for its mean (it has {harvest.hooks})")
     mean = check_finite(harvest.mean(name), "the harvest's mean")

@@ -58,6 +58,22 @@ _WAYS_OUT = (
 )
 
 
+PROCESSING_STEPS = ("fold_ln", "center_writing_weights", "center_unembed")  # TransformerLens's, as load_model takes them
+
+# The hooks whose activations each step moves: centring the writing weights moves every residual-stream
+# activation by its mean over d_model, and folding LayerNorm takes its gain and bias out of hook_normalized.
+# Neither moves z, q, k, v, the patterns or the MLP's neurons; centring the unembedding moves only the logits.
+_MOVED_BY = {"center_writing_weights": ("hook_embed", "hook_pos_embed", "hook_resid_pre", "hook_resid_mid",
+                                        "hook_resid_post", "hook_attn_out", "hook_mlp_out", "hook_mlp_in",
+                                        "hook_result", "hook_q_input", "hook_k_input", "hook_v_input"),
+             "fold_ln": ("hook_normalized",)}
+
+
+def processing_moves(step: str, hook: str) -> bool:
+    """Whether weight processing ``step`` changes the activations at ``hook`` (a hook name)."""
+    return hook.rsplit(".", 1)[-1] in _MOVED_BY.get(step, ())
+
+
 @dataclass(frozen=True)
 class ModelInfo:
     """Where a loaded model came from; figures and the manifest name the model with ``label``."""

@@ -50,7 +50,7 @@ from interp.harvest import Harvest, Stream
 from interp.hooks import check_hook_names, logits_for_gradients, temporary_hooks
 from interp.inputs import check_finite, check_index, check_positive_int, check_tokens
 from interp.interventions import activation_tail
-from interp.loading import check_device
+from interp.loading import PROCESSING_STEPS, check_device, processing_moves
 
 __all__ = ["ARCHITECTURES", "SAE", "SAEMetrics", "ablate_features", "evaluate", "feature_attribution", "load",
            "logit_effects", "save", "splice", "steer_features", "train"]
@@ -261,17 +261,6 @@ def load(path: str | os.PathLike, *, device: str = "cpu", dtype: torch.dtype | N
     return sae
 
 
-# What each weight processing step moves. SAELens loads an SAE's model with from_pretrained_no_processing plus
-# the steps in its metadata's model_from_pretrained_kwargs (training and evaluation alike). Centring the writing
-# weights moves every residual-stream activation by its mean over d_model; folding LayerNorm takes its gain and
-# bias out of hook_normalized. Neither moves z, q, k, v, the patterns or the MLP's neurons.
-_MOVED_BY = {"center_writing_weights": ("hook_embed", "hook_pos_embed", "hook_resid_pre", "hook_resid_mid",
-                                        "hook_resid_post", "hook_attn_out", "hook_mlp_out", "hook_mlp_in",
-                                        "hook_result", "hook_q_input", "hook_k_input", "hook_v_input"),
-             "fold_ln": ("hook_normalized",)}
-PROCESSING_STEPS = ("fold_ln", "center_writing_weights", "center_unembed")
-
-
 def check_sae(model, sae: SAE, hook: str | None = None) -> str:
     """The hook ``sae`` reads in ``model`` (``hook`` or its own ``hook_name``), checked before any forward:
     the hook exists, its activation's size is the SAE's ``d_in`` (where the hook's shape is known), and, when
@@ -289,12 +278,14 @@ def check_sae(model, sae: SAE, hook: str | None = None) -> str:
     if tail is not None and math.prod(tail) != sae.d_in:
         raise SAEFormatError(f"the SAE reads d_in={sae.d_in}, but {hook} gives {math.prod(tail)} per token "
                              f"({' x '.join(map(str, tail))})")
+    # SAELens loads an SAE's model with from_pretrained_no_processing plus the steps in its metadata's
+    # model_from_pretrained_kwargs, for training and evaluation alike.
     kwargs = sae.metadata.get("model_from_pretrained_kwargs")
     info = getattr(model, "interp_info", None)
     if isinstance(kwargs, Mapping) and info is not None:  # otherwise unknown: nothing to compare
-        for step, moved in _MOVED_BY.items():
+        for step in PROCESSING_STEPS:
             wanted = bool(kwargs.get(step, False))
-            if wanted != (step in info.processing) and hook.rsplit(".", 1)[-1] in moved:
+            if wanted != (step in info.processing) and processing_moves(step, hook):
                 raise SAEFormatError(
                     f"the SAE was trained on a model with {step}={wanted} (its metadata's model_from_pretrained_kwargs)"
                     f", which changes {hook}; this model has {step}={not wanted}: load it with "

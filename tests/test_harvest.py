@@ -419,9 +419,11 @@ def test_patching_in_a_harvest_mean_equals_patching_the_mean_tensor(model, harve
     assert torch.equal(ours, theirs)
 
 
-def test_a_harvest_is_not_another_models_statistics_nor_resumed_by_another_model(model, harvested):
-    """The same checkpoint unprocessed is another model for a harvest: without center_writing_weights every
-    residual-stream activation moves by its mean, so the harvest's means would be wrong for it, silently."""
+def test_a_harvest_is_not_another_models_statistics_nor_resumed_by_another_model(model, harvested, tmp_path):
+    """The same checkpoint unprocessed is another model where the processing moves the activations: without
+    center_writing_weights every residual-stream activation moves by its mean, so the harvest's means would be
+    wrong for it, silently; z does not move. Another checkpoint of the same shape is refused outright."""
+    from interp.checkpoints import write_random_checkpoint
     from interp.hooks import attached_hooks
     from interp.interventions import ablate_heads, patch_activation
 
@@ -430,13 +432,21 @@ def test_a_harvest_is_not_another_models_statistics_nor_resumed_by_another_model
     h = hv.open(harvested)
     _, cache = unprocessed.run_with_cache(h.tokens, names_filter=HOOKS[:1])
     assert not torch.allclose(cache[HOOKS[0]].flatten(0, 1).mean(0), h.mean(HOOKS[0]), atol=1e-3)
-    for enter in (lambda: ablate_heads(unprocessed, [(0, 1)], mode="mean", reference=h).__enter__(),
-                  lambda: patch_activation(unprocessed, HOOKS[0], h).__enter__()):
-        with pytest.raises(ValueError, match=r"is a harvest of bundled .*\(fold_ln, center_writing_weights, "
-                                             r"center_unembed\), not of this model, .*\(no processing\)"):
-            enter()
+    with pytest.raises(ValueError, match=r"is a harvest of bundled .*\(fold_ln, center_writing_weights, "
+                                         r"center_unembed\), not of this model, .*\(no processing\): its "
+                                         rf"center_writing_weights differs for {HOOKS[0]}"):
+        patch_activation(unprocessed, HOOKS[0], h).__enter__()
     with pytest.raises(hv.HarvestMismatchError, match="model"):
         hv.harvest(unprocessed, CORPUS, hooks=HOOKS, out=harvested, progress=False, **SMALL)
-    with ablate_heads(model, [(0, 1)], mode="mean", reference=h):  # its own model: accepted
-        pass
-    assert not attached_hooks(model) and not attached_hooks(unprocessed)
+    probe = h.tokens[:2]
+    with torch.no_grad():  # z is the same unprocessed: its means serve
+        with ablate_heads(unprocessed, [(0, 1)], mode="mean", reference=h):
+            from_harvest = unprocessed(probe)
+        with ablate_heads(unprocessed, [(0, 1)], mode="mean", reference=h.tokens):
+            from_tokens = unprocessed(probe)
+    torch.testing.assert_close(from_harvest, from_tokens, rtol=1e-4, atol=1e-4)
+    shape = dict(n_layer=2, n_embd=128, n_head=2, n_positions=256, n_inner=512, with_tokenizer=True)
+    other = load_model(write_random_checkpoint(tmp_path / "other", seed=5, **shape), device="cpu")
+    with pytest.raises(ValueError, match="its checkpoint differs for blocks.0.attn.hook_z"):
+        ablate_heads(other, [(0, 1)], mode="mean", reference=h).__enter__()
+    assert not attached_hooks(model) and not attached_hooks(unprocessed) and not attached_hooks(other)
