@@ -194,7 +194,8 @@ def _fingerprint(model, corpus_docs: list[dict], hooks, context, dtype, batch_si
     # differently with 1 and 2 threads (torchrun sets 1), which would make one process and many disagree.
     return {"model": _model_record(info), "tokenizer": tokenizer, "corpus": corpus_docs, "hooks": list(hooks),
             "context": context, "dtype": dtype, "batch_size": batch_size, "shard_rows": shard_rows,
-            "stats_only": stats_only, "packing": "documents joined with token 50256, rows of `context` tokens each starting with 50256"}
+            "stats_only": stats_only,
+            "packing": "documents joined with token 50256, rows of `context` tokens each starting with 50256"}
 
 
 def _model_record(info) -> dict:
@@ -515,9 +516,10 @@ class Harvest(_Shards):
         if differ:
             def named(record):
                 return f"{record['label']} ({', '.join(record.get('processing') or ['no processing'])})"
-            raise ValueError(f"{self.path} is a harvest of {named(theirs)}, not of this model, {named(ours)}: "
-                             f"its {' and '.join(differ)} {'differ' if len(differ) > 1 else 'differs'} for {', '.join(hooks)}, so its statistics are not "
-                             "this model's")
+            verb = "differ" if len(differ) > 1 else "differs"
+            raise ValueError(f"{self.path} is a harvest of {named(theirs)}, not of this model, {named(ours)}: its "
+                             f"{' and '.join(differ)} {verb} for {', '.join(hooks)}, so its statistics are not this "
+                             "model's")
 
     def mean(self, name: str) -> Tensor:
         """The mean activation of hook ``name`` over every harvested token, in its per-token shape."""

@@ -655,11 +655,10 @@ def train(data, *, hook: str, d_sae: int, architecture: str = "topk", k: int | N
     cfg = TrainConfig(hook, d_sae, architecture, k, float(l1), batch_size, steps, float(lr), seed,
                       d_in // 2 if aux_k is None else aux_k, float(aux_coeff), dead_after, float(l0),
                       float(bandwidth))
-    processing = data.model_processing
-    sae = SAE(d_in, d_sae, hook_name=hook, architecture=architecture, k=k,
-              metadata={"model_name": data.model_label,
-                        **({} if processing is None else {"model_from_pretrained_kwargs": _processing_kwargs(processing)}),
-                        **(metadata or {})}, device=device)
+    metadata = {"model_name": data.model_label, **(metadata or {})}
+    if data.model_processing is not None:  # SAELens's record of the model's processing (an older harvest has none)
+        metadata.setdefault("model_from_pretrained_kwargs", _processing_kwargs(data.model_processing))
+    sae = SAE(d_in, d_sae, hook_name=hook, architecture=architecture, k=k, metadata=metadata, device=device)
     optimizer = torch.optim.Adam(sae.parameters(), lr=lr)
     since_fired = torch.zeros(d_sae, dtype=torch.int64)  # tokens since each latent last fired (all ranks)
     start = 0
