@@ -1,7 +1,10 @@
 """What is inside GPT-2, and how many parameters each part holds, computed from a model object.
 
 Every number here comes from a Hugging Face ``GPT2LMHeadModel``: a real checkpoint, or a weightless skeleton
-on the ``meta`` device built from a config alone, so GPT-2 small's breakdown is exact with no download.
+on the ``meta`` device built from a config alone, so GPT-2 small's breakdown is exact with no download. A loaded
+TransformerLens model is counted as the GPT-2 it holds, from its config (``architecture(model)``): its own
+parameters are laid out per head, with the unembedding untied and the processing's biases, so its
+``named_parameters()`` is not GPT-2's count (and the bridge's also holds the wrapped Hugging Face model's).
 
 Example:
     >>> skeleton = architecture("gpt2")            # GPT-2 small from its config, no weights
@@ -11,6 +14,7 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import einops
@@ -19,6 +23,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from interp._repr import concise_repr
+from interp.inputs import check_index, check_layers
 
 __all__ = [
     "ComponentRow",
@@ -64,6 +69,22 @@ def architecture(spec="gpt2"):
     model.tie_weights()
     model.interp_spec, model.interp_label = name, label
     return model
+
+
+def _is_transformer_lens(model) -> bool:
+    return hasattr(model, "cfg") and hasattr(model, "W_Q")
+
+
+def _gpt2(model, what: str):
+    """``model`` if it is a ``GPT2LMHeadModel``; a TransformerLens model's skeleton (``architecture``)."""
+    from transformers import GPT2LMHeadModel
+
+    if isinstance(model, GPT2LMHeadModel):
+        return model
+    if _is_transformer_lens(model):
+        return architecture(model)
+    raise TypeError(f"{what} reads a GPT2LMHeadModel or a TransformerLens model, got {type(model).__name__} "
+                    "(for a model name, pass interp.architecture(name))")
 
 
 # ---------------------------------------------------------------------------------------------- tables
@@ -131,8 +152,10 @@ def component_table(model) -> ComponentTable:
     Rows sum to the tied total. The unembedding row counts 0 when ``lm_head`` is tied to ``wte``.
 
     Args:
-        model: a ``GPT2LMHeadModel`` (e.g. from ``architecture``); the counts come from its parameters.
+        model: a ``GPT2LMHeadModel`` (e.g. from ``architecture``), whose parameters are counted, or a
+            TransformerLens model, counted as the GPT-2 it holds (``architecture(model)``).
     """
+    model = _gpt2(model, "component_table")
     params = dict(model.named_parameters(remove_duplicate=False))
 
     def row(component, category, layer, hf, tl, note=""):
@@ -180,7 +203,9 @@ class ParameterListing:
 
 
 def parameter_listing(model) -> ParameterListing:
-    """Name, shape and count of every parameter of a ``GPT2LMHeadModel``, and the tied and untied totals."""
+    """Name, shape and count of every parameter of a ``GPT2LMHeadModel``, and the tied and untied totals; a
+    TransformerLens model is counted as the GPT-2 it holds (``architecture(model)``)."""
+    model = _gpt2(model, "parameter_listing")
     rows = tuple((n, tuple(p.shape), p.numel()) for n, p in model.named_parameters(remove_duplicate=False))
     return ParameterListing(rows, sum(p.numel() for p in model.parameters()), sum(r[2] for r in rows))
 
@@ -216,6 +241,9 @@ class SplitAttention:
     __repr__ = concise_repr
 
 
+_SPLIT_NAMES = tuple(field.name for field in dataclasses.fields(SplitAttention))
+
+
 def split_attention(model, layer: int) -> SplitAttention:
     """Split block ``layer``'s fused ``c_attn`` (d_model x 3·d_model) into per-head W_Q, W_K, W_V, and its
     ``c_proj`` (d_model x d_model) into per-head W_O.
@@ -229,14 +257,24 @@ def split_attention(model, layer: int) -> SplitAttention:
     output direction's mean from W_O (LayerNorm ignores the mean of the residual). The value bias stays in
     b_V: ``load_model`` never folds it into b_O.
 
+    A TransformerLens model gives its own per-head weights, the ones it computes with (after that
+    processing). The bridge also keeps the Hugging Face modules it wraps, but their fused ``c_attn`` is the
+    checkpoint's, unprocessed, while its ``c_proj`` is processed: split, they would be neither.
+
     Args:
-        model: a ``GPT2LMHeadModel``, with weights or a weightless skeleton (``architecture``) for shapes.
+        model: a ``GPT2LMHeadModel``, with weights or a weightless skeleton (``architecture``) for shapes; or
+            a TransformerLens model.
         layer: block index, 0..n_layer-1.
 
     Example:
         >>> split_attention(hf_gpt2_small, 0).W_Q.shape
         torch.Size([12, 768, 64])
     """
+    if _is_transformer_lens(model):
+        (layer,) = check_layers(model, [layer])
+        return SplitAttention(*(getattr(model, name)[layer].detach() for name in _SPLIT_NAMES))
+    model = _gpt2(model, "split_attention")
+    layer = check_index(layer, "layer")
     n_layer, n_head = model.config.n_layer, model.config.n_head
     if not 0 <= layer < n_layer:
         raise ValueError(f"layer {layer} out of range: this model has layers 0..{n_layer - 1}")

@@ -75,6 +75,40 @@ def test_split_attention_equals_transformer_lens_unprocessed(tiny_checkpoint, ti
         torch.testing.assert_close(getattr(split, name), getattr(attn, name).detach(), rtol=0, atol=0, msg=name)
 
 
+def test_a_transformer_lens_model_is_counted_as_the_gpt2_it_holds(tiny_checkpoint, tiny_model):
+    """A loaded model's own parameters are not GPT-2's count (per-head layout, an untied unembedding, and on the
+    bridge the wrapped Hugging Face modules too): it is counted from its config, as the checkpoint is."""
+    hf = _hf(tiny_checkpoint)
+    listing, expected = parameter_listing(tiny_model), parameter_listing(hf)
+    assert (listing.tied_total, listing.untied_total) == (expected.tied_total, expected.untied_total)
+    assert [name for name, _, _ in listing.rows] == [name for name, _, _ in expected.rows]
+    assert sum(p.numel() for p in tiny_model.parameters()) != expected.tied_total  # what counting it would give
+    assert component_table(tiny_model).to_frame().equals(component_table(hf).to_frame())
+    for bad in ("gpt2", {"n_layer": 2}):
+        with pytest.raises(TypeError, match="reads a GPT2LMHeadModel or a TransformerLens model"):
+            parameter_listing(bad)
+
+
+def test_split_attention_of_a_transformer_lens_model_is_what_it_computes(tiny_model):
+    """On the processed model (LayerNorm folded, writing weights centred), the split weights give its own q, k,
+    v from ln1's output and its attention output from z, as TransformerLens caches them."""
+    tokens = tiny_model.to_tokens("The split weights are the ones the model computes with")
+    _, cache = tiny_model.run_with_cache(tokens)
+    for layer in range(tiny_model.cfg.n_layers):
+        split = split_attention(tiny_model, layer)
+        x = cache[f"blocks.{layer}.ln1.hook_normalized"]
+        for qkv in "qkv":
+            W, b = getattr(split, f"W_{qkv.upper()}"), getattr(split, f"b_{qkv.upper()}")
+            torch.testing.assert_close(torch.einsum("bpd,hde->bphe", x, W) + b,
+                                       cache[f"blocks.{layer}.attn.hook_{qkv}"], rtol=1e-5, atol=1e-5)
+        out = torch.einsum("bphe,hed->bpd", cache[f"blocks.{layer}.attn.hook_z"], split.W_O) + split.b_O
+        torch.testing.assert_close(out, cache[f"blocks.{layer}.hook_attn_out"], rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="layer 2 out of range"):
+        split_attention(tiny_model, 2)
+    with pytest.raises(TypeError, match="layer must be an integer"):
+        split_attention(tiny_model, 0.5)
+
+
 def test_split_attention_shapes_on_gpt2_small_shape(full_checkpoint):
     split = split_attention(_hf(full_checkpoint), 11)
     assert split.W_Q.shape == split.W_K.shape == split.W_V.shape == (12, 768, 64)
@@ -85,6 +119,8 @@ def test_split_attention_shapes_on_gpt2_small_shape(full_checkpoint):
 def test_split_attention_rejects_bad_layer(tiny_checkpoint):
     with pytest.raises(ValueError, match="layer 2 out of range: this model has layers 0..1"):
         split_attention(_hf(tiny_checkpoint), 2)
+    with pytest.raises(TypeError, match="layer must be an integer"):
+        split_attention(_hf(tiny_checkpoint), 1.0)
 
 
 def test_processed_weights_differ_but_compute_the_same(tiny_checkpoint, tiny_models, tiny_raw_models):
