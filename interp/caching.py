@@ -79,7 +79,7 @@ def estimate_cache_bytes(model, batch: int, pos: int, *, layers: Sequence[int] |
     """
     kinds = _check_kinds(kinds)
     model = model if hasattr(model, "cfg") else _Shape.of_skeleton(model)
-    batch, pos = check_positive_int(batch, "batch"), check_positive_int(pos, "pos")
+    batch, pos = check_positive_int(batch, "batch"), check_positive_int(pos, "pos", high=model.cfg.n_ctx)
     n = len(check_layers(model, layers)) * len(check_heads(model, heads)) * batch
     item = torch.empty((), dtype=dtype or model.cfg.dtype).element_size()
     cfg = model.cfg
@@ -94,6 +94,7 @@ class _ShapeConfig:
     n_heads: int
     d_model: int
     d_head: int
+    n_ctx: int
     dtype: torch.dtype
 
 
@@ -108,7 +109,7 @@ class _Shape:
     def of_skeleton(cls, skeleton) -> _Shape:
         config = skeleton.config
         return cls(_ShapeConfig(config.n_layer, config.n_head, config.n_embd, config.n_embd // config.n_head,
-                                torch.float32))
+                                config.n_positions, torch.float32))
 
 
 def _check_kinds(kinds: Sequence[str]) -> tuple[str, ...]:
@@ -117,7 +118,7 @@ def _check_kinds(kinds: Sequence[str]) -> tuple[str, ...]:
     kinds = tuple(kinds)
     unknown = [k for k in kinds if k not in HEAD_KINDS]
     if unknown or not kinds:
-        raise ValueError(f"unknown kinds {unknown}: choose from {HEAD_KINDS}")
+        raise ValueError(f"{f'unknown kinds {unknown}' if unknown else 'kinds is empty'}: choose from {HEAD_KINDS}")
     return kinds
 
 

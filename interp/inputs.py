@@ -61,6 +61,8 @@ def _check_indices(values, n: int, what: str, model) -> tuple[int, ...]:
     indices = tuple(check_index(v, what) for v in values)
     if not indices:
         raise ValueError(f"{what}s is empty: pass None for all {what}s")
+    if len(set(indices)) < len(indices):
+        raise ValueError(f"{what}s {list(indices)} name a {what} twice: name each once")
     for index in indices:
         if not 0 <= index < n:
             per = " per layer" if what == "head" else ""

@@ -44,6 +44,7 @@ __all__ = [
 
 
 MIN_TEMPERATURE = 1e-4  # below this, logits / T overflows float32; T = 0 is exact greedy decoding
+MAX_SEED = 2**64 - 1  # torch.Generator.manual_seed's largest
 
 
 def check_temperatures(temperatures: Sequence[float] | float) -> tuple[float, ...]:
@@ -287,16 +288,25 @@ def generate(model, prompts: str | Sequence[str], *, max_new_tokens: int = 40, t
         >>> with ablate_heads(model, [(1, 0), (1, 1)]):
         ...     generate(model, "def main():", temperature=0).texts   # the ablated model writes
     """
-    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
-        raise ValueError(f"max_new_tokens must be an integer >= 1, got {max_new_tokens!r}")
+    max_new_tokens = check_positive_int(max_new_tokens, "max_new_tokens")
     (temperature,) = check_temperatures(temperature)
     if top_k is not None:
         top_k = check_positive_int(top_k, "top_k", high=model.cfg.d_vocab)
-    if top_p is not None and not 0 < top_p <= 1:
-        raise ValueError(f"top_p must be in (0, 1], got {top_p}")
+    if top_p is not None:
+        if isinstance(top_p, bool) or not isinstance(top_p, numbers.Real):
+            raise TypeError(f"top_p must be a number in (0, 1], got {top_p!r} ({type(top_p).__name__})")
+        if not 0 < top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1], got {top_p}")
+    if not isinstance(prompts, str | Sequence):
+        raise TypeError(f"prompts must be a string or a list of strings, got {type(prompts).__name__}")
     prompts = (prompts,) if isinstance(prompts, str) else tuple(prompts)
     prompt_ids = prompt_tokens(model, prompts, max_new_tokens=max_new_tokens)
-    seeds = tuple(seeds) if seeds is not None else tuple(seed + i for i in range(len(prompts)))
+    if seeds is None:
+        seed = check_positive_int(seed, "seed", low=0)
+        seeds = tuple(seed + i for i in range(len(prompts)))
+    elif isinstance(seeds, str) or not isinstance(seeds, Sequence):
+        raise TypeError(f"seeds must be a list of integers, one per prompt, got {type(seeds).__name__}")
+    seeds = tuple(check_positive_int(s, "seed", low=0, high=MAX_SEED) for s in seeds)
     if len(seeds) != len(prompts):
         raise ValueError(f"{len(seeds)} seeds for {len(prompts)} prompts")
     device = torch.device(model.cfg.device)

@@ -147,14 +147,32 @@ def test_top_k_one_is_greedy(tiny_model):
     [
         ({"prompts": ""}, "non-empty string"),
         ({"prompts": "x " * 200}, "context window of 128"),
-        ({"prompts": "Hello", "max_new_tokens": 0}, "max_new_tokens must be an integer >= 1"),
+        ({"prompts": "Hello", "max_new_tokens": 0}, "max_new_tokens must be >= 1"),
         ({"prompts": "Hello", "top_p": 0}, "top_p"),
         ({"prompts": "Hello", "top_k": 0}, "top_k"),
         ({"prompts": ["a", "b"], "seeds": [1]}, "2 prompts"),
+        ({"prompts": "Hello", "seed": -1}, "seed must be >= 0"),
+        ({"prompts": "Hello", "seeds": [2**64]}, "seed must be in 0..18446744073709551615"),
     ],
 )
 def test_generate_validates_input(tiny_model, kwargs, message):
     with pytest.raises(ValueError, match=message):
+        generate(tiny_model, **kwargs)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"prompts": None}, "prompts must be a string or a list of strings, got NoneType"),
+        ({"prompts": "Hello", "max_new_tokens": 2.0}, "max_new_tokens must be an integer"),
+        ({"prompts": "Hello", "top_p": "0.9"}, "top_p must be a number"),
+        ({"prompts": "Hello", "seed": 1.5}, "seed must be an integer"),
+        ({"prompts": "Hello", "seeds": 3}, "seeds must be a list of integers, one per prompt"),
+        ({"prompts": "Hello", "seeds": ["a"]}, "seed must be an integer"),
+    ],
+)
+def test_generate_refuses_the_wrong_types(tiny_model, kwargs, message):
+    with pytest.raises(TypeError, match=message):
         generate(tiny_model, **kwargs)
 
 
