@@ -19,8 +19,8 @@ import torch
 from jaxtyping import Int
 from torch import Tensor
 
-__all__ = ["check_finite", "check_heads", "check_index", "check_layers", "check_position", "check_positive_int",
-           "check_tokens", "to_tokens"]
+__all__ = ["check_finite", "check_gradients_on", "check_heads", "check_index", "check_layers", "check_position",
+           "check_positive_int", "check_tokens", "to_tokens"]
 
 
 def model_name(model) -> str:
@@ -45,6 +45,15 @@ def check_positive_int(value, what: str, *, low: int = 1, high: int | None = Non
         bounds = f"in {low}..{high}" if high is not None else f">= {low}"
         raise ValueError(f"{what} must be {bounds}, got {value}")
     return value
+
+
+def check_gradients_on(what: str) -> None:
+    """``RuntimeError`` under ``torch.inference_mode()``, where no tensor can require grad and
+    ``torch.enable_grad()`` cannot turn gradients back on (it can under ``torch.no_grad()``, and interp's
+    gradient methods do)."""
+    if torch.is_inference_mode_enabled():
+        raise RuntimeError(f"{what} needs gradients, which torch.inference_mode() turns off: call it outside the "
+                           "inference_mode block (under torch.no_grad it turns them back on itself)")
 
 
 def check_finite(value, what: str):

@@ -21,7 +21,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from interp.errors import MetricError
-from interp.inputs import check_positive_int
+from interp.inputs import check_gradients_on, check_positive_int
 
 __all__ = ["Metric", "MetricError", "bootstrap_interval", "check_metric", "metric_mean", "metric_values"]
 
@@ -49,10 +49,12 @@ def metric_mean(metric: Metric, logits: Float[Tensor, "batch pos d_vocab"]) -> T
 
 def check_metric(metric: Metric, model, batch: int, pos: int, *, needs_grad: bool = False) -> bool:
     """Call ``metric`` once on zero logits ``[batch, pos, d_vocab]``, before any forward, and check the contract;
-    with ``needs_grad``, also that the value depends on the logits. Returns whether it gives one value per
+    with ``needs_grad``, also that the value depends on the logits (and that gradients can be on). Returns whether it gives one value per
     prompt (``[batch]``) rather than a scalar."""
     if not callable(metric):
         raise MetricError(f"metric must be a function of the logits, got {type(metric).__name__}")
+    if needs_grad:
+        check_gradients_on("attribution")
     zero = torch.zeros((), device=model.cfg.device, requires_grad=needs_grad)
     with torch.enable_grad() if needs_grad else torch.no_grad():
         value = metric_values(metric, zero.expand(batch, pos, model.cfg.d_vocab))  # a view: no memory

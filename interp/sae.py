@@ -48,7 +48,7 @@ from interp.errors import SAEFormatError
 from interp.figures import atomic_write
 from interp.harvest import Harvest, Stream
 from interp.hooks import check_hook_names, logits_for_gradients, temporary_hooks
-from interp.inputs import check_finite, check_index, check_positive_int, check_tokens
+from interp.inputs import check_finite, check_gradients_on, check_index, check_positive_int, check_tokens
 from interp.interventions import activation_tail
 from interp.loading import PROCESSING_STEPS, check_device, processing_moves
 
@@ -641,6 +641,7 @@ def train(data, *, hook: str, d_sae: int, architecture: str = "topk", k: int | N
     steps = check_positive_int(steps, "steps")
     checkpoint_every = check_positive_int(checkpoint_every, "checkpoint_every")
     dead_after = check_positive_int(dead_after, "dead_after")
+    check_gradients_on("training")
     device = check_device(device)
     rank, world = distributed.join()
     batch_size = check_positive_int(batch_size, "batch_size")
@@ -688,9 +689,10 @@ def train(data, *, hook: str, d_sae: int, architecture: str = "topk", k: int | N
                    file=sys.stderr)
     for step in range(start, steps):
         x = next(batches)[share].to(device)
-        loss, parts, fired = _loss(sae, x, cfg, (since_fired >= cfg.dead_after).to(device))
-        optimizer.zero_grad(set_to_none=False)
-        loss.backward()
+        with torch.enable_grad():  # if the caller is under no_grad
+            loss, parts, fired = _loss(sae, x, cfg, (since_fired >= cfg.dead_after).to(device))
+            optimizer.zero_grad(set_to_none=False)
+            loss.backward()
         for p in sae.parameters():
             distributed.all_reduce(p.grad)
         optimizer.step()

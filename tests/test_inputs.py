@@ -11,6 +11,7 @@ import torch
 import interp
 from interp.backends import DEFAULT_BACKEND
 from interp.caching import cache_heads, estimate_cache_bytes
+from interp.circuits import edge_attribution
 from interp.errors import BackendUnavailableError, CorruptCheckpointError, DeviceUnavailableError, MetricError
 from interp.heads import repeated_random_tokens
 from interp.hooks import attached_hooks, temporary_hooks
@@ -35,6 +36,19 @@ def tokens(model):
 def _source(model, tokens, name="blocks.0.hook_resid_post"):
     _, cache = model.run_with_cache(tokens, names_filter=[name])
     return cache[name]
+
+
+def _in_inference_mode(call):
+    def run(m, t):
+        with torch.inference_mode():
+            return call(m, t)
+    return run
+
+
+def _pair(t):
+    corrupted = t.clone()
+    corrupted[:, 1] = 1000
+    return t, corrupted
 
 
 BAD_CALLS = {
@@ -86,6 +100,13 @@ BAD_CALLS = {
     "empty token pool": (lambda m, t: repeated_random_tokens(m, token_pool=torch.tensor([], dtype=torch.long)),
                          ValueError, "non-empty"),
     "to_tokens too long": (lambda m, t: interp.to_tokens(m, "a " * 3000), ValueError, "longer than the context"),
+    "attribution under inference_mode": (
+        _in_inference_mode(lambda m, t: attribution_patching(m, *_pair(t), lambda logits: logits[:, -1, 13])),
+        RuntimeError, "attribution needs gradients"),
+    "EAP under inference_mode": (
+        _in_inference_mode(lambda m, t: edge_attribution(m, *_pair(t), lambda logits: logits[:, -1, 13],
+                                                         method="eap")),
+        RuntimeError, "attribution needs gradients"),
     "hook_result without its flag": (lambda m, t: temporary_hooks(m, [("blocks.0.attn.hook_result",
                                                                        lambda a, h: a)]).__enter__(),
                                      ValueError, "set_use_attn_result"),

@@ -410,8 +410,10 @@ def interrupted(monkeypatch, data, out: Path, *, after: int, checkpoint_every: i
 def test_training_is_seeded_learns_and_resumes_to_the_same_weights(bundled, harvested, tmp_path, monkeypatch):
     a = S.train(harvested, **TRAIN)
     b = S.train(harvested, **TRAIN)
-    for (name, p), (_, q) in zip(a.named_parameters(), b.named_parameters()):
-        assert torch.equal(p, q), name
+    with torch.no_grad():  # a notebook's habit: training turns gradients back on for its steps
+        c = S.train(harvested, **TRAIN)
+    for (name, p), (_, q), (_, r) in zip(a.named_parameters(), b.named_parameters(), c.named_parameters()):
+        assert torch.equal(p, q) and torch.equal(p, r), name
     held_out = interp.to_tokens(bundled, ["import sys\nfor line in sys.stdin:\n    print(line.upper())"])
     trained = S.evaluate(bundled, S.train(harvested, **{**TRAIN, "steps": 150}), held_out)
     untrained = S.evaluate(bundled, S.train(harvested, **{**TRAIN, "steps": 1}), held_out)
@@ -539,6 +541,9 @@ def test_training_refuses_bad_input_before_any_step(bundled, harvested):
                                 ({"dead_after": 0}, "dead_after must be >= 1")):
             with pytest.raises(ValueError, match=message):
                 S.train(stream, **{**TRAIN, **change})
+        with torch.inference_mode(), pytest.raises(RuntimeError, match="training needs gradients, which "
+                                                                       r"torch.inference_mode\(\) turns off"):
+            S.train(stream, **TRAIN)
     finally:
         handle.remove()
     assert not forwards
