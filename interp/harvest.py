@@ -114,6 +114,9 @@ def _documents(corpus, pattern: str, *, digest: bool = True) -> Iterator[_Docume
         sha = hashlib.sha256(data).hexdigest() if digest else ""
         if path.suffix == ".npy":
             yield _Document(name, sha, tokens=np.load(path))
+        elif b"\0" in data:  # as git and grep tell a binary file: a .pyc, a .gz, a checkpoint
+            raise ValueError(f"corpus file {str(path)!r} is binary (it holds NUL bytes), not a text document: choose "
+                             f"the documents with pattern (--pattern), e.g. '**/*.py'")
         else:
             yield _Document(name, sha, text=data.decode("utf-8", errors="replace"))
 
@@ -250,7 +253,9 @@ def harvest(model, corpus, *, hooks: Sequence[str], out: str | os.PathLike, cont
         batch_size: rows per forward (fixed, so one process and many compute the same batches).
         shard_rows: rows per shard file (the unit of work, resumption and distribution).
         stats_only: keep the statistics (count, mean, variance per hook) and the tokens, not the activations.
-        pattern: which files of a folder are documents (default every file; e.g. ``"**/*.py"``).
+        pattern: which files of a folder are documents (default every file; e.g. ``"**/*.py"``). A file with
+            a NUL byte is binary (a ``.pyc`` in ``__pycache__``, a ``.gz``) and refused; in a text file, bytes that
+            are not UTF-8 become U+FFFD.
 
     Returns:
         ``out``, a ``Path``.

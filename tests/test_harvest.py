@@ -233,7 +233,15 @@ def test_bad_input_is_refused_before_any_forward(model, tmp_path):
         hv.harvest(model, tmp_path / "missing", hooks=HOOKS, out=tmp_path / "b", progress=False)
     with pytest.raises(ValueError, match="context must be in"):
         hv.harvest(model, CORPUS, hooks=HOOKS, out=tmp_path / "c", context=10**6, progress=False)
-    assert not (tmp_path / "a").exists() and not (tmp_path / "c").exists()
+    # a folder's default pattern takes every file: a compiled module in __pycache__ is binary, not a document
+    folder = tmp_path / "package"
+    (folder / "__pycache__").mkdir(parents=True)
+    (folder / "module.py").write_text("x = 1\n")
+    (folder / "__pycache__" / "module.cpython-311.pyc").write_bytes(b"\xa7\r\r\n\0\0\0\0" + bytes(range(256)))
+    with pytest.raises(ValueError, match=r"module.cpython-311.pyc' is binary .* pattern"):
+        hv.harvest(model, folder, hooks=HOOKS, out=tmp_path / "e", context=4, progress=False)
+    hv.harvest(model, folder, hooks=HOOKS, out=tmp_path / "f", context=4, pattern="**/*.py", progress=False)
+    assert not any((tmp_path / name).exists() for name in "ace")
     # the command says it in one line, as written (a KeyError's str() would wrap it in quotes)
     command = _cli(tmp_path / "d")
     command[command.index(f"--hook={HOOKS[0]}")] = "--hook=blocks.9.hook_resid_pre"
