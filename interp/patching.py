@@ -165,9 +165,9 @@ def attribution_patching(model, clean_tokens: Int[Tensor, "batch pos"], corrupte
         layers = sorted(corrupted)
         grads = torch.autograd.grad(value, [corrupted[layer] for layer in layers], allow_unused=True)
     rows = []
-    for layer, grad in zip(layers, grads):
-        delta = clean[layer] - corrupted[layer].detach()
-        product = delta * (torch.zeros_like(delta) if grad is None else grad)  # [batch, pos, ...]
+    for layer, grad in zip(layers, grads):  # in float32 at least: in bfloat16 the sum would round away small effects
+        delta = clean[layer].float() - corrupted[layer].detach().float()
+        product = delta * (torch.zeros_like(delta) if grad is None else grad.float())  # [batch, pos, ...]
         if by == "position":
             rows.append(product.flatten(2).sum(-1).sum(0))  # [pos]
         else:

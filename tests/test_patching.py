@@ -76,6 +76,35 @@ def test_attribution_by_head_finds_the_heads_exact_patching_finds(bundled, backe
     assert attached_hooks(model) == []
 
 
+def test_attribution_on_a_bfloat16_model_keeps_the_effects_bfloat16_would_round_away():
+    """A score is the corrupted metric (about -10 here) plus the sum of delta x gradient: added in bfloat16, whose
+    step at 10 is 0.0625, most effects vanished. Checked against the same sum in float64, from TransformerLens's
+    cache and its own hooks' backward."""
+    model = load_model("bundled", device="cpu", dtype=torch.bfloat16)
+    clean, corrupted, metric = _copying_task(model)
+    approx = interp.attribution_patching(model, clean, corrupted, metric)
+    names = [f"blocks.{layer}.hook_resid_pre" for layer in range(model.cfg.n_layers)]
+    with torch.no_grad():
+        _, clean_cache = model.run_with_cache(clean, names_filter=names)
+    kept = {}
+
+    def keep(name):
+        def hook(act, hook):
+            kept[name] = act
+            return act
+        return hook
+
+    hooks = [("hook_embed", lambda act, hook: act.detach().requires_grad_(True))] + [(n, keep(n)) for n in names]
+    with torch.enable_grad():
+        value = metric(model.run_with_hooks(corrupted, fwd_hooks=hooks)).mean()
+        grads = torch.autograd.grad(value, [kept[n] for n in names])
+    expected = torch.stack([((clean_cache[n].double() - kept[n].detach().double()) * g.double()).sum((0, 2))
+                            for n, g in zip(names, grads)]) + float(value.detach())
+    assert approx.scores.dtype == torch.float32
+    torch.testing.assert_close(approx.scores.double(), expected, rtol=0, atol=1e-4)
+    assert (expected - float(value.detach())).abs().max() > 0.01, "effects the rounding would lose must be there"
+
+
 @pytest.mark.parametrize("hook, by", [("resid_pre", "position"), ("z", "head")])
 def test_attribution_is_the_first_order_term_of_patching(bundled, backend, hook, by):
     """Attribution is exact to first order: patching in eps of the clean-minus-corrupted difference moves the
