@@ -175,8 +175,7 @@ def repeated_random_tokens(model, *, seq_len: int = 50, batch: int = 8, seed: in
                            token_pool: Int[Tensor, " n"] | None = None) -> Int[Tensor, "batch pos"]:
     """``[BOS, r_1..r_n, r_1..r_n]``, shape ``[batch, 2·seq_len + 1]``, with r drawn uniformly from
     ``token_pool`` (default: every token but BOS/EOS), reproducibly from ``seed``."""
-    if seq_len < 2:
-        raise ValueError(f"seq_len must be at least 2, got {seq_len}")
+    seq_len, batch = check_positive_int(seq_len, "seq_len", low=2), check_positive_int(batch, "batch")
     if 2 * seq_len + 1 > model.cfg.n_ctx:
         raise ValueError(f"2 x seq_len + 1 = {2 * seq_len + 1} exceeds the context window (n_ctx {model.cfg.n_ctx})")
     gen = torch.Generator().manual_seed(seed)
@@ -243,12 +242,12 @@ def copying_task(model, *, seq_len: int = 12, seed: int = 0, n_pairs: int = 1):
         ``(clean, corrupted, metric)``: two ``[n_pairs, 2·seq_len]`` token tensors and ``metric(logits) ->
         [n_pairs]``.
     """
+    n_pairs = check_positive_int(n_pairs, "n_pairs")
     pool = detector_tokens(model)
-    n = min(seq_len, (model.cfg.n_ctx - 1) // 2)
-    clean = repeated_random_tokens(model, seq_len=n, batch=n_pairs, seed=seed + 3, token_pool=pool)
+    clean = repeated_random_tokens(model, seq_len=seq_len, batch=n_pairs, seed=seed + 3, token_pool=pool)
     corrupted = clean.clone()
-    corrupted[:, 1:n + 1] = repeated_random_tokens(model, seq_len=n, batch=n_pairs, seed=seed + 9,
-                                                   token_pool=pool)[:, 1:n + 1]
+    corrupted[:, 1:seq_len + 1] = repeated_random_tokens(model, seq_len=seq_len, batch=n_pairs, seed=seed + 9,
+                                                         token_pool=pool)[:, 1:seq_len + 1]
     targets = clean[:, -1].clone()
 
     def metric(logits):
@@ -297,6 +296,7 @@ def corpus_head_scores(model, rows, *, detectors: Sequence[str] | None = None, b
     from interp.metrics import bootstrap_interval
 
     tokens = check_tokens(model, rows.tokens if isinstance(rows, Harvest) else rows)
+    batch_size = check_positive_int(batch_size, "batch_size")
     names = _check_detectors(detectors, repeated=False)
     repeated = [n for n in names if DETECTORS[n].repeated_tokens]
     if repeated:

@@ -13,7 +13,7 @@ from interp.backends import DEFAULT_BACKEND
 from interp.caching import cache_heads, estimate_cache_bytes
 from interp.circuits import edge_attribution
 from interp.errors import BackendUnavailableError, CorruptCheckpointError, DeviceUnavailableError, MetricError
-from interp.heads import repeated_random_tokens
+from interp.heads import copying_task, corpus_head_scores, repeated_random_tokens
 from interp.hooks import attached_hooks, temporary_hooks
 from interp.interventions import ablate_heads, patch_activation
 from interp.lens import direct_logit_attribution, logit_lens
@@ -97,6 +97,12 @@ BAD_CALLS = {
     "patch wrong width": (lambda m, t: patch_activation(m, "blocks.0.hook_resid_post",
                                                         _source(m, t)[..., :5]).__enter__(),
                           ValueError, "does not fit blocks.0.hook_resid_post"),
+    "no copying pairs": (lambda m, t: copying_task(m, n_pairs=0), ValueError, "n_pairs must be >= 1"),
+    "copies past the context": (lambda m, t: copying_task(m, seq_len=m.cfg.n_ctx), ValueError,
+                                "exceeds the context window"),
+    "float seq_len": (lambda m, t: repeated_random_tokens(m, seq_len=2.5), TypeError, "seq_len must be an integer"),
+    "corpus head scores batch_size=0": (lambda m, t: corpus_head_scores(m, t, batch_size=0, progress=False),
+                                        ValueError, "batch_size must be >= 1"),
     "empty token pool": (lambda m, t: repeated_random_tokens(m, token_pool=torch.tensor([], dtype=torch.long)),
                          ValueError, "non-empty"),
     "to_tokens too long": (lambda m, t: interp.to_tokens(m, "a " * 3000), ValueError, "longer than the context"),
