@@ -99,32 +99,47 @@ class TemperatureSweep:
         })
 
 
-def distributions(logits: Float[Tensor, " d_vocab"], temperatures: Sequence[float]) -> Float[Tensor, "temp d_vocab"]:
-    """``softmax(logits / T)`` for each T, in float64; T = 0 gives the one-hot argmax (greedy). Trusts its
-    caller to pass checked temperatures (``check_temperatures``)."""
+def log_distributions(logits: Float[Tensor, " d_vocab"], temperatures: Sequence[float]
+                      ) -> Float[Tensor, "temp d_vocab"]:
+    """``log_softmax(logits / T)`` for each T, in float64; T = 0 gives the greedy one-hot's logarithm (0 at the
+    argmax, -inf elsewhere). Trusts its caller to pass checked temperatures (``check_temperatures``)."""
     temps = tuple(temperatures)
     logits = logits.detach().to(torch.float64)
     t = torch.tensor(temps, dtype=torch.float64, device=logits.device).unsqueeze(1)  # (temp, 1)
-    probs = (logits / t.clamp_min(1e-300)).softmax(-1)  # T=0 rows are replaced below
-    greedy = F.one_hot(logits.argmax(), logits.shape[-1]).to(probs.dtype)
-    return torch.where(t == 0, greedy, probs)
+    logp = (logits / t.clamp_min(1e-300)).log_softmax(-1)
+    if 0 in temps:  # those rows are NaN: replaced by the greedy one
+        greedy = torch.full_like(logits, -math.inf)
+        greedy[logits.argmax()] = 0.0
+        logp = torch.where(t == 0, greedy, logp)
+    return logp
 
 
-def sweep_metrics(probs: Float[Tensor, "temp d_vocab"], reference: Float[Tensor, " d_vocab"]) -> dict[str, Tensor]:
-    """Entropy, effective vocabulary, top-k masses, KL from ``reference`` and the reference argmax's prob."""
-    logp = probs.clamp_min(1e-300).log()
-    entropy = (-(probs * logp).sum(-1)).clamp_min(0) + 0.0  # + 0.0 turns -0.0 (greedy rows) into 0.0
-    sorted_probs = probs.topk(min(50, probs.shape[-1]), dim=-1).values  # the 50 largest, in order
-    kl = (probs * (logp - reference.clamp_min(1e-300).log())).sum(-1).clamp_min(0)
+def distributions(logits: Float[Tensor, " d_vocab"], temperatures: Sequence[float]) -> Float[Tensor, "temp d_vocab"]:
+    """``softmax(logits / T)`` for each T, in float64; T = 0 gives the one-hot argmax (greedy)."""
+    return log_distributions(logits, temperatures).exp()
+
+
+_LOG_TINY = math.log(1e-300)  # a zero probability's logarithm, in the sums below: 0 x log 0 counts as 0
+
+
+def sweep_metrics(probs: Float[Tensor, "temp d_vocab"], logp: Float[Tensor, "temp d_vocab"],
+                  reference_logp: Float[Tensor, " d_vocab"], top: Float[Tensor, "temp top"]) -> dict[str, Tensor]:
+    """Entropy, effective vocabulary, top-k masses, KL from the reference and the reference argmax's prob,
+    from the distributions, their logarithms and their largest ``top`` probabilities in order (at least 50, or
+    the whole vocabulary). KL(p || r) is sum p log p - p . log r: one pass over the vocabulary for the entropy,
+    one matrix-vector product for the rest."""
+    plogp = (probs * logp.clamp_min(_LOG_TINY)).sum(-1)
+    entropy = (-plogp).clamp_min(0) + 0.0  # + 0.0 turns -0.0 (greedy rows) into 0.0
+    kl = (plogp - probs @ reference_logp.clamp_min(_LOG_TINY)).clamp_min(0)
     return {
         "entropy_nats": entropy,
         "entropy_bits": entropy / math.log(2),
         "effective_vocab": entropy.exp(),
-        "top1_mass": sorted_probs[:, 0],
-        "top5_mass": sorted_probs[:, :5].sum(-1),
-        "top50_mass": sorted_probs[:, :50].sum(-1),
+        "top1_mass": top[:, 0],
+        "top5_mass": top[:, :5].sum(-1),
+        "top50_mass": top[:, :50].sum(-1),
         "kl_from_t1": kl,
-        "greedy_prob": probs[:, reference.argmax()],
+        "greedy_prob": probs[:, reference_logp.argmax()],
     }
 
 
@@ -148,13 +163,16 @@ def temperature_sweep(model, prompt: str, temperatures: Sequence[float], *, k: i
     k = check_positive_int(k, "k", high=model.cfg.d_vocab)
     tokens = prompt_tokens(model, [prompt], max_new_tokens=0)[0].unsqueeze(0)
     logits = last_logits(model, tokens)[0]
-    probs = distributions(logits, temps)
-    reference = distributions(logits, [1.0])[0]
-    top = probs.topk(k, dim=-1)
+    logp = log_distributions(logits, temps)
+    probs = logp.exp()
+    reference = log_distributions(logits, [1.0])[0]
+    top = probs.topk(max(k, min(50, model.cfg.d_vocab)), dim=-1)  # the top k, and the top 50 for the masses
+    indices, values = top.indices[:, :k], top.values[:, :k]
     # Only tokens with probability > 0 are listed: at T = 0 the rest of the top k would be arbitrary ties at 0.
     strings = tuple(tuple(model.tokenizer.decode([t]) for t, p in zip(row.tolist(), ps.tolist()) if p > 0)
-                    for row, ps in zip(top.indices, top.values))
-    return TemperatureSweep(prompt, temps, probs, top.indices, top.values, strings, **sweep_metrics(probs, reference))
+                    for row, ps in zip(indices, values))
+    return TemperatureSweep(prompt, temps, probs, indices, values, strings,
+                            **sweep_metrics(probs, logp, reference, top.values))
 
 
 # ---------------------------------------------------------------------------------------------- prompts

@@ -22,6 +22,11 @@ from interp.sampling import (
 
 PROMPTS = ["The meaning of life is", "In a hole in the ground there lived a hobbit, and every morning he"]
 
+def _metrics(probs, reference):
+    """sweep_metrics on probabilities (their logarithms, and the reference's, computed here)."""
+    return sweep_metrics(probs, probs.log(), reference.log(), probs.topk(min(50, probs.shape[-1])).values)
+
+
 logit_vectors = st.lists(st.floats(-20, 20, allow_nan=False), min_size=2, max_size=40).map(
     lambda xs: torch.tensor(xs, dtype=torch.float64))
 temperatures = st.floats(0.01, 100, allow_nan=False)
@@ -40,7 +45,7 @@ def test_probabilities_sum_to_one(logits, temps):
 def test_entropy_is_non_decreasing_in_temperature(logits, t1, t2):
     low, high = sorted((t1, t2))
     probs = distributions(logits, [low, high])
-    entropy = sweep_metrics(probs, probs[1])["entropy_nats"]
+    entropy = _metrics(probs, probs[1])["entropy_nats"]
     assert entropy[0] <= entropy[1] + 1e-9
     if 1e-6 < (logits.max() - logits.min()) / high < 30:  # a second token with representable mass
         assert entropy[1] > 0
@@ -66,12 +71,12 @@ def test_hot_limit_is_uniform(logits):
 
 def test_metrics_on_known_distributions():
     uniform = torch.full((1, 8), 1 / 8, dtype=torch.float64)
-    metrics = sweep_metrics(uniform, uniform[0])
+    metrics = _metrics(uniform, uniform[0])
     assert metrics["entropy_bits"][0] == pytest.approx(3.0)
     assert metrics["effective_vocab"][0] == pytest.approx(8.0)
     assert metrics["top5_mass"][0] == pytest.approx(5 / 8) and metrics["kl_from_t1"][0] == pytest.approx(0)
     skewed = torch.tensor([[0.5, 0.25, 0.25, 0, 0, 0, 0, 0]], dtype=torch.float64)
-    metrics = sweep_metrics(skewed, uniform[0])
+    metrics = _metrics(skewed, uniform[0])
     assert metrics["entropy_bits"][0] == pytest.approx(1.5)
     assert metrics["kl_from_t1"][0] == pytest.approx(math.log(8) - 1.5 * math.log(2))
 
@@ -98,6 +103,15 @@ def test_sweep_is_consistent_with_the_model(tiny_model):
     assert sweep.greedy_prob[0] == 1 and sweep.entropy_nats[0] == 0
     assert sweep.top_tokens[0, 0] == logits.argmax()
     assert sweep.effective_vocab[3] == pytest.approx(math.exp(sweep.entropy_nats[3]))
+    # against torch.distributions, from the model's logits in float64 (T = 0.5 and 2; the logits of a forward
+    # that unembeds every position differ from the sweep's in float32's last places)
+    reference = torch.distributions.Categorical(logits=logits)
+    for i, temperature in ((1, 0.5), (3, 2.0)):
+        tempered = torch.distributions.Categorical(logits=logits / temperature)
+        assert float(sweep.entropy_nats[i]) == pytest.approx(float(tempered.entropy()), rel=1e-6)
+        assert float(sweep.kl_from_t1[i]) == pytest.approx(float(torch.distributions.kl_divergence(
+            tempered, reference)), rel=1e-5, abs=1e-9)
+        assert float(sweep.top5_mass[i]) == pytest.approx(float(tempered.probs.topk(5).values.sum()), rel=1e-6)
     assert sweep.to_frame()["T"].tolist() == [0, 0.5, 1, 2]
 
 
