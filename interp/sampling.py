@@ -389,20 +389,26 @@ def _generate_full(model, prompt_ids, max_new_tokens, temperature, generators, t
 # ---------------------------------------------------------------------------------------------- metrics
 
 
-def _ngrams(tokens: Sequence[int], n: int) -> list[tuple[int, ...]]:
+def _ngrams(tokens: Sequence[int] | Tensor, n: int) -> list[tuple[int, ...]]:
+    """The n-grams of one continuation (a 1-d sequence of token ids), in order."""
+    n = check_positive_int(n, "n")
+    if isinstance(tokens, Tensor):
+        if tokens.ndim != 1:
+            raise ValueError(f"tokens must be one continuation (1-d), got shape {tuple(tokens.shape)}: pass a row")
+        tokens = tokens.tolist()
+    tokens = list(tokens)
     return [tuple(tokens[i:i + n]) for i in range(len(tokens) - n + 1)]
 
 
 def distinct_n(tokens: Sequence[int] | Tensor, n: int) -> float:
-    """Distinct n-grams / all n-grams in one continuation (1 = never repeats; near 0 = a loop)."""
-    tokens = tokens.tolist() if isinstance(tokens, Tensor) else list(tokens)
+    """Distinct n-grams / all n-grams in one continuation (1 = never repeats; near 0 = a loop); NaN when it is
+    shorter than n."""
     grams = _ngrams(tokens, n)
     return len(set(grams)) / len(grams) if grams else float("nan")
 
 
 def repeated_ngram_fraction(tokens: Sequence[int] | Tensor, n: int = 4) -> float:
-    """Fraction of n-grams that already occurred earlier in the same continuation."""
-    tokens = tokens.tolist() if isinstance(tokens, Tensor) else list(tokens)
+    """Fraction of n-grams that already occurred earlier in the same continuation; NaN when it is shorter than n."""
     grams = _ngrams(tokens, n)
     seen, repeats = set(), 0
     for gram in grams:
@@ -415,6 +421,8 @@ def repeated_ngram_fraction(tokens: Sequence[int] | Tensor, n: int = 4) -> float
 def continuation_logprobs(model, generation: Generation) -> Float[Tensor, "batch new"]:
     """Log-probability of each generated token under the model at T=1, given everything before it: a
     coherence proxy to plot against position. One forward per distinct prompt length, so no padding."""
+    if not isinstance(generation, Generation):
+        raise TypeError(f"generation must be what interp.sampling.generate returns, got {type(generation).__name__}")
     rows_by_length: dict[int, list[int]] = {}
     for i, ids in enumerate(generation.prompt_tokens):
         rows_by_length.setdefault(len(ids), []).append(i)

@@ -251,3 +251,17 @@ def test_greedy_row_lists_no_zero_probability_ties_and_no_negative_zero(tiny_mod
     sweep = temperature_sweep(tiny_model, "The cat sat", [0, 1.0], k=5)
     assert len(sweep.top_strings[0]) == 1 and len(sweep.top_strings[1]) == 5
     assert str(float(sweep.entropy_bits[0])) == "0.0"
+
+
+def test_text_metrics_refuse_what_has_no_n_grams_to_count(tiny_model):
+    """n = 0 or below counted nonsense (distinct_n([1, 2, 3], 0) was 0.25, with n = -1 0.4)."""
+    for n, error in ((0, ValueError), (-1, ValueError), (2.5, TypeError)):
+        for metric in (distinct_n, repeated_ngram_fraction):
+            with pytest.raises(error, match="n must be"):
+                metric([1, 2, 3], n)
+    with pytest.raises(ValueError, match="one continuation"):
+        distinct_n(torch.ones(2, 3, dtype=torch.long), 2)
+    assert math.isnan(distinct_n([1], 2)) and distinct_n(torch.tensor([1, 2, 1, 2]), 2) == 2 / 3
+    with pytest.raises(TypeError, match="what interp.sampling.generate returns"):
+        continuation_logprobs(tiny_model, "The cat")
+
