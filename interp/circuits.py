@@ -68,6 +68,9 @@ __all__ = ["CIRCUIT_FRACTIONS", "Edge", "EdgeScores", "FaithfulnessCurve", "Grap
 
 METHODS = ("exact", "eap", "eap-ig")
 DIRECTIONS = ("noising", "denoising")
+# how a metric error names the two unpatched runs of any method and direction
+_BASE_RUN = "the run being patched (clean when noising, corrupted when denoising)"
+_SOURCE_RUN = "the run the patches come from (corrupted when noising, clean when denoising)"
 # Circuit sizes as fractions of all edges, as MIB compares methods.
 CIRCUIT_FRACTIONS = (0.0, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0)
 
@@ -476,8 +479,9 @@ def _exact(model, g: Graph, base: Tensor, source_tokens: Tensor, metric: Metric,
     batch = base.shape[0]
     chosen = g.edges if edges is None else tuple(edges)
     source, source_logits = _sender_outputs(model, source_tokens)
+    source_value = float(metric_values(metric, source_logits, _SOURCE_RUN).float().mean())
     with torch.no_grad():
-        unpatched = metric_values(metric, model(base)).float()
+        unpatched = metric_values(metric, model(base), _BASE_RUN).float()
     out = []
     with progress_bar(len(chosen), unit="edge", desc="exact edge patching", enabled=progress) as bar:
         for start in range(0, len(chosen), chunk):
@@ -491,7 +495,6 @@ def _exact(model, g: Graph, base: Tensor, source_tokens: Tensor, metric: Metric,
                 value = metric_values(metric, logits[c * batch:(c + 1) * batch]).float()
                 out.append((value - unpatched).cpu())
             bar.update(len(edges))
-    source_value = float(metric_values(metric, source_logits).float().mean())
     return torch.stack(out), float(unpatched.mean()), source_value
 
 
@@ -539,15 +542,17 @@ def _gradient_scores(model, g: Graph, base: Tensor, source_tokens: Tensor, metri
     the scores and the unpatched and source metrics. EAP records the unpatched run's sender outputs in its
     gradient run: one forward with gradients, one backward and the source's forward in all."""
     source_out, source_logits = _sender_outputs(model, source_tokens)
+    source_value = float(metric_values(metric, source_logits, _SOURCE_RUN).float().mean())
     if steps is None:
         base_out: dict[int, Tensor] = {}
-        runs = [_gradient_run(model, g, base, metric, record=base_out)]
-        base_logits = runs[0].logits
+        runs = [_gradient_run(model, g, base, metric, _BASE_RUN, record=base_out)]
+        base_value = float(metric_values(metric, runs[0].logits, _BASE_RUN).float().mean())
     else:
         base_out, base_logits = _sender_outputs(model, base)
+        base_value = float(metric_values(metric, base_logits, _BASE_RUN).float().mean())
         start, end = base_out[0], source_out[0]
-        runs = [_gradient_run(model, g, base, metric, inputs=start + (k + 0.5) / steps * (end - start))
-                for k in range(steps)]
+        runs = [_gradient_run(model, g, base, metric, f"integrated-gradient step {k + 1} of {steps}",
+                              inputs=start + (k + 0.5) / steps * (end - start)) for k in range(steps)]
     batch = base.shape[0]
     delta = torch.empty(batch, len(g.senders), base_out[0][0].numel(), dtype=base_out[0].dtype,
                         device=base_out[0].device)  # [batch, sender, pos·d_model]
@@ -556,8 +561,7 @@ def _gradient_scores(model, g: Graph, base: Tensor, source_tokens: Tensor, metri
     scores = _edge_scores(model, g, runs, delta).T.float().cpu()  # [edge, batch]
     if steps is not None:
         scores /= steps
-    values = [float(metric_values(metric, logits).float().mean()) for logits in (base_logits, source_logits)]
-    return (scores if per_pair else scores.sum(1)), *values  # a scalar metric: the rows' shares add up to it
+    return (scores if per_pair else scores.sum(1)), base_value, source_value  # a scalar metric: the rows' shares add up to it
 
 
 class _GradientRun(NamedTuple):
@@ -570,7 +574,7 @@ class _GradientRun(NamedTuple):
     logits: Tensor
 
 
-def _gradient_run(model, g: Graph, tokens: Tensor, metric: Metric, inputs: Tensor | None = None,
+def _gradient_run(model, g: Graph, tokens: Tensor, metric: Metric, run: str, inputs: Tensor | None = None,
                   record: dict[int, Tensor] | None = None) -> _GradientRun:
     """One forward and backward. ``inputs`` replace the embeddings (``blocks.0.hook_resid_pre``). Summing the
     per-pair metric gives each pair its own gradient; the mean over pairs is taken later. ``record`` also
@@ -604,7 +608,8 @@ def _gradient_run(model, g: Graph, tokens: Tensor, metric: Metric, inputs: Tenso
     with torch.enable_grad():  # the metric too, if the caller is under no_grad
         logits = logits_for_gradients(model, tokens, hooks)
         keys = list(kept)
-        grads = torch.autograd.grad(metric_values(metric, logits).sum(), [kept[k] for k in keys], allow_unused=True)
+        grads = torch.autograd.grad(metric_values(metric, logits, run).sum(), [kept[k] for k in keys],
+                                    allow_unused=True)
     return _GradientRun({k: torch.zeros_like(kept[k]) if grad is None else grad.detach()
                          for k, grad in zip(keys, grads)}, {k: kept[k].detach() for k in keys}, resid, logits.detach())
 
@@ -655,9 +660,9 @@ def faithfulness(model, circuit: Sequence[Edge], clean_tokens: Int[Tensor, "batc
 def _faithfulness(model, g: Graph, circuits: list[set], clean_tokens, corrupted_tokens, metric) -> list[float]:
     """Faithfulness of each circuit; the clean run, the corrupted run and its sender outputs are run once."""
     with _edge_hooks_on(model), torch.no_grad():
-        clean = float(metric_values(metric, model(clean_tokens)).mean())
+        clean = float(metric_values(metric, model(clean_tokens), "the clean run").mean())
         source, corrupted_logits = _sender_outputs(model, corrupted_tokens)
-        corrupted = float(metric_values(metric, corrupted_logits).mean())
+        corrupted = float(metric_values(metric, corrupted_logits, "the corrupted run").mean())
         if math.isclose(clean, corrupted, rel_tol=0, abs_tol=1e-12):
             raise ValueError(f"the clean and corrupted metrics are equal ({clean:.6g}): faithfulness is undefined")
         values = []

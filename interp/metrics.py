@@ -6,6 +6,9 @@ shape, a Python float, an integer tensor) is a ``MetricError``, raised before th
 calls the metric once on zero logits of the right shape, which also shows whether it depends on the logits
 at all (attribution needs a gradient).
 
+Its value on each real run must also be finite: a NaN or an infinity is a ``MetricError`` that names the run.
+The clean and corrupted runs come first, so a metric that has no value there fails before the patched runs.
+
 Example:
     >>> mary = model.to_single_token(" Mary")
     >>> metric = lambda logits: logits[:, -1, mary]         # [batch]: one value per prompt
@@ -28,8 +31,21 @@ __all__ = ["Metric", "MetricError", "bootstrap_interval", "check_metric", "metri
 Metric = Callable[[Float[Tensor, "batch pos d_vocab"]], Tensor]
 
 
-def metric_values(metric: Metric, logits: Float[Tensor, "batch pos d_vocab"]) -> Tensor:
-    """The metric on ``logits``, checked against the contract: a ``[batch]`` tensor or a scalar."""
+def metric_values(metric: Metric, logits: Float[Tensor, "batch pos d_vocab"], run: str = "a patched run") -> Tensor:
+    """The metric on ``logits`` of ``run`` (named in errors), checked against the contract: a ``[batch]`` tensor
+    or a scalar, every value finite. A NaN or infinite value is a ``MetricError``: a score built on it would be
+    NaN, or, for gradient methods, a plausible number from a metric that has no value."""
+    value = _checked_shape(metric, logits)
+    finite = torch.isfinite(value.detach())
+    if not finite.all():
+        bad = (~finite).flatten().nonzero().flatten().tolist()
+        where = f" for prompt {bad[0]}" + (f" (and {len(bad) - 1} more)" if len(bad) > 1 else "") if value.ndim else ""
+        raise MetricError(f"the metric is {value.detach().flatten()[bad[0]].item()} on {run}{where}: it must be "
+                          "finite (a log of a probability that underflowed? take log_softmax, not log of softmax)")
+    return value
+
+
+def _checked_shape(metric: Metric, logits: Tensor) -> Tensor:
     value = metric(logits)
     batch = logits.shape[0]
     if not isinstance(value, Tensor) or not value.is_floating_point():
@@ -42,9 +58,9 @@ def metric_values(metric: Metric, logits: Float[Tensor, "batch pos d_vocab"]) ->
     return value
 
 
-def metric_mean(metric: Metric, logits: Float[Tensor, "batch pos d_vocab"]) -> Tensor:
+def metric_mean(metric: Metric, logits: Float[Tensor, "batch pos d_vocab"], run: str = "a patched run") -> Tensor:
     """The metric's mean over the batch (a scalar tensor; it keeps the graph, for gradients)."""
-    return metric_values(metric, logits).mean()
+    return metric_values(metric, logits, run).mean()
 
 
 def check_metric(metric: Metric, model, batch: int, pos: int, *, needs_grad: bool = False) -> bool:
@@ -57,7 +73,7 @@ def check_metric(metric: Metric, model, batch: int, pos: int, *, needs_grad: boo
         check_gradients_on("attribution")
     zero = torch.zeros((), device=model.cfg.device, requires_grad=needs_grad)
     with torch.enable_grad() if needs_grad else torch.no_grad():
-        value = metric_values(metric, zero.expand(batch, pos, model.cfg.d_vocab))  # a view: no memory
+        value = _checked_shape(metric, zero.expand(batch, pos, model.cfg.d_vocab))  # a view: no memory
     if needs_grad and not value.requires_grad:
         raise MetricError("the metric does not depend on the logits, so it has no gradient to attribute: "
                           "compute it from the logits it is given")

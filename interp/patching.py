@@ -73,8 +73,8 @@ def _check(model, clean_tokens, corrupted_tokens, hook: str, by: str) -> None:
         raise ValueError(f"hook {hook!r} with by={by!r}: choose from {allowed}")
 
 
-def _metric(metric: Metric, logits: Tensor) -> float:
-    return float(metric_mean(metric, logits))
+def _metric(metric: Metric, logits: Tensor, run: str = "a patched run") -> float:
+    return float(metric_mean(metric, logits, run))
 
 
 def _cache(model, tokens: Tensor, hook: str) -> tuple[dict[int, Tensor], Tensor]:
@@ -107,6 +107,8 @@ def activation_patching(model, clean_tokens: Int[Tensor, "batch pos"], corrupted
     cells_per_forward = check_positive_int(cells_per_forward, "cells_per_forward")
     check_metric(metric, model, *clean_tokens.shape)
     clean, clean_logits = _cache(model, clean_tokens, hook)
+    clean_metric = _metric(metric, clean_logits, "the clean run")
+    corrupted_metric = _metric(metric, model(corrupted_tokens), "the corrupted run")  # both before the cells
     n_layers, batch, n_pos = model.cfg.n_layers, *corrupted_tokens.shape
     width = n_pos if by == "position" else model.cfg.n_heads
     cells = [(layer, i) for layer in range(n_layers) for i in range(width)]
@@ -133,8 +135,7 @@ def activation_patching(model, clean_tokens: Int[Tensor, "batch pos"], corrupted
             logits = model(corrupted_tokens.repeat(len(chunk), 1))
         for c, (layer, i) in enumerate(chunk):
             scores[layer, i] = _metric(metric, logits[c * batch:(c + 1) * batch])
-    corrupted_logits = model(corrupted_tokens)
-    return PatchingResult(scores, hook, by, _metric(metric, clean_logits), _metric(metric, corrupted_logits))
+    return PatchingResult(scores, hook, by, clean_metric, corrupted_metric)
 
 
 def attribution_patching(model, clean_tokens: Int[Tensor, "batch pos"], corrupted_tokens: Int[Tensor, "batch pos"],
@@ -147,6 +148,7 @@ def attribution_patching(model, clean_tokens: Int[Tensor, "batch pos"], corrupte
     _check(model, clean_tokens, corrupted_tokens, hook, by)
     check_metric(metric, model, *clean_tokens.shape, needs_grad=True)
     clean, clean_logits = _cache(model, clean_tokens, hook)
+    clean_metric = _metric(metric, clean_logits, "the clean run")
     corrupted: dict[int, Tensor] = {}
 
     def leaf(act, hook):  # the graph starts here, so gradients exist even if no parameter requires them
@@ -161,7 +163,7 @@ def attribution_patching(model, clean_tokens: Int[Tensor, "batch pos"], corrupte
     hooks = [("hook_embed", leaf)] + [(_hook_name(layer, hook), keep(layer)) for layer in range(model.cfg.n_layers)]
     with torch.enable_grad():  # the metric too, if the caller is under no_grad
         logits = logits_for_gradients(model, corrupted_tokens, hooks)
-        value = metric_mean(metric, logits)
+        value = metric_mean(metric, logits, "the corrupted run")
         layers = sorted(corrupted)
         grads = torch.autograd.grad(value, [corrupted[layer] for layer in layers], allow_unused=True)
     rows = []
@@ -173,7 +175,7 @@ def attribution_patching(model, clean_tokens: Int[Tensor, "batch pos"], corrupte
         else:
             rows.append(product.sum(dim=(0, 1, 3)))  # [head]
     base = float(value.detach())
-    return PatchingResult(torch.stack(rows).cpu() + base, hook, by, _metric(metric, clean_logits), base)
+    return PatchingResult(torch.stack(rows).cpu() + base, hook, by, clean_metric, base)
 
 
 @contextlib.contextmanager

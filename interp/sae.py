@@ -526,7 +526,7 @@ def feature_attribution(model, sae: SAE, tokens: Int[Tensor, "batch pos"], metri
         return (x + sae.decode(features) - sae.decode(features).detach()).reshape(act.shape).to(act.dtype)
 
     with torch.enable_grad():  # the metric too, if the caller is under no_grad
-        value = metric_values(metric, logits_for_gradients(model, tokens, [(hook, fn)])).sum()
+        value = metric_values(metric, logits_for_gradients(model, tokens, [(hook, fn)]), "the spliced run").sum()
         (grad,) = torch.autograd.grad(value, [kept["f"]])
     return (grad * kept["f"]).detach()
 

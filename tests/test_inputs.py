@@ -174,6 +174,42 @@ def test_attribution_refuses_a_metric_that_ignores_the_logits(model):
         attribution_patching(model, clean, corrupt, lambda logits: constant)
 
 
+def _no_value_on_prompt_1(bad: float):
+    """A metric that is finite on check_metric's zero logits and on prompt 0, and ``bad`` on prompt 1 of any real
+    run: log(p_a - p_b) where p_a < p_b, or a log-probability that underflowed."""
+    def metric(logits):
+        real = logits.detach().abs().flatten(1).sum(1) > 0
+        return logits[:, -1, 7] + torch.where(real & (torch.arange(len(logits), device=logits.device) == 1), bad, 0.0)
+    return metric
+
+
+NO_VALUE_CALLS = {
+    "activation_patching": lambda m, c, x, f: activation_patching(m, c, x, f),
+    "attribution_patching": lambda m, c, x, f: attribution_patching(m, c, x, f),
+    **{f"edge_attribution {method} {direction}": lambda m, c, x, f, method=method, direction=direction:
+       edge_attribution(m, c, x, f, method=method, direction=direction, **({"steps": 2} if method == "eap-ig" else {}))
+       for method in ("exact", "eap", "eap-ig") for direction in ("noising", "denoising")},
+    "faithfulness": lambda m, c, x, f: interp.circuits.faithfulness(m, [], c, x, f),
+}
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("-inf")])
+@pytest.mark.parametrize("case", list(NO_VALUE_CALLS))
+def test_a_metric_without_a_value_on_a_run_is_an_error_not_nan_or_a_plausible_score(model, case, bad):
+    """EAP used to return finite scores here (it reads only the gradient, and log's is finite where log is NaN),
+    and the exact methods NaN everywhere. Now the unpatched runs' metrics are checked first: at most the clean
+    and corrupted forwards (and a gradient run's) come before the error, never the patched ones."""
+    clean = interp.to_tokens(model, ["The cat sat on the mat", "The dog ran in the park"])
+    corrupt = interp.to_tokens(model, ["The dog sat on the mat", "The cat ran in the park"])
+    forwards = []
+    message = rf"the metric is {bad} on the .*run.* for prompt 1: it must be finite"
+    with temporary_hooks(model, [("hook_embed", lambda act, hook: forwards.append(1))]), \
+            pytest.raises(MetricError, match=message):
+        NO_VALUE_CALLS[case](model, clean, corrupt, _no_value_on_prompt_1(bad))
+    assert len(forwards) <= 2
+    assert attached_hooks(model) == []
+
+
 def test_per_prompt_and_scalar_metrics_give_the_same_scores(model):
     clean = interp.to_tokens(model, ["The cat sat on the mat", "The dog ran in the park"])
     corrupt = interp.to_tokens(model, ["The dog sat on the mat", "The cat ran in the park"])
