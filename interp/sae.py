@@ -324,6 +324,9 @@ def splice(model, sae: SAE, hook: str | None = None, *, with_error: bool = False
         ...     loss = model(tokens, return_type="loss")
     """
     hook = check_sae(model, sae, hook)
+    for name, flag in (("with_error", with_error), ("keep_first", keep_first)):
+        if not isinstance(flag, bool):
+            raise TypeError(f"{name} must be True or False, got {flag!r}")
     first = 1 if keep_first else 0
 
     def fn(act, hook):
@@ -360,6 +363,8 @@ def ablate_features(model, sae: SAE, features: Sequence[int], *, with_error: boo
     """Inside the block, the listed features are zero at every position (with the reconstruction error kept
     by default, so only the ablation changes the model)."""
     chosen = _check_features(sae, features)
+    if not chosen:
+        raise ValueError("features is empty: name at least one latent to ablate, e.g. [123]")
 
     def edit(f):
         f = f.clone()

@@ -308,6 +308,12 @@ def test_steering_reaches_generate_and_leaves_no_hook(bundled):
     with pytest.raises(TypeError, match="values must map latent indices to amounts"), \
             S.steer_features(bundled, sae, [7]):
         pass
+    with pytest.raises(ValueError, match="features is empty"), S.ablate_features(bundled, sae, []):
+        pass  # a no-op that would read as "ablating these features changes nothing"
+    for flag in ("with_error", "keep_first"):  # "no" is truthy: it would keep position 0 (or the error)
+        with pytest.raises(TypeError, match=f"{flag} must be True or False, got 'no'"), \
+                S.splice(bundled, sae, **{flag: "no"}):
+            pass
     assert not interp.hooks.attached_hooks(bundled)
 
 
