@@ -546,7 +546,7 @@ def _gradient_scores(model, g: Graph, base: Tensor, source_tokens: Tensor, metri
     if steps is None:
         base_out: dict[int, Tensor] = {}
         runs = [_gradient_run(model, g, base, metric, _BASE_RUN, record=base_out)]
-        base_value = float(metric_values(metric, runs[0].logits, _BASE_RUN).float().mean())
+        base_value = float(runs[0].metric.float().mean())
     else:
         base_out, base_logits = _sender_outputs(model, base)
         base_value = float(metric_values(metric, base_logits, _BASE_RUN).float().mean())
@@ -566,12 +566,12 @@ def _gradient_scores(model, g: Graph, base: Tensor, source_tokens: Tensor, metri
 
 class _GradientRun(NamedTuple):
     """One run's d sum(metric) / d (hook_q, hook_k, hook_v, hook_mlp_in and the last resid_post), the residual
-    stream before each layer (for ln1's backward), and the logits."""
+    stream before each layer (for ln1's backward), and the metric's values (checked, detached)."""
 
     grads: dict[tuple[str, str], Tensor]
     acts: dict[tuple[str, str], Tensor]
     resid: dict[int, Tensor]
-    logits: Tensor
+    metric: Tensor
 
 
 def _gradient_run(model, g: Graph, tokens: Tensor, metric: Metric, run: str, inputs: Tensor | None = None,
@@ -608,10 +608,10 @@ def _gradient_run(model, g: Graph, tokens: Tensor, metric: Metric, run: str, inp
     with torch.enable_grad():  # the metric too, if the caller is under no_grad
         logits = logits_for_gradients(model, tokens, hooks)
         keys = list(kept)
-        grads = torch.autograd.grad(metric_values(metric, logits, run).sum(), [kept[k] for k in keys],
-                                    allow_unused=True)
+        value = metric_values(metric, logits, run)
+        grads = torch.autograd.grad(value.sum(), [kept[k] for k in keys], allow_unused=True)
     return _GradientRun({k: torch.zeros_like(kept[k]) if grad is None else grad.detach()
-                         for k, grad in zip(keys, grads)}, {k: kept[k].detach() for k in keys}, resid, logits.detach())
+                         for k, grad in zip(keys, grads)}, {k: kept[k].detach() for k in keys}, resid, value.detach())
 
 
 def _edge_scores(model, g: Graph, runs: list[_GradientRun], delta: Float[Tensor, "batch sender pos_d"]
