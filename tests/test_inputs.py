@@ -4,6 +4,7 @@ any forward (checked by counting forwards), and NaN never reaches the model."""
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 import torch
@@ -207,6 +208,68 @@ def test_a_metric_without_a_value_on_a_run_is_an_error_not_nan_or_a_plausible_sc
             pytest.raises(MetricError, match=message):
         NO_VALUE_CALLS[case](model, clean, corrupt, _no_value_on_prompt_1(bad))
     assert len(forwards) <= 2
+    assert attached_hooks(model) == []
+
+
+def _no_value_on(model, clean, corrupted, where: str):
+    """A metric with no value on prompt 1 of some runs only: ``where="corrupted"``, the run of ``corrupted``;
+    ``where="elsewhere"``, every run that is neither the clean nor the corrupted run (a patched run, an IG
+    step). The runs are told apart by their logits at the last position; zero logits (``check_metric``'s) have
+    a value."""
+    with torch.no_grad():
+        clean_last, corrupted_last = model(clean)[:, -1], model(corrupted)[:, -1]
+
+    def like(last, reference):
+        return last.shape == reference.shape and bool(torch.allclose(last, reference, rtol=0, atol=1e-4))
+
+    def metric(logits):
+        last = logits.detach()[:, -1]
+        if where == "corrupted":
+            bad = like(last, corrupted_last)
+        else:
+            bad = bool(last.abs().sum() > 0) and not (like(last, clean_last) or like(last, corrupted_last))
+        prompt_1 = torch.arange(len(logits), device=logits.device) == 1
+        return logits[:, -1, 7] + torch.where(prompt_1 & bad, float("nan"), 0.0)
+    return metric
+
+
+_NOISING, _DENOISING = interp.circuits._SOURCE_RUN, interp.circuits._BASE_RUN
+# Which run each method must name when the corrupted run alone has no value, and which when only the runs that
+# are neither clean nor corrupted have none (None: the method runs none of those, and its result is finite).
+ONE_RUN_WITHOUT_VALUE = {
+    "activation_patching": ("the corrupted run", "a patched run"),
+    "attribution_patching": ("the corrupted run", None),
+    "edge_attribution exact noising": (_NOISING, "a patched run"),
+    "edge_attribution exact denoising": (_DENOISING, "a patched run"),
+    "edge_attribution eap noising": (_NOISING, None),
+    "edge_attribution eap denoising": (_DENOISING, None),
+    "edge_attribution eap-ig noising": (_NOISING, "integrated-gradient step 1 of 2"),
+    "edge_attribution eap-ig denoising": (_DENOISING, "integrated-gradient step 1 of 2"),
+    "faithfulness": ("the corrupted run", "a patched run"),
+}
+
+
+@pytest.mark.parametrize("where", ["corrupted", "elsewhere"])
+@pytest.mark.parametrize("case", list(ONE_RUN_WITHOUT_VALUE))
+def test_every_run_a_method_reads_is_checked_not_only_the_first(model, case, where):
+    """The test above has no value on every run, so it passes as long as one run is checked. Here one run has
+    none: the corrupted run (every method reads it, from either side), or only the patched runs and IG steps.
+    Each method must name that run, and one that runs no such run must return finite scores."""
+    assert set(ONE_RUN_WITHOUT_VALUE) == set(NO_VALUE_CALLS)
+    clean = interp.to_tokens(model, ["The cat sat on the mat", "The dog ran in the park"])
+    corrupt = interp.to_tokens(model, ["The dog sat on the mat", "The cat ran in the park"])
+    call = NO_VALUE_CALLS[case]
+    if case == "faithfulness":  # an empty circuit's run is the corrupted run: keep half the edges
+        def call(m, c, x, f):
+            return interp.circuits.faithfulness(m, interp.circuits.graph(m).edges[::2], c, x, f)
+    run = ONE_RUN_WITHOUT_VALUE[case][where == "elsewhere"]
+    metric = _no_value_on(model, clean, corrupt, where)
+    if run is None:
+        result = call(model, clean, corrupt, metric)
+        assert torch.isfinite(torch.as_tensor(result.scores)).all()
+    else:
+        with pytest.raises(MetricError, match=rf"the metric is nan on {re.escape(run)} for prompt 1: it must be"):
+            call(model, clean, corrupt, metric)
     assert attached_hooks(model) == []
 
 
