@@ -124,11 +124,14 @@ def _documents(corpus, pattern: str, *, digest: bool = True) -> Iterator[_Docume
 def _rows(documents: Iterable[_Document], tokenizer, context: int) -> Iterator[list[int]]:
     """Rows of ``context`` tokens: BOS, then the document stream (each document followed by EOT)."""
     stream: list[int] = []
+    width = context - 1
     for ids in _token_ids(documents, tokenizer):
-        stream += ids + [EOT]
-        while len(stream) >= context - 1:
-            yield [EOT] + stream[:context - 1]
-            del stream[:context - 1]
+        stream += ids
+        stream.append(EOT)
+        full = len(stream) // width * width
+        for start in range(0, full, width):
+            yield [EOT] + stream[start:start + width]
+        del stream[:full]  # once per document: deleting each row from the front was quadratic in its length
 
 
 # Text documents are tokenised in groups of up to this many characters: one call per group lets a fast
