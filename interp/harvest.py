@@ -6,7 +6,8 @@ process or many (``torchrun``).
 - **Packing**: documents are joined with the end-of-text token (50256, also GPT-2's BOS) and cut into rows of
   ``context`` tokens, each starting with BOS; a document runs on into the next row; the last partial row is
   dropped. Every process tokenises the whole corpus as a stream (cheap next to the forward) and keeps the
-  rows of its own shards only, so memory stays bounded by one shard.
+  rows of its own shards only, so memory stays bounded by one shard and one document's text (a long
+  document is tokenised in pieces, ``_pieces``, cut where GPT-2's tokenizer gives the same tokens).
 - **Work**: rows run through the model in micro-batches of ``batch_size`` (fixed, whatever the number of
   processes), and the forward stops as soon as every requested hook has fired. Activations are kept in
   ``dtype`` (float32 by default).
@@ -44,7 +45,9 @@ import builtins
 import functools
 import hashlib
 import json
+import math
 import os
+import re
 import struct
 import sys
 from collections.abc import Iterable, Iterator, Sequence
@@ -125,41 +128,82 @@ def _rows(documents: Iterable[_Document], tokenizer, context: int) -> Iterator[l
     """Rows of ``context`` tokens: BOS, then the document stream (each document followed by EOT)."""
     stream: list[int] = []
     width = context - 1
-    for ids in _token_ids(documents, tokenizer):
+    for ids, ends_document in _token_ids(documents, tokenizer):
         stream += ids
-        stream.append(EOT)
+        if ends_document:
+            stream.append(EOT)
         full = len(stream) // width * width
         for start in range(0, full, width):
             yield [EOT] + stream[start:start + width]
-        del stream[:full]  # once per document: deleting each row from the front was quadratic in its length
+        del stream[:full]  # once per piece: deleting each row from the front was quadratic in its length
 
 
-# Text documents are tokenised in groups of up to this many characters: one call per group lets a fast
-# tokenizer use every core (twice as fast as one call per document on 2 cores), and memory stays bounded.
+# Text is tokenised in groups of about this many characters: one call per group lets a fast tokenizer use
+# every core (twice as fast as one call per document on 2 cores), and memory stays bounded (a call peaks at
+# about 350 bytes per token). A longer document is cut into pieces of at most this many characters.
 _TOKENIZE_CHARS = 1 << 22
+# Where text may be cut: before the last character of a whitespace run, where that character is ASCII
+# whitespace and a non-whitespace character follows. GPT-2's pre-tokenizer (the ByteLevel regex) splits such
+# a run as its first n - 1 characters (``\s+(?!\S)``, which matches them as well at the end of a piece), then
+# the last one, alone or as the prefix space of what follows (which a piece then starts with); nothing else
+# holds whitespace. So the pieces' tokens, joined, are the text's. Python's \S is narrower than the regex's
+# (Python counts \x1c-\x1f as whitespace, Unicode does not), so what follows is non-whitespace there too.
+_SAFE_CUT = re.compile(r"(?=[\t\n\x0b\x0c\r ]\S)")
 
 
-def _token_ids(documents: Iterable[_Document], tokenizer) -> Iterator[list[int]]:
-    """Each document's token ids, in order."""
-    group: list[str] = []
+def _pieces(text: str, limit: int) -> list[str]:
+    """``text`` cut at safe points (``_SAFE_CUT``), each piece up to ``limit`` characters: at the first safe
+    point past half the limit (a longer stretch without one makes a longer piece)."""
+    pieces, start = [], 0
+    while len(text) - start > limit:
+        cut = _SAFE_CUT.search(text, start + max(1, limit // 2))
+        if cut is None:
+            break
+        pieces.append(text[start:cut.start()])
+        start = cut.start()
+    pieces.append(text[start:])
+    return pieces
+
+
+def _cuts_are_safe(tokenizer) -> bool:
+    """Whether ``tokenizer`` pre-tokenises as GPT-2's does (the ByteLevel regex, no prefix space, no
+    normaliser), which ``_SAFE_CUT`` is safe for."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None:
+        return False
+    config = json.loads(backend.to_str())
+    pre = config.get("pre_tokenizer") or {}
+    return (config.get("normalizer") is None and pre.get("type") == "ByteLevel" and pre.get("use_regex", True)
+            and not pre.get("add_prefix_space", False))
+
+
+def _token_ids(documents: Iterable[_Document], tokenizer) -> Iterator[tuple[list[int], bool]]:
+    """The documents' token ids in order, as (ids, whether a document ends there): with GPT-2's tokenizer, a
+    text longer than ``_TOKENIZE_CHARS`` comes in pieces (``_pieces``), each tokenised in a group like a
+    document; with another, every document whole."""
+    limit = _TOKENIZE_CHARS if _cuts_are_safe(tokenizer) else math.inf
+    group: list[tuple[str, bool]] = []  # (text, whether a document ends with it)
     chars = 0
 
-    def encoded() -> list[list[int]]:
+    def encoded() -> list[tuple[list[int], bool]]:
         nonlocal chars
-        ids = tokenizer(group, add_special_tokens=False, verbose=False)["input_ids"] if group else []
+        ids = tokenizer([text for text, _ in group], add_special_tokens=False, verbose=False)["input_ids"] if group else []
+        out = [(piece, ends) for piece, (_, ends) in zip(ids, group)]
         group.clear()
         chars = 0
-        return ids
+        return out
 
     for doc in documents:
         if doc.tokens is not None:
             yield from encoded()
-            yield doc.tokens.tolist()
+            yield doc.tokens.tolist(), True
             continue
-        group.append(doc.text)
-        chars += len(doc.text)
-        if chars >= _TOKENIZE_CHARS:
-            yield from encoded()
+        pieces = _pieces(doc.text, limit)
+        for i, piece in enumerate(pieces):
+            group.append((piece, i == len(pieces) - 1))
+            chars += len(piece)
+            if chars >= _TOKENIZE_CHARS:
+                yield from encoded()
     yield from encoded()
 
 

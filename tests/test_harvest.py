@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pytest
 import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from interp import harvest as hv
 from interp.loading import load_model
@@ -69,6 +71,55 @@ def test_grouped_tokenisation_packs_like_one_document_at_a_time(model, tmp_path,
     for chars in (1, 5000, 1 << 30):
         monkeypatch.setattr(hv, "_TOKENIZE_CHARS", chars)
         assert list(hv._rows(hv._documents(tmp_path, "*"), model.tokenizer, 32)) == expected
+
+
+# Characters that stress GPT-2's pre-tokenizer at a cut: whitespace of every kind Python and the regex may
+# disagree on (\x1c is whitespace to Python only; U+180E and U+200B to neither now), contractions, digits,
+# letters, punctuation and a character outside the BMP.
+_TRICKY = " \n\n\n\t\r\x0b\x0c\x1c\x85\xa0\u180e\u200b\u2028\u3000'sdtllve1.é😀ab"
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(text=st.text(alphabet=_TRICKY, max_size=120), limit=st.integers(1, 30))
+def test_a_long_document_tokenises_in_pieces_exactly_as_whole(model, text, limit):
+    """A document longer than the tokenising limit is cut into pieces at safe points; the pieces are the text,
+    and their tokens, joined, are the whole text's."""
+    pieces = hv._pieces(text, limit)
+    assert "".join(pieces) == text
+    for piece in pieces[1:]:
+        assert piece[0] in " \t\n\r\x0b\x0c" and not piece[1].isspace()
+    def ids(t):
+        return model.tokenizer(t, add_special_tokens=False, verbose=False)["input_ids"]
+    assert [i for piece in pieces for i in ids(piece)] == ids(text)
+
+
+def test_a_tokenizer_that_pre_tokenises_otherwise_gets_every_document_whole(monkeypatch):
+    """The cuts are safe for GPT-2's pre-tokenizer only: with a prefix space added to each call, "a b" cut
+    into "a" and " b" would tokenise as " a", "  b", so such a tokenizer gets the document in one call."""
+    from tokenizers import pre_tokenizers
+    from transformers import AutoTokenizer
+
+    from interp.tokenizer import gpt2_tokenizer, gpt2_tokenizer_dir
+
+    tokenizer = AutoTokenizer.from_pretrained(gpt2_tokenizer_dir(), local_files_only=True)  # not the shared one
+    tokenizer.backend_tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=True)
+    assert not hv._cuts_are_safe(tokenizer) and hv._cuts_are_safe(gpt2_tokenizer())
+    monkeypatch.setattr(hv, "_TOKENIZE_CHARS", 1)
+    text = "a b c\nd e"
+    whole = tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"]
+    assert list(hv._token_ids([hv._Document("d", "", text=text)], tokenizer)) == [(whole, True)]
+
+
+def test_a_long_document_is_cut_within_the_limit_and_packs_as_whole(model, tmp_path, monkeypatch):
+    """One long document (the stdlib json package's files joined), tokenised in pieces of at most 2,000
+    characters (code has a safe cut at nearly every word), gives the rows it gives whole."""
+    text = "\n".join(p.read_text() for p in sorted(CORPUS.glob(PATTERN)))
+    (tmp_path / "one.txt").write_text(text)
+    whole = list(hv._rows(hv._documents(tmp_path, "*"), model.tokenizer, 32))
+    monkeypatch.setattr(hv, "_TOKENIZE_CHARS", 2000)
+    pieces = hv._pieces(text, 2000)
+    assert len(pieces) >= len(text) // 2000 and max(map(len, pieces)) <= 2000, [len(p) for p in pieces]
+    assert list(hv._rows(hv._documents(tmp_path, "*"), model.tokenizer, 32)) == whole
 
 
 def test_harvested_activations_equal_run_with_cache_exactly(model, harvested):
