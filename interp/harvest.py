@@ -168,13 +168,12 @@ def _pieces(text: str, limit: int) -> list[str]:
 def _cuts_are_safe(tokenizer) -> bool:
     """Whether ``tokenizer`` pre-tokenises as GPT-2's does (the ByteLevel regex, no prefix space, no
     normaliser), which ``_SAFE_CUT`` is safe for."""
+    from tokenizers import pre_tokenizers
+
     backend = getattr(tokenizer, "backend_tokenizer", None)
-    if backend is None:
-        return False
-    config = json.loads(backend.to_str())
-    pre = config.get("pre_tokenizer") or {}
-    return (config.get("normalizer") is None and pre.get("type") == "ByteLevel" and pre.get("use_regex", True)
-            and not pre.get("add_prefix_space", False))
+    pre = getattr(backend, "pre_tokenizer", None)
+    return (isinstance(pre, pre_tokenizers.ByteLevel) and pre.use_regex and not pre.add_prefix_space
+            and backend.normalizer is None)
 
 
 def _token_ids(documents: Iterable[_Document], tokenizer) -> Iterator[tuple[list[int], bool]]:
