@@ -70,7 +70,7 @@ def compute(model, config: Config, progress=None) -> Result:
                                    ("eap", "eap", "noising"), ("eap-ig", "eap-ig", "noising")):
         progress(f"  {key}: {len(g.edges)} edges")
         runs[key] = edge_attribution(model, clean, corrupted, metric, method=method, direction=direction,
-                                     steps=config.steps)
+                                     **({"steps": config.steps} if method == "eap-ig" else {}))
     rankings = {"exact": runs["exact_noising"], "eap": runs["eap"], "eap-ig": runs["eap-ig"]}
     shuffled = list(g.edges)
     random.Random(config.seed).shuffle(shuffled)

@@ -417,7 +417,7 @@ def _check_pair(model, clean_tokens, corrupted_tokens) -> None:
 
 
 def edge_attribution(model, clean_tokens: Int[Tensor, "batch pos"], corrupted_tokens: Int[Tensor, "batch pos"],
-                     metric: Metric, *, method: str = "eap-ig", direction: str = "noising", steps: int = 5,
+                     metric: Metric, *, method: str = "eap-ig", direction: str = "noising", steps: int | None = None,
                      edges_per_forward: int | None = None, progress: bool = True) -> EdgeScores:
     """Score every edge of the graph (see the module docstring for the convention and the methods).
 
@@ -427,9 +427,9 @@ def edge_attribution(model, clean_tokens: Int[Tensor, "batch pos"], corrupted_to
             bootstrap interval) or a scalar.
         method: ``"exact"``, ``"eap"`` or ``"eap-ig"``.
         direction: ``"noising"`` (the clean run, edges from the corrupted one) or ``"denoising"``.
-        steps: EAP-IG's Riemann midpoints.
+        steps: EAP-IG's Riemann midpoints (default 5; for ``"eap-ig"`` only).
         edges_per_forward: exact patching: how many edges share one batched forward (default: as many as make
-            about 1,024 tokens, ``_edges_per_forward``).
+            about 1,024 tokens, ``_edges_per_forward``; for ``"exact"`` only).
         progress: exact patching: a progress bar in edges, shown once the run has taken 2 s (all 32,491 edges
             of GPT-2 small take thousands of forwards).
 
@@ -440,7 +440,10 @@ def edge_attribution(model, clean_tokens: Int[Tensor, "batch pos"], corrupted_to
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
     if direction not in DIRECTIONS:
         raise ValueError(f"direction must be one of {DIRECTIONS}, got {direction!r}")
-    steps = check_positive_int(steps, "steps")
+    for name, value, owner in (("steps", steps, "eap-ig"), ("edges_per_forward", edges_per_forward, "exact")):
+        if value is not None and method != owner:
+            raise ValueError(f"{name} is an option of method={owner!r}, not {method!r}")
+    steps = 5 if steps is None else check_positive_int(steps, "steps")
     if edges_per_forward is not None:
         edges_per_forward = check_positive_int(edges_per_forward, "edges_per_forward")
     _check_pair(model, clean_tokens, corrupted_tokens)

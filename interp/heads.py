@@ -194,7 +194,7 @@ def repeated_random_tokens(model, *, seq_len: int = 50, batch: int = 8, seed: in
 
 
 def head_scores(model, *, detectors: Sequence[str] | None = None, tokens: Int[Tensor, "batch pos"] | None = None,
-                seq_len: int = 50, batch: int = 8, seed: int = 0,
+                seq_len: int | None = None, batch: int | None = None, seed: int | None = None,
                 token_pool: Int[Tensor, " n"] | None = None) -> HeadScores:
     """Score every head of ``model`` with the named detectors (default: all that apply), in one forward pass.
 
@@ -202,7 +202,8 @@ def head_scores(model, *, detectors: Sequence[str] | None = None, tokens: Int[Te
         detectors: names from ``DETECTORS``; default every detector (on your own ``tokens``: every one that
             takes any text).
         tokens: the text to score on; default ``repeated_random_tokens(model, seq_len, batch, seed,
-            token_pool)``.
+            token_pool)`` (their defaults: 50, 8, 0 and every token but BOS), which are for that
+            default only: with ``tokens`` given they are refused.
 
     Example:
         >>> scores = head_scores(model)
@@ -210,9 +211,14 @@ def head_scores(model, *, detectors: Sequence[str] | None = None, tokens: Int[Te
         >>> head_scores(model, detectors=["current_token"], tokens=model.to_tokens("any text at all"))
     """
     names = _check_detectors(detectors, repeated=tokens is None)
+    making = {"seq_len": seq_len, "batch": batch, "seed": seed, "token_pool": token_pool}
     if tokens is None:
-        tokens = repeated_random_tokens(model, seq_len=seq_len, batch=batch, seed=seed, token_pool=token_pool)
+        tokens = repeated_random_tokens(model, **{k: v for k, v in making.items() if v is not None})
     else:
+        given = [name for name, value in making.items() if value is not None]
+        if given:
+            raise ValueError(f"{', '.join(given)} make the default repeated random tokens, so they cannot go with "
+                             "tokens: leave them out, or leave out tokens")
         tokens = check_tokens(model, tokens)
     pattern = cache_heads(model, tokens, kinds=("pattern",)).pattern
     return scores_from_pattern(pattern, tokens, names)

@@ -61,6 +61,9 @@ def ablate_heads(model, heads: Sequence[tuple[int, int]], *, mode: str = "zero",
         raise ValueError(f"mode must be 'zero' or 'mean', got {mode!r}")
     if mode == "mean" and reference is None:
         raise ValueError("mode='mean' needs reference tokens to average over")
+    if mode == "zero" and reference is not None:
+        raise ValueError("reference is for mode='mean' (the tokens or harvest to average over); mode='zero' "
+                         "uses none: pass mode='mean' to ablate to the mean")
     if isinstance(heads, Tensor | str) or not isinstance(heads, Sequence):
         raise TypeError(f"heads must be a list of (layer, head) pairs (empty: ablate nothing), got {heads!r}")
     by_layer: dict[int, list[int]] = {}

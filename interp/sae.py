@@ -56,6 +56,9 @@ __all__ = ["ARCHITECTURES", "SAE", "SAEMetrics", "ablate_features", "evaluate", 
            "logit_effects", "save", "splice", "steer_features", "train"]
 
 ARCHITECTURES = ("standard", "topk", "jumprelu")
+# The architectures each architecture-specific option of ``train`` acts on (the others refuse it).
+_OPTION_OF = {"k": ("topk",), "l1": ("standard",), "l0": ("jumprelu",), "bandwidth": ("jumprelu",),
+              "aux_k": ("standard", "topk")}
 CFG_FILE, WEIGHTS_FILE = "cfg.json", "sae_weights.safetensors"
 SAE_LENS_VERSION = "6.54.0"  # the format version written into metadata (what SAELens reads back)
 
@@ -588,8 +591,9 @@ def _global_batches(data: Harvest | Stream, hook: str, batch_size: int, seed: in
         epoch, start = epoch + 1, 0
 
 
-def train(data, *, hook: str, d_sae: int, architecture: str = "topk", k: int | None = 16, l1: float = 5.0,
-          l0: float = 1.0, bandwidth: float = 0.05, batch_size: int = 4096, steps: int = 1000, lr: float = 4e-4,
+def train(data, *, hook: str, d_sae: int, architecture: str = "topk", k: int | None = None, l1: float | None = None,
+          l0: float | None = None, bandwidth: float | None = None, batch_size: int = 4096, steps: int = 1000,
+          lr: float = 4e-4,
           seed: int = 0, aux_k: int | None = None, aux_coeff: float | None = None, dead_after: int = 1_000_000,
           out: str | os.PathLike | None = None, checkpoint_every: int = 100, progress: bool = True,
           metadata: Mapping | None = None, device: str = "cpu") -> SAE:
@@ -602,11 +606,14 @@ def train(data, *, hook: str, d_sae: int, architecture: str = "topk", k: int | N
       gradients are summed across ranks (each rank's loss is its share of the global batch's), so N processes
       take the steps one process takes with the same ``batch_size``.
     - **Loss**: the squared error summed over dimensions, averaged over the batch; ``"standard"`` adds
-      ``l1 * sum_i f_i ||W_dec_i||``; ``"topk"`` keeps the decoder rows at unit norm after each step;
-      ``"jumprelu"`` adds ``l0 * L0`` and trains its thresholds through the straight-through estimator of
+      ``l1 * sum_i f_i ||W_dec_i||`` (``l1`` default 5); ``"topk"`` keeps ``k`` latents (default 16) and the
+      decoder rows at unit norm after each step; ``"jumprelu"`` adds ``l0 * L0`` (default 1) and trains its
+      thresholds through the straight-through estimator of
       Rajamanoharan et al. (2024), a rectangle kernel of width ``bandwidth``, as SAELens's
       ``JumpReLUTrainingSAE`` does by default (sparsity mode ``"step"``, no estimator gradient into the
-      pre-activations; thresholds start at 0.01 and are kept >= 0).
+      pre-activations; thresholds start at 0.01 and are kept >= 0; ``bandwidth`` default 0.05). An option of
+      another architecture than the one trained (``l1`` for ``"topk"``, ``k`` for ``"standard"``) is refused,
+      not ignored.
     - **Dead latents**: a latent is dead when it has not fired in the last ``dead_after`` tokens (counted over
       every rank: the counts are reduced with a max, so ranks never diverge). For ``"topk"`` and
       ``"standard"``, their pre-activations' top ``aux_k`` (default d_in // 2) reconstruct the live latents'
@@ -628,6 +635,14 @@ def train(data, *, hook: str, d_sae: int, architecture: str = "topk", k: int | N
     """
     if architecture not in ARCHITECTURES:
         raise ValueError(f"architecture must be one of {ARCHITECTURES}, got {architecture!r}")
+    for name, value in (("k", k), ("l1", l1), ("l0", l0), ("bandwidth", bandwidth), ("aux_k", aux_k)):
+        if value is not None and architecture not in _OPTION_OF[name]:
+            raise ValueError(f"{name} is an option of architecture {' or '.join(map(repr, _OPTION_OF[name]))}, "
+                             f"not {architecture!r}")
+    k = 16 if k is None and architecture == "topk" else k
+    l1 = 5.0 if l1 is None else l1
+    l0 = 1.0 if l0 is None else l0
+    bandwidth = 0.05 if bandwidth is None else bandwidth
     data = data if isinstance(data, Harvest | Stream) else Harvest(data)
     if hook not in data.hooks or data.stats_only:
         where = f"the harvest {data.path}" if isinstance(data, Harvest) else "the stream"
@@ -843,11 +858,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", required=True, type=Path, help="output folder (checkpoints, then the SAE in OUT/sae)")
     parser.add_argument("--d-sae", type=int, required=True, help="number of latents")
     parser.add_argument("--architecture", default="topk", choices=ARCHITECTURES, help="default: topk")
-    parser.add_argument("--k", type=int, default=16, help="TopK's k (default: 16)")
-    parser.add_argument("--l1", type=float, default=5.0, help="standard SAEs' L1 coefficient (default: 5)")
-    parser.add_argument("--l0", type=float, default=1.0, help="JumpReLU SAEs' L0 coefficient (default: 1)")
-    parser.add_argument("--bandwidth", type=float, default=0.05,
-                        help="JumpReLU's straight-through estimator's kernel width (default: 0.05)")
+    parser.add_argument("--k", type=int, help="TopK's k (default: 16; topk only)")
+    parser.add_argument("--l1", type=float, help="standard SAEs' L1 coefficient (default: 5; standard only)")
+    parser.add_argument("--l0", type=float, help="JumpReLU SAEs' L0 coefficient (default: 1; jumprelu only)")
+    parser.add_argument("--bandwidth", type=float,
+                        help="JumpReLU's straight-through estimator's kernel width (default: 0.05; jumprelu only)")
     parser.add_argument("--batch-size", type=int, default=4096, help="tokens per step, over all processes (default: 4096)")
     parser.add_argument("--steps", type=int, default=1000, help="optimiser steps (default: 1000)")
     parser.add_argument("--lr", type=float, default=4e-4, help="Adam's learning rate (default: 4e-4)")

@@ -14,7 +14,7 @@ from interp.backends import DEFAULT_BACKEND
 from interp.caching import cache_heads, estimate_cache_bytes
 from interp.circuits import edge_attribution
 from interp.errors import BackendUnavailableError, CorruptCheckpointError, DeviceUnavailableError, MetricError
-from interp.heads import copying_task, corpus_head_scores, repeated_random_tokens
+from interp.heads import copying_task, corpus_head_scores, head_scores, repeated_random_tokens
 from interp.hooks import attached_hooks, temporary_hooks
 from interp.interventions import ablate_heads, patch_activation
 from interp.lens import direct_logit_attribution, logit_lens
@@ -114,6 +114,16 @@ BAD_CALLS = {
         _in_inference_mode(lambda m, t: edge_attribution(m, *_pair(t), lambda logits: logits[:, -1, 13],
                                                          method="eap")),
         RuntimeError, "attribution needs gradients"),
+    # an option of another mode or method than the one asked for: refused, not ignored
+    "zero ablation with a reference": (lambda m, t: ablate_heads(m, [(0, 1)], reference=t).__enter__(), ValueError,
+                                       "reference is for mode='mean'"),
+    "EAP with steps": (lambda m, t: edge_attribution(m, *_pair(t), lambda logits: logits[:, -1, 13], method="eap",
+                                                     steps=8), ValueError, "steps is an option of method='eap-ig'"),
+    "EAP-IG with edges_per_forward": (lambda m, t: edge_attribution(m, *_pair(t), lambda logits: logits[:, -1, 13],
+                                                                    edges_per_forward=4),
+                                      ValueError, "edges_per_forward is an option of method='exact', not 'eap-ig'"),
+    "head scores of given tokens with seq_len": (lambda m, t: head_scores(m, tokens=t, seq_len=20, seed=1),
+                                                 ValueError, "seq_len, seed make the default repeated random"),
     "hook_result without its flag": (lambda m, t: temporary_hooks(m, [("blocks.0.attn.hook_result",
                                                                        lambda a, h: a)]).__enter__(),
                                      ValueError, "set_use_attn_result"),
@@ -318,7 +328,7 @@ def test_every_result_prints_on_one_line_with_shapes_not_tensors(model, tokens):
     from interp.architecture import split_attention
     from interp.backends import gpt2_weights
     from interp.caching import decompose_resid, residual_stream
-    from interp.heads import corpus_head_scores, head_scores
+    from interp.heads import corpus_head_scores
 
     clean = torch.cat([tokens, tokens.flip(1)])
     corrupted = clean.clone()

@@ -532,9 +532,9 @@ def test_training_refuses_bad_input_before_any_step(bundled, harvested):
     with pytest.raises(ValueError, match="architecture must be one of"):
         S.train(harvested, **{**TRAIN, "architecture": "gated"})
     with pytest.raises(ValueError, match="bandwidth must be > 0"):
-        S.train(harvested, **{**TRAIN, "architecture": "jumprelu", "bandwidth": 0.0})
+        S.train(harvested, **{**TRAIN, "architecture": "jumprelu", "k": None, "bandwidth": 0.0})
     with pytest.raises(ValueError, match="l0 must be a finite number"):
-        S.train(harvested, **{**TRAIN, "architecture": "jumprelu", "l0": float("nan")})
+        S.train(harvested, **{**TRAIN, "architecture": "jumprelu", "k": None, "l0": float("nan")})
     with pytest.raises(ValueError, match="steps"):
         S.train(harvested, **{**TRAIN, "steps": 0})
     # on a stream, whose first shard is a forward away: these are refused before it runs
@@ -544,7 +544,15 @@ def test_training_refuses_bad_input_before_any_step(bundled, harvested):
     try:
         for change, message in (({"lr": 0.0}, "lr must be a finite number > 0"), ({"d_sae": 0}, "d_sae must be >= 1"),
                                 ({"k": 10**6}, "k must be in 1.."), ({"aux_k": 0}, "aux_k must be >= 1"),
-                                ({"dead_after": 0}, "dead_after must be >= 1")):
+                                ({"dead_after": 0}, "dead_after must be >= 1"),
+                                # an option of another architecture than the one trained: refused, not ignored
+                                ({"l1": 1.0}, "l1 is an option of architecture 'standard', not 'topk'"),
+                                ({"l0": 1.0}, "l0 is an option of architecture 'jumprelu', not 'topk'"),
+                                ({"architecture": "standard"}, "k is an option of architecture 'topk', not 'standard'"),
+                                ({"architecture": "jumprelu", "k": None, "aux_k": 8},
+                                 "aux_k is an option of architecture 'standard' or 'topk', not 'jumprelu'"),
+                                ({"architecture": "standard", "k": None, "bandwidth": 0.1},
+                                 "bandwidth is an option of architecture 'jumprelu', not 'standard'")):
             with pytest.raises(ValueError, match=message):
                 S.train(stream, **{**TRAIN, **change})
         with torch.inference_mode(), pytest.raises(RuntimeError, match="training needs gradients, which "
