@@ -262,7 +262,7 @@ def bench_harvest(model, label: str, corpus: Path, reps: int) -> tuple[list[dict
     hooks = [f"blocks.{model.cfg.n_layers // 2}.hook_resid_pre"]
     options = dict(context=128, batch_size=8, shard_rows=32, pattern="**/*.py")
     device = model.cfg.device
-    rows = torch.tensor(list(hv._rows(hv._documents(corpus, options["pattern"]), model.tokenizer,
+    rows = torch.tensor(list(hv._rows(hv._documents(corpus, options["pattern"], model.cfg.d_vocab), model.tokenizer,
                                       options["context"])))
     write_time = [0.0]
     real_write = hv.atomic_write

@@ -2,7 +2,8 @@
 process or many (``torchrun``).
 
 - **Input**: text files or folders (one document per file, files in sorted order), pre-tokenised ``.npy``
-  files (one 1-d integer array per document), or a Hugging Face ``datasets`` dataset with a ``text`` column.
+  files (one 1-d integer array of token ids per document, refused otherwise), or a Hugging Face ``datasets``
+  dataset with a ``text`` column.
 - **Packing**: documents are joined with the end-of-text token (50256, also GPT-2's BOS) and cut into rows of
   ``context`` tokens, each starting with BOS; a document runs on into the next row; the last partial row is
   dropped. Every process tokenises the whole corpus as a stream (cheap next to the forward) and keeps the
@@ -104,24 +105,41 @@ def _corpus_files(corpus: Sequence[str | os.PathLike], pattern: str) -> list[tup
     return sorted(files, key=lambda f: f[1])
 
 
-def _documents(corpus, pattern: str, *, digest: bool = True) -> Iterator[_Document]:
+def _documents(corpus, pattern: str, d_vocab: int, *, digest: bool = True) -> Iterator[_Document]:
     """The corpus's documents, in order, one at a time (their sha256 only with ``digest``: the streaming
     pass, after the fingerprint has hashed every document once, does not need it)."""
     if hasattr(corpus, "column_names"):  # a Hugging Face dataset
+        if "text" not in corpus.column_names:
+            raise ValueError(f"the dataset has no 'text' column (its columns: {corpus.column_names})")
         for i, row in enumerate(corpus):
             text = row["text"]
+            if not isinstance(text, str):
+                raise TypeError(f"dataset row {i}'s text is a {type(text).__name__}, not a string")
             yield _Document(f"dataset[{i}]", hashlib.sha256(text.encode()).hexdigest() if digest else "", text=text)
         return
     for path, name in _corpus_files([corpus] if isinstance(corpus, str | os.PathLike) else corpus, pattern):
         data = path.read_bytes()
         sha = hashlib.sha256(data).hexdigest() if digest else ""
         if path.suffix == ".npy":
-            yield _Document(name, sha, tokens=np.load(path))
+            yield _Document(name, sha, tokens=_token_file(path, d_vocab))
         elif b"\0" in data:  # as git and grep tell a binary file: a .pyc, a .gz, a checkpoint
             raise ValueError(f"corpus file {str(path)!r} is binary (it holds NUL bytes), not a text document: choose "
                              f"the documents with pattern (--pattern), e.g. '**/*.py'")
         else:
             yield _Document(name, sha, text=data.decode("utf-8", errors="replace"))
+
+
+def _token_file(path: Path, d_vocab: int) -> np.ndarray:
+    """A pre-tokenised document: a 1-d array of integer token ids in the vocabulary (a float would be cut to an
+    integer, and an id outside the vocabulary would fail in the forward, a shard in)."""
+    tokens = np.load(path)
+    if tokens.ndim != 1 or not np.issubdtype(tokens.dtype, np.integer):
+        raise ValueError(f"token file {str(path)!r} holds a {tokens.dtype} array of shape {tokens.shape}: a document "
+                         "is a 1-d integer array of token ids")
+    if len(tokens) and not (0 <= int(tokens.min()) and int(tokens.max()) < d_vocab):
+        raise ValueError(f"token file {str(path)!r} has ids from {int(tokens.min())} to {int(tokens.max())}, outside "
+                         f"the vocabulary 0..{d_vocab - 1}")
+    return tokens
 
 
 def _rows(documents: Iterable[_Document], tokenizer, context: int) -> Iterator[list[int]]:
@@ -317,7 +335,7 @@ def harvest(model, corpus, *, hooks: Sequence[str], out: str | os.PathLike, cont
         raise ValueError(f"dtype must be one of {tuple(DTYPES)}, got {dtype!r}")
     out = Path(out)
     rank, world = distributed.join()
-    docs = [{"name": d.name, "sha256": d.sha256} for d in _documents(corpus, pattern)]  # checks the corpus
+    docs = [{"name": d.name, "sha256": d.sha256} for d in _documents(corpus, pattern, model.cfg.d_vocab)]  # checks it
     fingerprint = _fingerprint(model, docs, hooks, context, dtype, batch_size, shard_rows, stats_only)
     run_file = out / "run.json"
     if run_file.exists():
@@ -342,7 +360,7 @@ def harvest(model, corpus, *, hooks: Sequence[str], out: str | os.PathLike, cont
                    file=sys.stderr)
     shard_rows_seen: list[list[int]] = []
     n_rows = 0
-    for row in _rows(_documents(corpus, pattern, digest=False), model.tokenizer, context):
+    for row in _rows(_documents(corpus, pattern, model.cfg.d_vocab, digest=False), model.tokenizer, context):
         shard = n_rows // shard_rows
         n_rows += 1
         if shard % world != rank or (out / _shard_name(shard)).exists():

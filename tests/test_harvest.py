@@ -70,7 +70,7 @@ def test_grouped_tokenisation_packs_like_one_document_at_a_time(model, tmp_path,
     expected = [[hv.EOT] + stream[i:i + 31] for i in range(0, len(stream) - 30, 31)]
     for chars in (1, 5000, 1 << 30):
         monkeypatch.setattr(hv, "_TOKENIZE_CHARS", chars)
-        assert list(hv._rows(hv._documents(tmp_path, "*"), model.tokenizer, 32)) == expected
+        assert list(hv._rows(hv._documents(tmp_path, "*", model.cfg.d_vocab), model.tokenizer, 32)) == expected
 
 
 # Characters that stress GPT-2's pre-tokenizer at a cut: whitespace of every kind Python and the regex may
@@ -115,11 +115,11 @@ def test_a_long_document_is_cut_within_the_limit_and_packs_as_whole(model, tmp_p
     characters (code has a safe cut at nearly every word), gives the rows it gives whole."""
     text = "\n".join(p.read_text() for p in sorted(CORPUS.glob(PATTERN)))
     (tmp_path / "one.txt").write_text(text)
-    whole = list(hv._rows(hv._documents(tmp_path, "*"), model.tokenizer, 32))
+    whole = list(hv._rows(hv._documents(tmp_path, "*", model.cfg.d_vocab), model.tokenizer, 32))
     monkeypatch.setattr(hv, "_TOKENIZE_CHARS", 2000)
     pieces = hv._pieces(text, 2000)
     assert len(pieces) >= len(text) // 2000 and max(map(len, pieces)) <= 2000, [len(p) for p in pieces]
-    assert list(hv._rows(hv._documents(tmp_path, "*"), model.tokenizer, 32)) == whole
+    assert list(hv._rows(hv._documents(tmp_path, "*", model.cfg.d_vocab), model.tokenizer, 32)) == whole
 
 
 def test_harvested_activations_equal_run_with_cache_exactly(model, harvested):
@@ -318,6 +318,34 @@ def _env():
     return {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO)}
 
 
+BAD_TOKEN_FILES = {  # a float would be cut to an integer, an id outside the vocabulary fail a shard in
+    "floats": (lambda np: np.array([15.7, 2.0] * 40), "holds a float64 array of shape"),
+    "booleans": (lambda np: np.ones(80, dtype=bool), "holds a bool array"),
+    "rows, not a document": (lambda np: np.arange(80).reshape(8, 10), r"shape \(8, 10\): a document is a 1-d"),
+    "an id past the vocabulary": (lambda np: np.array([5] * 79 + [50257]), "ids from 5 to 50257, outside the vocab"),
+    "a negative id": (lambda np: np.array([-3] + [5] * 79), "ids from -3 to 5, outside the vocabulary 0..50256"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_TOKEN_FILES))
+def test_a_bad_token_file_is_refused_before_any_forward_or_file(model, tmp_path, case):
+    import numpy as np
+
+    make, message = BAD_TOKEN_FILES[case]
+    (tmp_path / "corpus").mkdir()
+    np.save(tmp_path / "corpus" / "a_good.npy", np.arange(100, 200))
+    np.save(tmp_path / "corpus" / "b_bad.npy", make(np))
+    forwards = []
+    handle = model.register_forward_pre_hook(lambda *args: forwards.append(1))
+    try:
+        with pytest.raises(ValueError, match=message) as err:
+            hv.harvest(model, tmp_path / "corpus", hooks=HOOKS, out=tmp_path / "out", context=16, progress=False)
+    finally:
+        handle.remove()
+    assert "b_bad.npy" in str(err.value) and "\n" not in str(err.value)
+    assert not forwards and not (tmp_path / "out").exists()
+
+
 def test_joining_on_a_gpu_machine_puts_each_rank_on_its_own_gpu(monkeypatch):
     """What ``interp.distributed.join`` asks of torch on a machine with GPUs, with torch's calls recorded (no GPU
     here): the local rank's own GPU (in turn, past the last GPU), nccl for CUDA tensors and gloo for CPU ones
@@ -461,6 +489,12 @@ def test_a_datasets_corpus_packs_like_the_same_texts_in_files(model, tmp_path):
     hv.harvest(model, folder, hooks=HOOKS[:1], out=tmp_path / "files", **options)
     hv.harvest(model, datasets.Dataset.from_dict({"text": texts}), hooks=HOOKS[:1], out=tmp_path / "ds", **options)
     assert torch.equal(hv.open(tmp_path / "files").tokens, hv.open(tmp_path / "ds").tokens)
+    with pytest.raises(ValueError, match=r"the dataset has no 'text' column \(its columns: \['content'\]\)"):
+        hv.harvest(model, datasets.Dataset.from_dict({"content": texts}), hooks=HOOKS[:1], out=tmp_path / "a", **options)
+    with pytest.raises(TypeError, match="dataset row 1's text is a NoneType, not a string"):
+        hv.harvest(model, datasets.Dataset.from_dict({"text": [texts[0], None]}), hooks=HOOKS[:1], out=tmp_path / "b",
+                   **options)
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
 
 
 def test_patching_in_a_harvest_mean_equals_patching_the_mean_tensor(model, harvested):
