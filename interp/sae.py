@@ -123,6 +123,7 @@ class SAE(nn.Module):
         if features.shape[-1:] != (self.d_sae,):
             raise ValueError(f"this SAE has d_sae = {self.d_sae} latents, got features of shape "
                              f"{tuple(features.shape)}")
+        features = features.to(self.W_dec.dtype)  # as encode takes its input, whatever the caller's dtype
         if self.rescale_acts_by_decoder_norm:
             features = features / self.W_dec.norm(dim=-1)
         return features @ self.W_dec + self.b_dec

@@ -178,6 +178,10 @@ def test_vectors_of_the_wrong_width_are_refused(architecture):
     with pytest.raises(ValueError, match=r"d_sae = 48 latents, got features of shape \(2, 3, 47\)"):
         sae.decode(torch.zeros(2, 3, 47))
     assert sae.forward(torch.zeros(2, 3, 16)).shape == (2, 3, 16)
+    x = torch.randn(4, 16, dtype=torch.float64)  # another dtype is the SAE's, in and out, for both halves
+    features = sae.encode(x)
+    assert features.dtype == sae.decode(features.double()).dtype == torch.float32
+    torch.testing.assert_close(sae.decode(features.double()), sae.decode(features))
 
 
 def test_an_sae_of_another_weight_processing_is_refused_where_it_moves_the_activations(bundled):
