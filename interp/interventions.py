@@ -139,7 +139,9 @@ def patch_activation(model, name: str, source: Tensor, *, positions: Sequence[in
     n_pos = source.shape[1]
     if positions is not None:
         positions = [check_index(p, "position") for p in positions]
-        if not positions or not all(-n_pos <= p < n_pos for p in positions):
+        if not positions:
+            raise ValueError("positions is empty: pass None to patch every position of the source")
+        if not all(-n_pos <= p < n_pos for p in positions):
             raise ValueError(f"positions {positions} out of range: the source has {n_pos} positions")
     if heads is not None:
         if source.ndim != 4:

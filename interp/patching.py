@@ -185,7 +185,8 @@ def steer(model, vector: Float[Tensor, "... d_model"], *, layer: int, coeff: flo
 
     Args:
         vector: ``[d_model]``, added at every position (or at ``positions``); or ``[n, d_model]`` (what
-            ``steering_vector`` returns), added at positions ``0..n-1`` (or at ``positions``, one row each).
+            ``steering_vector`` returns), added at positions ``0..n-1`` (or at ``positions``, one row each;
+            each position once).
         hook: ``resid_pre``, ``resid_mid`` or ``resid_post``.
 
     Under ``generate`` the model's own forward runs on the whole sequence at every step, so every step is
@@ -214,6 +215,8 @@ def steer(model, vector: Float[Tensor, "... d_model"], *, layer: int, coeff: flo
             raise ValueError("positions is empty: pass None to steer every position (or every row's position)")
         if vector.ndim == 2 and len(positions) != len(vector):
             raise ValueError(f"{len(positions)} positions for a vector of {len(vector)} rows")
+        if len(set(positions)) < len(positions):
+            raise ValueError(f"positions {positions} name a position twice, which would add the vector there twice")
     added = (coeff * vector.detach()).to(model.cfg.device)
     rows = list(range(len(added))) if vector.ndim == 2 and positions is None else positions
 
@@ -222,6 +225,9 @@ def steer(model, vector: Float[Tensor, "... d_model"], *, layer: int, coeff: flo
         if rows is not None and not all(-n <= p < n for p in rows):
             raise ValueError(f"steer: positions {rows} do not all fit the {n}-token input (a vector of n rows "
                              f"steers positions 0..n-1); shorten the vector or pass positions")
+        if rows is not None and len({p % n for p in rows}) < len(rows):
+            raise ValueError(f"steer: positions {rows} name a position of the {n}-token input twice (a negative "
+                             "one counts from the end), which would add the vector there twice")
         act = act.clone()
         delta = added.to(act.dtype)
         if rows is None:

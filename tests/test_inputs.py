@@ -95,6 +95,8 @@ BAD_CALLS = {
     "patch NaN source": (lambda m, t: patch_activation(m, "blocks.0.hook_resid_post",
                                                        torch.full_like(_source(m, t), float("nan"))).__enter__(),
                          ValueError, "NaN or inf"),
+    "patch no positions": (lambda m, t: patch_activation(m, "blocks.0.hook_resid_post", _source(m, t),
+                                                         positions=[]).__enter__(), ValueError, "positions is empty"),
     "patch wrong width": (lambda m, t: patch_activation(m, "blocks.0.hook_resid_post",
                                                         _source(m, t)[..., :5]).__enter__(),
                           ValueError, "does not fit blocks.0.hook_resid_post"),
@@ -155,6 +157,12 @@ def test_steering_positions_outside_the_input_are_an_error_not_a_no_op(model, to
             model(tokens)
         with pytest.raises(ValueError, match="do not all fit"):
             generate(model, "She opened the door and saw the garden", max_new_tokens=3)
+    # a position named twice would be steered twice: refused as given, and at the forward once -1 is n - 1
+    with pytest.raises(ValueError, match=r"positions \[2, 2\] name a position twice"):
+        steer(model, torch.ones(model.cfg.d_model), layer=0, positions=[2, 2]).__enter__()
+    with steer(model, torch.ones(model.cfg.d_model), layer=0, positions=[n - 1, -1]), \
+            pytest.raises(ValueError, match=f"name a position of the {n}-token input twice"):
+        model(tokens)
     assert attached_hooks(model) == []
 
 
