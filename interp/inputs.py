@@ -13,14 +13,14 @@ from __future__ import annotations
 
 import math
 import numbers
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 import torch
 from jaxtyping import Int
 from torch import Tensor
 
 __all__ = ["check_finite", "check_gradients_on", "check_heads", "check_index", "check_layers", "check_position",
-           "check_positive_int", "check_tokens", "to_tokens"]
+           "check_positions", "check_positive_int", "check_tokens", "to_tokens"]
 
 
 def model_name(model) -> str:
@@ -36,6 +36,19 @@ def check_index(value, what: str) -> int:
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         raise TypeError(f"{what} must be an integer, got {value!r} ({type(value).__name__})")
     return int(value)
+
+
+def check_positions(positions, none_means: str) -> list[int] | None:
+    """``positions`` as a non-empty list of ints, or None (which the caller reads as ``none_means``, e.g. "patch
+    every position"); a ``TypeError`` for a bare number or a float, a ``ValueError`` for an empty list."""
+    if positions is None:
+        return None
+    if isinstance(positions, str) or not isinstance(positions, Iterable):
+        raise TypeError(f"positions must be a list of integer positions, e.g. [3, 5]; got {positions!r}")
+    positions = [check_index(p, "position") for p in positions]
+    if not positions:
+        raise ValueError(f"positions is empty: pass None to {none_means}")
+    return positions
 
 
 def check_positive_int(value, what: str, *, low: int = 1, high: int | None = None) -> int:

@@ -19,7 +19,7 @@ from torch import Tensor
 from interp.backends import Hook
 from interp.caching import cache_heads
 from interp.hooks import check_hook_names, temporary_hooks
-from interp.inputs import check_finite, check_heads, check_index, check_layers, check_tokens
+from interp.inputs import check_finite, check_heads, check_layers, check_positions, check_tokens
 
 __all__ = ["ablate_heads", "activation_tail", "patch_activation"]
 
@@ -137,12 +137,9 @@ def patch_activation(model, name: str, source: Tensor, *, positions: Sequence[in
                          f"[batch, pos, {', '.join(map(str, expected))}]")
     source = check_finite(source.detach(), "the source")
     n_pos = source.shape[1]
-    if positions is not None:
-        positions = [check_index(p, "position") for p in positions]
-        if not positions:
-            raise ValueError("positions is empty: pass None to patch every position of the source")
-        if not all(-n_pos <= p < n_pos for p in positions):
-            raise ValueError(f"positions {positions} out of range: the source has {n_pos} positions")
+    positions = check_positions(positions, "patch every position of the source")
+    if positions is not None and not all(-n_pos <= p < n_pos for p in positions):
+        raise ValueError(f"positions {positions} out of range: the source has {n_pos} positions")
     if heads is not None:
         if source.ndim != 4:
             raise ValueError(f"heads= needs a per-head activation [batch, pos, head, d_head]; the source has "
@@ -179,8 +176,12 @@ def _patch_mean(model, name: str, harvest, positions, heads) -> Iterator[None]:
     expected = activation_tail(model, name)
     if expected is not None and tuple(mean.shape) != expected:
         raise ValueError(f"the harvest's mean of {name} has shape {tuple(mean.shape)}, the model's is {expected}")
-    positions = None if positions is None else [check_index(p, "position") for p in positions]
-    heads = None if heads is None else list(check_heads(model, heads))
+    positions = check_positions(positions, "patch every position")
+    if heads is not None:
+        if mean.ndim != 2:
+            raise ValueError(f"heads= needs a per-head activation such as hook_z; {name}'s mean has shape "
+                             f"{tuple(mean.shape)}")
+        heads = list(check_heads(model, heads))
 
     def hook(act: Tensor, hook) -> Tensor:
         if positions is not None and not all(-act.shape[1] <= p < act.shape[1] for p in positions):

@@ -27,7 +27,14 @@ from torch import Tensor
 
 from interp._repr import concise_repr
 from interp.hooks import logits_for_gradients, temporary_hooks
-from interp.inputs import check_finite, check_index, check_layers, check_positive_int, check_tokens, to_tokens
+from interp.inputs import (
+    check_finite,
+    check_layers,
+    check_positions,
+    check_positive_int,
+    check_tokens,
+    to_tokens,
+)
 from interp.metrics import Metric, check_metric, metric_mean
 
 __all__ = ["PatchingResult", "activation_patching", "attribution_patching", "steer", "steering_vector"]
@@ -209,10 +216,8 @@ def steer(model, vector: Float[Tensor, "... d_model"], *, layer: int, coeff: flo
         raise TypeError(f"coeff must be a number, got {coeff!r}")
     check_finite(coeff, "coeff")
     check_finite(vector, "the steering vector")
+    positions = check_positions(positions, "steer every position (or every row's position)")
     if positions is not None:
-        positions = [check_index(p, "position") for p in positions]
-        if not positions:
-            raise ValueError("positions is empty: pass None to steer every position (or every row's position)")
         if vector.ndim == 2 and len(positions) != len(vector):
             raise ValueError(f"{len(positions)} positions for a vector of {len(vector)} rows")
         if len(set(positions)) < len(positions):

@@ -512,6 +512,27 @@ def test_patching_in_a_harvest_mean_equals_patching_the_mean_tensor(model, harve
     assert torch.equal(ours, theirs)
 
 
+def test_patching_in_a_harvest_mean_checks_its_options_as_a_tensor_source_does(model, harvested):
+    """An empty positions list patched nothing, and heads= on a residual hook set residual coordinate 1 to the
+    mean's coordinate 1, both without a word; the tensor path refuses both."""
+    from interp.interventions import patch_activation
+
+    h = hv.open(harvested)
+    with pytest.raises(ValueError, match="positions is empty"):
+        patch_activation(model, HOOKS[0], h, positions=[]).__enter__()
+    with pytest.raises(ValueError, match=r"heads= needs a per-head activation such as hook_z; "
+                                         rf"{HOOKS[0]}'s mean has shape \({model.cfg.d_model},\)"):
+        patch_activation(model, HOOKS[0], h, heads=[1]).__enter__()
+    with torch.no_grad():  # on hook_z, heads= patches those heads' means only
+        probe = h.tokens[:2, :12]
+        mean = h.mean(HOOKS[1]).expand(2, 12, -1, -1).clone()
+        with patch_activation(model, HOOKS[1], h, heads=[1]):
+            ours = model(probe)
+        with patch_activation(model, HOOKS[1], mean, heads=[1]):
+            theirs = model(probe)
+    assert torch.equal(ours, theirs)
+
+
 def test_a_harvest_is_not_another_models_statistics_nor_resumed_by_another_model(model, harvested, tmp_path):
     """The same checkpoint unprocessed is another model where the processing moves the activations: without
     center_writing_weights every residual-stream activation moves by its mean, so the harvest's means would be
