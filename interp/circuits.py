@@ -696,8 +696,8 @@ class FaithfulnessCurve:
 
 def faithfulness_curve(model, scores: EdgeScores | Sequence[Edge], clean_tokens, corrupted_tokens,
                        metric: Metric, *, fractions: Sequence[float] = CIRCUIT_FRACTIONS) -> FaithfulnessCurve:
-    """Faithfulness of the top ``round(f * edges)`` edges of ``scores`` (or of a ranked edge list), per f;
-    ``fractions`` increase within 0..1."""
+    """Faithfulness of the top ``round(f * edges)`` edges of ``scores`` (or of a ranked list of every edge),
+    per f; ``fractions`` increase within 0..1."""
     _check_pair(model, clean_tokens, corrupted_tokens)
     check_metric(metric, model, *clean_tokens.shape)
     fractions = tuple(fractions)
@@ -709,6 +709,9 @@ def faithfulness_curve(model, scores: EdgeScores | Sequence[Edge], clean_tokens,
         raise ValueError(f"the scores are of another model's graph ({scores.graph.n_layers} layers x "
                          f"{scores.graph.n_heads} heads; this one has {g.n_layers} x {g.n_heads})")
     ranked = (list(scores.circuit(len(g.edges))) if isinstance(scores, EdgeScores) else list(g.check_edges(scores)))
+    if len(ranked) != len(g.edges) or len(set(ranked)) != len(ranked):  # else a size would not be the circuit's
+        raise ValueError(f"a ranking names each of the graph's {len(g.edges)} edges once; got {len(ranked)} edges, "
+                         f"{len(set(ranked))} of them distinct")
     sizes = tuple(round(f * len(g.edges)) for f in fractions)
     values = _faithfulness(model, g, [set(ranked[:n]) for n in sizes], clean_tokens, corrupted_tokens, metric)
     return FaithfulnessCurve(fractions, sizes, tuple(values))

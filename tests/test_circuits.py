@@ -265,6 +265,9 @@ def test_bad_edges_and_methods_are_refused(raw_model, pair):
     for fractions in ((), (0.5, 0.1), (-0.1, 0.5), (0.0, 1.5), (0.1, 0.1)):  # a negative one sliced ranked[:-n]
         with pytest.raises(ValueError, match="fractions must increase within 0..1"):
             faithfulness_curve(raw_model, ranked, clean, corrupt, logit_metric, fractions=fractions)
+    for partial in (ranked[:10], ranked + ranked[:1]):  # the curve's sizes would not be its circuits'
+        with pytest.raises(ValueError, match=f"names each of the graph's {len(ranked)} edges once; got "):
+            faithfulness_curve(raw_model, partial, clean, corrupt, logit_metric)
     scores = edge_attribution(raw_model, clean, corrupt, logit_metric, method="eap")
     with pytest.raises(TypeError, match=r"e.g. scores.circuit\(20\)\), got EdgeScores"):
         faithfulness(raw_model, scores, clean, corrupt, logit_metric)
