@@ -277,7 +277,7 @@ def sample_next(logits: Float[Tensor, "batch d_vocab"], temperature: float, gene
 
 @torch.no_grad()
 def generate(model, prompts: str | Sequence[str], *, max_new_tokens: int = 40, temperature: float = 1.0,
-             top_k: int | None = None, top_p: float | None = None, seed: int = 0,
+             top_k: int | None = None, top_p: float | None = None, seed: int | None = None,
              seeds: Sequence[int] | None = None, use_kv_cache: bool = True) -> Generation:
     """Sample ``max_new_tokens`` after each prompt.
 
@@ -296,7 +296,7 @@ def generate(model, prompts: str | Sequence[str], *, max_new_tokens: int = 40, t
         prompts: one prompt or a list; BOS is prepended; prompts of different lengths are left-padded.
         temperature: 0 is greedy; otherwise logits are divided by it before sampling.
         top_k, top_p: optional nucleus/top-k filtering, applied after the temperature.
-        seed: prompt i uses seed ``seed + i`` unless ``seeds`` gives one per prompt. A prompt's continuation
+        seed: prompt i uses seed ``seed + i`` (default 0); or ``seeds`` gives one per prompt (not both). A prompt's continuation
             depends only on its own seed, never on the rest of the batch. Random streams live on the
             model's device: the same seed gives the same text on the same device.
         use_kv_cache: False always runs the model's own forward on the whole sequence (the slow reference).
@@ -319,8 +319,10 @@ def generate(model, prompts: str | Sequence[str], *, max_new_tokens: int = 40, t
         raise TypeError(f"prompts must be a string or a list of strings, got {type(prompts).__name__}")
     prompts = (prompts,) if isinstance(prompts, str) else tuple(prompts)
     prompt_ids = prompt_tokens(model, prompts, max_new_tokens=max_new_tokens)
+    if seeds is not None and seed is not None:
+        raise ValueError("pass seed (prompt i uses seed + i) or seeds (one per prompt), not both")
     if seeds is None:
-        seed = check_positive_int(seed, "seed", low=0)
+        seed = 0 if seed is None else check_positive_int(seed, "seed", low=0)
         seeds = tuple(seed + i for i in range(len(prompts)))
     elif isinstance(seeds, str) or not isinstance(seeds, Sequence):
         raise TypeError(f"seeds must be a list of integers, one per prompt, got {type(seeds).__name__}")

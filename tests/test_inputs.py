@@ -69,6 +69,8 @@ BAD_CALLS = {
     "skeleton estimate past the context": (lambda m, t: estimate_cache_bytes(interp.architecture(m), 1, 10**5),
                                            ValueError, "pos must be in 1.."),
     "generate seed=1.5": (lambda m, t: generate(m, "Hi", seed=1.5), TypeError, "seed must be an integer"),
+    "generate seed and seeds": (lambda m, t: generate(m, "Hi", seed=5, seeds=[1]), ValueError,
+                                r"pass seed \(prompt i uses seed \+ i\) or seeds \(one per prompt\), not both"),
     "split_attention layer=0.5": (lambda m, t: interp.split_attention(m, 0.5), TypeError, "layer must be an integer"),
     "parameter_listing of a name": (lambda m, t: interp.parameter_listing("gpt2"), TypeError,
                                     "interp.architecture"),
