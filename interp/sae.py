@@ -273,6 +273,7 @@ def check_sae(model, sae: SAE, hook: str | None = None) -> str:
     if not isinstance(sae, SAE):
         raise TypeError(f"sae must be an interp.sae.SAE (interp.sae.load reads SAELens folders), got "
                         f"{type(sae).__name__}")
+    _check_device(model, sae)
     hook = sae.hook_name if hook is None else hook
     try:
         check_hook_names(model, [hook])
@@ -295,6 +296,13 @@ def check_sae(model, sae: SAE, hook: str | None = None) -> str:
                     f", which changes {hook}; this model has {step}={not wanted}: load it with "
                     f"interp.load_model(..., {step}={wanted})")
     return hook
+
+
+def _check_device(model, sae: SAE) -> None:
+    model_device, sae_device = next(model.parameters()).device, sae.W_enc.device
+    if model_device != sae_device:
+        raise ValueError(f"the SAE is on {sae_device} and the model on {model_device}: move the SAE with "
+                         f"sae.to({str(model_device)!r}), or load it with interp.sae.load(path, device=...)")
 
 
 def _processing_kwargs(processing: Sequence[str]) -> dict[str, bool]:
@@ -548,6 +556,7 @@ def logit_effects(model, sae: SAE, features: Sequence[int] | None = None) -> Flo
 
     if not sae.hook_name.split(".")[-1].startswith(("hook_resid", "hook_attn_out", "hook_mlp_out")):
         raise SAEFormatError(f"logit_effects needs a SAE that writes the residual stream, not {sae.hook_name}")
+    _check_device(model, sae)
     rows = sae.W_dec if features is None else sae.W_dec[_check_features(sae, features)]
     with torch.no_grad():
         direction = rows - rows.mean(-1, keepdim=True)

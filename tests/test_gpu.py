@@ -144,3 +144,21 @@ def test_sae_training_on_cuda_follows_the_cpu(tmp_path):
     saved = S.load(tmp_path / "run" / "sae")
     for (name, p), (_, q) in zip(saved.named_parameters(), gpu.named_parameters()):
         assert torch.equal(p, q.cpu()), name
+
+
+def test_a_cpu_sae_beside_a_cuda_model_is_refused_before_any_forward():
+    """``interp.sae.load`` gives a CPU SAE by default: spliced into a CUDA model it is refused up front, and moved
+    to the model's device it serves (the same features as on the CPU, within 1e-4)."""
+    from interp import sae as S
+
+    model = load_model("bundled", device="cuda")
+    sae = S.load("bundled")
+    with pytest.raises(ValueError, match=r"the SAE is on cpu and the model on cuda:0: move the SAE with "
+                                         r"sae.to\('cuda:0'\)"):
+        S.splice(model, sae).__enter__()
+    tokens = _tokens(model)
+    with torch.no_grad(), S.splice(model, sae.to("cuda")):
+        spliced = model(tokens)
+    cpu_model, cpu_sae = load_model("bundled", device="cpu"), S.load("bundled")
+    with torch.no_grad(), S.splice(cpu_model, cpu_sae):
+        _close(spliced.log_softmax(-1), cpu_model(tokens.cpu()).log_softmax(-1))

@@ -184,6 +184,23 @@ def test_vectors_of_the_wrong_width_are_refused(architecture):
     torch.testing.assert_close(sae.decode(features.double()), sae.decode(features))
 
 
+def test_an_sae_on_another_device_than_the_model_is_refused_before_any_forward(bundled):
+    """On a GPU, load(path) gives a CPU SAE beside a CUDA model, and the splice failed inside the forward with
+    torch's device error; the meta device stands in for the other device here."""
+    sae = random_sae("topk", 128).to("meta")
+    tokens = interp.to_tokens(bundled, "def main():\n    pass")
+    calls = {"splice": lambda: S.splice(bundled, sae).__enter__(),
+             "ablate_features": lambda: S.ablate_features(bundled, sae, [1]).__enter__(),
+             "evaluate": lambda: S.evaluate(bundled, sae, tokens, progress=False),
+             "feature_attribution": lambda: S.feature_attribution(bundled, sae, tokens, lambda logits: logits.sum()),
+             "logit_effects": lambda: S.logit_effects(bundled, sae)}
+    for name, call in calls.items():
+        with pytest.raises(ValueError, match=r"the SAE is on meta and the model on cpu: move the SAE with "
+                                             r"sae.to\('cpu'\)"):
+            call()
+        assert not attached_hooks(bundled), name
+
+
 def test_an_sae_of_another_weight_processing_is_refused_where_it_moves_the_activations(bundled):
     """SAELens records the processing of an SAE's model on top of none (``model_from_pretrained_kwargs``; its
     default for a new SAE is none at all). Without center_writing_weights the residual stream is not centred,
