@@ -488,6 +488,7 @@ class _Shards:
         reading their shards."""
         batch_size = check_positive_int(batch_size, "batch_size")
         start = check_positive_int(start, "start", low=0)
+        self._check_name(name)  # here, not at the first batch
         return self._batches(name, batch_size, seed, skip_first, drop_last, start)
 
     def _batches(self, name: str, batch_size: int, seed: int, skip_first: bool, drop_last: bool,
@@ -550,11 +551,14 @@ class Harvest(_Shards):
             self._checked.add(entry["file"])
         return path
 
-    def shard(self, index: int, name: str) -> Tensor:
-        """``name`` (``"tokens"`` or a hook) of one shard, memory-mapped."""
+    def _check_name(self, name: str) -> None:
         if name != "tokens" and (name not in self.hooks or self.manifest["stats_only"]):
             raise NameNotFoundError(f"{name!r} is not stored here (hooks {self.hooks}"
                                     f"{'; statistics only' if self.manifest['stats_only'] else ''})")
+
+    def shard(self, index: int, name: str) -> Tensor:
+        """``name`` (``"tokens"`` or a hook) of one shard, memory-mapped."""
+        self._check_name(name)
         index = self._check_shard(index)
         return _mmap(self._shard(self.manifest["shards"][index]), name)
 
@@ -645,8 +649,7 @@ class Stream(_Shards):
 
     def shard(self, index: int, name: str) -> Tensor:
         """``name``'s activations on the rows of shard ``index``, ``[rows, pos, ...]``, on the CPU."""
-        if name not in self.hooks:
-            raise NameNotFoundError(f"{name!r} is not streamed here (hooks {self.hooks})")
+        self._check_name(name)
         index = self._check_shard(index)
         if self._index != index:  # one forward per micro-batch gives every hook of the shard
             rows = self.tokens[index * self.shard_rows:(index + 1) * self.shard_rows].to(self.model.cfg.device)
@@ -667,6 +670,10 @@ class Stream(_Shards):
                         distributed.broadcast(parts[j][hook], src=owner)
             self._index, self._acts = index, {hook: torch.cat([p[hook].cpu() for p in parts]) for hook in self.hooks}
         return self._acts[name]
+
+    def _check_name(self, name: str) -> None:
+        if name not in self.hooks:
+            raise NameNotFoundError(f"{name!r} is not streamed here (hooks {self.hooks})")
 
     @functools.cached_property
     def _like(self) -> dict[str, Tensor]:

@@ -214,7 +214,7 @@ def test_a_stream_refuses_bad_input_before_any_forward(model):
         hv.Stream(model, tokens, HOOKS[:1]).shard(0, HOOKS[1])
 
 
-def test_reading_refuses_a_bad_batch_size_or_shard_index_before_any_forward(model, harvested):
+def test_reading_refuses_a_bad_batch_size_shard_index_or_hook_before_any_forward(model, harvested):
     """On the call, not on the first batch, and for a harvest and a stream alike."""
     h = hv.open(harvested)
     stream = hv.Stream(model, h.tokens, HOOKS, shard_rows=SMALL["shard_rows"])
@@ -234,6 +234,8 @@ def test_reading_refuses_a_bad_batch_size_or_shard_index_before_any_forward(mode
                     source.shard(index, HOOKS[0])
             with pytest.raises(TypeError, match="shard index must be an integer"):
                 source.shard(0.5, HOOKS[0])
+            with pytest.raises(KeyError, match="'blocks.0.hook_resid_post' is not (stored|streamed) here"):
+                source.batches("blocks.0.hook_resid_post", 8)  # was raised at the first batch
     finally:
         handle.remove()
     assert not forwards
