@@ -9,10 +9,10 @@
 Every hook lives inside a ``with`` and is removed in ``finally``, as everywhere in interp.
 
 Example:
-    >>> clean, corrupt = model.to_tokens("The Eiffel Tower is in Paris"), model.to_tokens("The Colosseum is in Paris")
-    >>> paris = model.to_single_token(" Paris")
-    >>> result = activation_patching(model, clean, corrupt, lambda logits: logits[0, -1, paris])
-    >>> result.scores.shape        # [layer, pos]
+    >>> clean, corrupt = model.to_tokens("The Eiffel Tower is in"), model.to_tokens("The Colosseum is in")
+    >>> paris, rome = model.to_single_token(" Paris"), model.to_single_token(" Rome")
+    >>> result = activation_patching(model, clean, corrupt, lambda logits: logits[:, -1, paris] - logits[:, -1, rome])
+    >>> result.scores.shape        # [layer, pos]: Paris over Rome, each cell patched in from the clean run
 """
 
 from __future__ import annotations
