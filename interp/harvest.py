@@ -33,7 +33,8 @@ process or many (``torchrun``).
   the same folder is refused (``HarvestMismatchError``).
 
 Example:
-    >>> harvest(model, "/usr/lib/python3.11/json", hooks=["blocks.1.hook_resid_pre"], out="harvest/json")
+    >>> harvest(model, "/usr/lib/python3.11/json", hooks=["blocks.1.hook_resid_pre"], out="harvest/json",
+    ...         pattern="**/*.py")                  # not __pycache__'s .pyc files
     >>> h = open("harvest/json")
     >>> h["blocks.1.hook_resid_pre"].shape      # [rows, context, d_model], memory-mapped
     >>> h.mean("blocks.1.hook_resid_pre")       # [d_model]
