@@ -274,6 +274,8 @@ def decompose_resid(model, tokens: Int[Tensor, "batch pos"], *, per_head: bool =
     """Decompose the final residual stream into embedding, positional embedding, each attention layer (or each
     head plus the layer's output bias) and each MLP."""
     tokens = check_tokens(model, tokens)
+    if not isinstance(per_head, bool):
+        raise TypeError(f"per_head must be True or False, got {per_head!r}")
     n = model.cfg.n_layers
     acts: dict[str, Tensor] = {}
 

@@ -156,8 +156,10 @@ def _check_detectors(names: Sequence[str] | None, repeated: bool) -> tuple[str, 
     if names is None:
         return tuple(n for n, d in DETECTORS.items() if repeated or not d.repeated_tokens)
     names = (names,) if isinstance(names, str) else tuple(names)
+    if not names:
+        raise ValueError(f"detectors is empty: pass None for every one that applies, or name some of {tuple(DETECTORS)}")
     unknown = [n for n in names if n not in DETECTORS]
-    if unknown or not names:
+    if unknown:
         raise ValueError(f"unknown detectors {unknown}: choose from {tuple(DETECTORS)}")
     return names
 

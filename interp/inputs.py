@@ -129,7 +129,8 @@ def check_tokens(model, tokens) -> Int[Tensor, "batch pos"]:
 def check_position(tokens: Tensor, pos: int) -> int:
     """Validate a position index into ``tokens``' second axis (negative counts from the end); return it."""
     n = tokens.shape[1]
-    if isinstance(pos, bool) or not isinstance(pos, int) or not -n <= pos < n:
+    pos = check_index(pos, "pos")
+    if not -n <= pos < n:
         raise ValueError(f"pos {pos!r} out of range: the prompt has {n} tokens (positions {-n}..{n - 1})")
     return pos
 

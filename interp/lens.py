@@ -52,7 +52,7 @@ def logit_lens(model, tokens: Int[Tensor, "1 pos"], *, pos: int = -1, k: int = 5
     tokens = check_tokens(model, tokens)
     if tokens.shape[0] != 1:
         raise ValueError("logit_lens reads one prompt: tokens must have batch size 1")
-    check_position(tokens, pos)
+    pos = check_position(tokens, pos)
     k = check_positive_int(k, "k", high=model.cfg.d_vocab)
     stack = residual_stream(model, tokens, kinds=("resid_pre", "resid_post"))
     resid = torch.cat([stack.resid_pre[:1], stack.resid_post])[:, 0, pos]  # [layer+1, d_model]
@@ -92,7 +92,7 @@ def direct_logit_attribution(model, tokens: Int[Tensor, "1 pos"], token: int, *,
     if tokens.shape[0] != 1:
         raise ValueError("direct_logit_attribution reads one prompt: tokens must have batch size 1")
     token = check_positive_int(token, "token", low=0, high=model.cfg.d_vocab - 1)
-    check_position(tokens, pos)
+    pos = check_position(tokens, pos)
     parts = decompose_resid(model, tokens, per_head=per_head)
     final = parts.final[0, pos]
     scale = ((final - final.mean()).pow(2).mean() + model.cfg.eps).sqrt()

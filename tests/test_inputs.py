@@ -83,6 +83,12 @@ BAD_CALLS = {
     "sweep k too large": (lambda m, t: temperature_sweep(m, "Hi", [1.0], k=10**6), ValueError, "k must be in"),
     "generate top_k=2.5": (lambda m, t: generate(m, "Hi", top_k=2.5), TypeError, "top_k must be an integer"),
     "logit_lens k=2.5": (lambda m, t: logit_lens(m, t, k=2.5), TypeError, "k must be an integer"),
+    "logit_lens pos=1.0": (lambda m, t: logit_lens(m, t, pos=1.0), TypeError, "pos must be an integer"),  # 'out of range'
+    "DLA pos=1.0": (lambda m, t: direct_logit_attribution(m, t, 42, pos=1.0), TypeError, "pos must be an integer"),
+    "decompose_resid per_head a string": (lambda m, t: interp.decompose_resid(m, t, per_head="no"), TypeError,
+                                          "per_head must be True or False"),  # a non-empty string was per-head
+    "head_scores no detectors": (lambda m, t: head_scores(m, detectors=[]), ValueError,
+                                 "detectors is empty"),  # was 'unknown detectors []'
     "DLA float token": (lambda m, t: direct_logit_attribution(m, t, 42.0), TypeError, "token must be an integer"),
     "DLA token outside": (lambda m, t: direct_logit_attribution(m, t, 10**6), ValueError, "token must be in"),
     "empty steering prompt": (lambda m, t: steering_vector(m, "", " b", layer=0), ValueError, "non-empty"),
