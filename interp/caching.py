@@ -24,7 +24,7 @@ from interp._repr import concise_repr
 from interp.backends import Hook
 from interp.errors import NameNotFoundError
 from interp.hooks import run_with_hooks
-from interp.inputs import check_heads, check_layers, check_positive_int, check_tokens
+from interp.inputs import check_flag, check_heads, check_layers, check_positive_int, check_tokens
 
 __all__ = [
     "CacheBudgetError",
@@ -274,8 +274,7 @@ def decompose_resid(model, tokens: Int[Tensor, "batch pos"], *, per_head: bool =
     """Decompose the final residual stream into embedding, positional embedding, each attention layer (or each
     head plus the layer's output bias) and each MLP."""
     tokens = check_tokens(model, tokens)
-    if not isinstance(per_head, bool):
-        raise TypeError(f"per_head must be True or False, got {per_head!r}")
+    check_flag(per_head, "per_head")
     n = model.cfg.n_layers
     acts: dict[str, Tensor] = {}
 

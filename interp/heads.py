@@ -157,7 +157,8 @@ def _check_detectors(names: Sequence[str] | None, repeated: bool) -> tuple[str, 
         return tuple(n for n, d in DETECTORS.items() if repeated or not d.repeated_tokens)
     names = (names,) if isinstance(names, str) else tuple(names)
     if not names:
-        raise ValueError(f"detectors is empty: pass None for every one that applies, or name some of {tuple(DETECTORS)}")
+        raise ValueError(f"detectors is empty: pass None for every one that applies, or name some of "
+                         f"{tuple(DETECTORS)}")
     unknown = [n for n in names if n not in DETECTORS]
     if unknown:
         raise ValueError(f"unknown detectors {unknown}: choose from {tuple(DETECTORS)}")

@@ -19,8 +19,8 @@ import torch
 from jaxtyping import Int
 from torch import Tensor
 
-__all__ = ["check_finite", "check_gradients_on", "check_heads", "check_index", "check_layers", "check_position",
-           "check_positions", "check_positive_int", "check_tokens", "to_tokens"]
+__all__ = ["check_finite", "check_flag", "check_gradients_on", "check_heads", "check_index", "check_layers",
+           "check_position", "check_positions", "check_positive_int", "check_tokens", "to_tokens"]
 
 
 def model_name(model) -> str:
@@ -36,6 +36,13 @@ def check_index(value, what: str) -> int:
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         raise TypeError(f"{what} must be an integer, got {value!r} ({type(value).__name__})")
     return int(value)
+
+
+def check_flag(value, what: str) -> bool:
+    """``value`` if it is True or False; a ``TypeError`` otherwise (a string such as "no" would read as True)."""
+    if not isinstance(value, bool):
+        raise TypeError(f"{what} must be True or False, got {value!r}")
+    return value
 
 
 def check_positions(positions, none_means: str) -> list[int] | None:

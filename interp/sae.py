@@ -48,7 +48,14 @@ from interp.errors import SAEFormatError
 from interp.figures import atomic_write
 from interp.harvest import Harvest, Stream
 from interp.hooks import check_hook_names, logits_for_gradients, temporary_hooks
-from interp.inputs import check_finite, check_gradients_on, check_index, check_positive_int, check_tokens
+from interp.inputs import (
+    check_finite,
+    check_flag,
+    check_gradients_on,
+    check_index,
+    check_positive_int,
+    check_tokens,
+)
 from interp.interventions import activation_tail
 from interp.loading import PROCESSING_STEPS, check_device, processing_moves
 
@@ -336,10 +343,8 @@ def splice(model, sae: SAE, hook: str | None = None, *, with_error: bool = False
         ...     loss = model(tokens, return_type="loss")
     """
     hook = check_sae(model, sae, hook)
-    for name, flag in (("with_error", with_error), ("keep_first", keep_first)):
-        if not isinstance(flag, bool):
-            raise TypeError(f"{name} must be True or False, got {flag!r}")
-    first = 1 if keep_first else 0
+    check_flag(with_error, "with_error")
+    first = 1 if check_flag(keep_first, "keep_first") else 0
 
     def fn(act, hook):
         if with_error and edit is None:

@@ -296,9 +296,9 @@ def generate(model, prompts: str | Sequence[str], *, max_new_tokens: int = 40, t
         prompts: one prompt or a list; BOS is prepended; prompts of different lengths are left-padded.
         temperature: 0 is greedy; otherwise logits are divided by it before sampling.
         top_k, top_p: optional nucleus/top-k filtering, applied after the temperature.
-        seed: prompt i uses seed ``seed + i`` (default 0); or ``seeds`` gives one per prompt (not both). A prompt's continuation
-            depends only on its own seed, never on the rest of the batch. Random streams live on the
-            model's device: the same seed gives the same text on the same device.
+        seed: prompt i uses seed ``seed + i`` (default 0); or ``seeds`` gives one per prompt (not both). A
+            prompt's continuation depends only on its own seed, never on the rest of the batch. Random streams
+            live on the model's device: the same seed gives the same text on the same device.
         use_kv_cache: False always runs the model's own forward on the whole sequence (the slow reference).
 
     Example:
