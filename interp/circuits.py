@@ -3,7 +3,7 @@
 The graph is the standard one (as in ACDC, EAP, EAP-IG and MIB), so numbers compare with the literature:
 
 - **senders**: ``input`` (the embeddings, ``blocks.0.hook_resid_pre``), every attention head ``a{L}.h{H}``
-  (its output ``z @ W_O``, ``attn.hook_result``) and every MLP ``m{L}`` (``hook_mlp_out``);
+  (its output ``z @ W_O``, TransformerLens's ``attn.hook_result``) and every MLP ``m{L}`` (``hook_mlp_out``);
 - **receivers**: every head's query, key and value input separately (``a{L}.h{H}`` with input ``q``, ``k`` or
   ``v``, at ``hook_{q,k,v}_input``), every MLP's input (``m{L}``, at ``hook_mlp_in``) and the ``logits`` (the
   last residual stream, ``blocks.{n-1}.hook_resid_post``);
@@ -174,17 +174,18 @@ def graph(model) -> Graph:
 # ---------------------------------------------------------------------------------------------- the engine
 
 
-# Per-head results (the head senders) and the MLP's input (its receiver). A head's q, k and v inputs are not
-# split out (``use_split_qkv_input`` would carry [batch, pos, head, d_model] through every pass): a patch there
-# recomputes that head's q (k, v) from the edited residual through ln1, and a gradient there is the gradient
-# at hook_q (k, v) taken back through W_Q and ln1 (``_ln1_backward``).
-_FLAGS = ("use_attn_result", "use_hook_mlp_in")
+# The MLP's input (its receiver) is a hook point to turn on. A head's output (its sender) is z @ W_O, computed
+# from hook_z for the heads a run needs: ``use_attn_result`` would carry [batch, pos, head, d_model] through
+# every pass, the backward included, for every head. A head's q, k and v inputs are not split out either
+# (``use_split_qkv_input``, the same cost): a patch there recomputes that head's q (k, v) from the edited
+# residual through ln1, and a gradient there is the gradient at hook_q (k, v) taken back through W_Q and ln1
+# (``_ln1_backward``).
+_FLAGS = ("use_hook_mlp_in",)
 
 
 @contextlib.contextmanager
 def _edge_hooks_on(model) -> Iterator[None]:
-    """Turn on the hook points the graph needs (per-head results, the MLP input), and restore the model's
-    flags in ``finally``."""
+    """Turn on the hook points the graph needs (the MLP input), and restore the model's flags in ``finally``."""
     before = {flag: bool(getattr(model.cfg, flag, False)) for flag in _FLAGS}
     try:
         for flag in _FLAGS:
@@ -195,26 +196,36 @@ def _edge_hooks_on(model) -> Iterator[None]:
             getattr(model, f"set_{flag}")(before[flag])
 
 
-def _sender_hooks(model, g: Graph, store: dict[int, Tensor]) -> list:
-    """Hooks that record each sender's output in this run into ``store[sender index]``: ``[batch, pos, d_model]``."""
+def _sender_hooks(model, g: Graph, store: dict[int, Tensor], senders: Iterable[int] | None = None) -> list:
+    """Hooks that record the output of each sender (of ``senders``, default all) in this run into
+    ``store[sender index]``: ``[batch, pos, d_model]``. A head's is ``z @ W_O`` of that head, without b_O
+    (TransformerLens's ``hook_result``)."""
+    wanted = set(range(len(g.senders)) if senders is None else senders)
 
     def keep(index: int):
         def hook(act, hook):
             store[index] = act.detach()
         return hook
 
-    def keep_heads(layer: int):
+    def keep_heads(layer: int, heads: list[int]):
         first = g.sender_index[f"a{layer}.h0"]
+        W_O = model.blocks[layer].attn.W_O.detach()[heads]  # [head, d_head, d_model]
 
-        def hook(act, hook):  # [batch, pos, head, d_model]
-            for head in range(g.n_heads):
-                store[first + head] = act[:, :, head].detach()
+        def hook(z, hook):  # [batch, pos, head, d_head]
+            outputs = einops.einsum(z.detach()[:, :, heads], W_O.to(z.dtype),
+                                    "batch pos head d_head, head d_head d_model -> head batch pos d_model")
+            for head, output in zip(heads, outputs):
+                store[first + head] = output
         return hook
 
-    hooks = [("blocks.0.hook_resid_pre", keep(0))]
+    hooks = [("blocks.0.hook_resid_pre", keep(0))] if 0 in wanted else []
     for layer in range(g.n_layers):
-        hooks.append((f"blocks.{layer}.attn.hook_result", keep_heads(layer)))
-        hooks.append((f"blocks.{layer}.hook_mlp_out", keep(g.sender_index[f"m{layer}"])))
+        first = g.sender_index[f"a{layer}.h0"]
+        heads = [head for head in range(g.n_heads) if first + head in wanted]
+        if heads:
+            hooks.append((f"blocks.{layer}.attn.hook_z", keep_heads(layer, heads)))
+        if g.sender_index[f"m{layer}"] in wanted:
+            hooks.append((f"blocks.{layer}.hook_mlp_out", keep(g.sender_index[f"m{layer}"])))
     return hooks
 
 
@@ -229,11 +240,12 @@ def _projection(model, layer: int, qkv: str) -> tuple[Tensor, Tensor]:
     return getattr(attn, f"W_{letter}").detach(), getattr(attn, f"b_{letter}").detach()
 
 
-def _shift_hooks(model, g: Graph, source: dict[int, Tensor], patches: dict, current: dict[int, Tensor]) -> list:
+def _shift_hooks(model, g: Graph, source: dict[int, Tensor], patches: dict) -> list:
     """The hooks that move each patched receiver's input by ``source - current`` of its listed senders, in the
     listed rows: added to the MLP's input or the last residual stream; for a head's q, k or v, that head's q
-    (k, v) recomputed from the edited residual stream through ln1. ``current`` is filled by the sender hooks,
-    which must come first in the forward."""
+    (k, v) recomputed from the edited residual stream through ln1. ``current``, the listed senders' outputs in
+    the run in progress, is recorded by the first of the hooks."""
+    current: dict[int, Tensor] = {}
     additive: dict[str, list] = {}
     per_head: dict[tuple[int, str], list] = {}
     for receiver, qkv, layer, _ in g.receivers:
@@ -285,7 +297,8 @@ def _shift_hooks(model, g: Graph, source: dict[int, Tensor], patches: dict, curr
             return act
         return hook
 
-    hooks = [(f"blocks.{layer}.hook_resid_pre", keep_resid(layer)) for layer in sorted({k[0] for k in per_head})]
+    hooks = _sender_hooks(model, g, current, {s for senders in patches.values() for s, _ in senders})
+    hooks += [(f"blocks.{layer}.hook_resid_pre", keep_resid(layer)) for layer in sorted({k[0] for k in per_head})]
     hooks += [(f"blocks.{layer}.attn.hook_{qkv}", recompute(layer, qkv)) for layer, qkv in per_head]
     hooks += [(name, add(name)) for name in additive]
     return hooks
@@ -305,10 +318,7 @@ def _patched_logits(model, tokens: Tensor, source: dict[int, Tensor],
     """Logits of ``tokens`` with each receiver's input shifted by ``source - current`` of the listed senders,
     in the listed rows. ``patches[(receiver, input)] = [(sender index, rows), ...]``, where ``rows`` selects as
     many rows as the source has (all of them, or one copy of the batch); the edge hook points must be on."""
-    g = graph(model)
-    current: dict[int, Tensor] = {}
-    hooks = _sender_hooks(model, g, current) + _shift_hooks(model, g, source, patches, current)
-    with torch.no_grad(), temporary_hooks(model, hooks):
+    with torch.no_grad(), temporary_hooks(model, _shift_hooks(model, graph(model), source, patches)):
         return model(tokens)
 
 
@@ -338,15 +348,13 @@ def patch_edges(model, edges: Sequence[Edge], source_tokens: Int[Tensor, "batch 
     source_tokens = check_tokens(model, source_tokens)
     with _edge_hooks_on(model):
         source, _ = _sender_outputs(model, source_tokens)
-        current: dict[int, Tensor] = {}
 
         def same_shape(act, hook):
             if act.shape[:2] != source[0].shape[:2]:
                 raise ValueError(f"patch_edges: the run's tokens {tuple(act.shape[:2])} must have the shape of the "
                                  f"source tokens {tuple(source[0].shape[:2])}")
 
-        hooks = [("blocks.0.hook_resid_pre", same_shape), *_sender_hooks(model, g, current),
-                 *_shift_hooks(model, g, source, _patches_for(g, edges), current)]
+        hooks = [("blocks.0.hook_resid_pre", same_shape), *_shift_hooks(model, g, source, _patches_for(g, edges))]
         with temporary_hooks(model, hooks):
             yield
 
