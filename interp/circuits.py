@@ -437,7 +437,7 @@ def edge_attribution(model, clean_tokens: Int[Tensor, "batch pos"], corrupted_to
         direction: ``"noising"`` (the clean run, edges from the corrupted one) or ``"denoising"``.
         steps: EAP-IG's Riemann midpoints (default 5; for ``"eap-ig"`` only).
         edges_per_forward: exact patching: how many edges share one batched forward (default: as many as make
-            about 1,024 tokens, ``_edges_per_forward``; for ``"exact"`` only).
+            about 256 tokens, ``_edges_per_forward``; for ``"exact"`` only).
         progress: exact patching: a progress bar in edges, shown once the run has taken 2 s (all 32,491 edges
             of GPT-2 small take thousands of forwards).
 
@@ -472,10 +472,14 @@ def edge_attribution(model, clean_tokens: Int[Tensor, "batch pos"], corrupted_to
                       corrupted_value)
 
 
-# Tokens per batched forward of exact patching. On a 2-core CPU a forward of GPT-2 small's shape costs the
-# least per token from about 512 to 1,024 tokens; at 2,048 (16 edges of 8 x 16 tokens) the elementwise work
-# (GELU, the per-head results) no longer stays in cache, and 16 edges per forward took 1.3x the time of 8.
-_TOKENS_PER_FORWARD = 1024
+# Tokens per batched forward of exact patching. On a 2-core CPU, 8 pairs of 16 tokens, a forward of GPT-2
+# small's shape cost about the same per edge at 256, 512 and 1,024 tokens (0.83-0.95x a bare forward, over
+# two runs), and at 2,048 1.3x what it cost at 1,024 (an earlier run). The bundled model, whose forward is
+# mostly its unembedding, cost 1.07x at 256 tokens, 1.2-1.3x at 512 and 1.4x at 1,024. Its logits [tokens,
+# d_vocab] (51 MB at 256 tokens) are past glibc's 32 MB mmap threshold, so each batched forward faults in
+# fresh pages for them: with the allocator reusing memory (MALLOC_MMAP_THRESHOLD_) or huge pages
+# (THP_MEM_ALLOC_ENABLE=1), 512 tokens cost 0.8-0.95x.
+_TOKENS_PER_FORWARD = 256
 
 
 def _edges_per_forward(tokens: Tensor) -> int:
