@@ -705,6 +705,12 @@ class FaithfulnessCurve:
         return sum((x1 - x0) * (y0 + y1) / 2 for x0, x1, y0, y1 in
                    zip(self.fractions, self.fractions[1:], self.values, self.values[1:]))
 
+    def to_frame(self):
+        """One row per circuit: the fraction of edges asked for, the edges kept, and the faithfulness."""
+        import pandas as pd
+
+        return pd.DataFrame({"fraction": self.fractions, "edges": self.sizes, "faithfulness": self.values})
+
 
 def faithfulness_curve(model, scores: EdgeScores | Sequence[Edge], clean_tokens, corrupted_tokens,
                        metric: Metric, *, fractions: Sequence[float] = CIRCUIT_FRACTIONS) -> FaithfulnessCurve:

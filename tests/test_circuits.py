@@ -363,6 +363,12 @@ def test_eap_ig_ranks_at_least_as_well_as_eap_on_the_copying_task(bundled, copyi
     curve = faithfulness_curve(bundled, exact, clean, corrupt, metric)
     assert curve.values[0] == pytest.approx(0.0, abs=1e-4) and curve.values[-1] == pytest.approx(1.0, abs=1e-4)
     assert 0 < curve.area <= 1.5
+    frame = curve.to_frame()
+    assert list(frame.columns) == ["fraction", "edges", "faithfulness"]
+    assert frame["edges"].tolist() == list(curve.sizes) and frame["faithfulness"].tolist() == list(curve.values)
+    trapezoids = torch.trapezoid(torch.tensor(curve.values, dtype=torch.float64),
+                                 torch.tensor(curve.fractions, dtype=torch.float64))
+    assert curve.area == pytest.approx(float(trapezoids), abs=1e-12)
 
 
 def transformer_lens_4_edges(edge: Edge, n_layers: int, n_pos: int) -> list:
