@@ -475,10 +475,10 @@ def edge_attribution(model, clean_tokens: Int[Tensor, "batch pos"], corrupted_to
 # Tokens per batched forward of exact patching. On a 2-core CPU, 8 pairs of 16 tokens, a forward of GPT-2
 # small's shape cost about the same per edge at 256, 512 and 1,024 tokens (0.83-0.95x a bare forward, over
 # two runs), and at 2,048 1.3x what it cost at 1,024 (an earlier run). The bundled model, whose forward is
-# mostly its unembedding, cost 1.07x at 256 tokens, 1.2-1.3x at 512 and 1.4x at 1,024. Its logits [tokens,
-# d_vocab] (51 MB at 256 tokens) are past glibc's 32 MB mmap threshold, so each batched forward faults in
-# fresh pages for them: with the allocator reusing memory (MALLOC_MMAP_THRESHOLD_) or huge pages
-# (THP_MEM_ALLOC_ENABLE=1), 512 tokens cost 0.8-0.95x.
+# mostly its unembedding, cost 1.00-1.27x at 256 tokens (1.07-1.08x at 128), 1.2-1.3x at 512 and 1.4-1.6x at
+# 1,024, over four paired sweeps. Its logits [tokens, d_vocab] (51 MB at 256 tokens) are past glibc's 32 MB
+# mmap threshold, so each batched forward faults in fresh pages for them: with the allocator reusing memory
+# (MALLOC_MMAP_THRESHOLD_) or huge pages (THP_MEM_ALLOC_ENABLE=1), 512 tokens cost 0.8-0.95x.
 _TOKENS_PER_FORWARD = 256
 
 
