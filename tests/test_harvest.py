@@ -10,6 +10,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -445,6 +446,44 @@ def test_a_run_killed_with_sigkill_resumes_to_the_same_bytes(tmp_path):
     assert not (killed / "manifest.json").exists()
     subprocess.run(_cli(killed), check=True, env=_env(), capture_output=True, timeout=300)
     assert _files(killed) == _files(whole), "the same files, bytes and all; no partial file left"
+
+
+@pytest.mark.parametrize("where", ["writing a shard", "a forward"])
+def test_an_error_mid_run_leaves_whole_shards_and_no_thread_and_a_rerun_finishes(model, tmp_path, monkeypatch, where):
+    """Shards are written on a background thread while the next one is computed. An error there (the disk
+    refusing the fourth shard) or in the main thread's forward (in the fourth shard) reaches the caller; the
+    shards written are whole, with their hashes, and none after the error; no writer thread is left; and a
+    rerun ends with the files of an uninterrupted run."""
+    options = {**SMALL, "shard_rows": 16}
+    whole, broken = tmp_path / "whole", tmp_path / "broken"
+    hv.harvest(model, CORPUS, hooks=HOOKS, out=whole, progress=False, **options)
+    assert len(list(whole.glob("shard-*.safetensors"))) > 6
+    write, forward, forwards = hv.atomic_write, hv._forward, []
+
+    def refuse_the_fourth_shard(path, data):
+        if path.name == hv._shard_name(3):
+            raise OSError(28, "No space left on device")
+        write(path, data)
+
+    def fail_in_the_fourth_shard(*args):
+        forwards.append(1)
+        if len(forwards) == 3 * 16 // SMALL["batch_size"] + 1:
+            raise RuntimeError("a forward failed")
+        return forward(*args)
+
+    if where == "writing a shard":
+        monkeypatch.setattr(hv, "atomic_write", refuse_the_fourth_shard)
+    else:
+        monkeypatch.setattr(hv, "_forward", fail_in_the_fourth_shard)
+    with pytest.raises(OSError if where == "writing a shard" else RuntimeError, match="No space|forward failed"):
+        hv.harvest(model, CORPUS, hooks=HOOKS, out=broken, progress=False, **options)
+    assert not [t.name for t in threading.enumerate() if t.name.startswith("interp-harvest")]
+    left = sorted(p.name for p in broken.iterdir() if p.name != "run.json")
+    assert left == sorted(f"{hv._shard_name(i)}{end}" for i in range(3) for end in ("", ".sha256"))
+    assert all((broken / name).read_bytes() == (whole / name).read_bytes() for name in left)
+    monkeypatch.undo()
+    hv.harvest(model, CORPUS, hooks=HOOKS, out=broken, progress=False, **options)
+    assert _files(broken) == _files(whole)
 
 
 def test_mean_ablation_takes_its_means_from_a_harvest(model, harvested):
