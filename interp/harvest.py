@@ -68,7 +68,7 @@ from interp import distributed
 from interp.errors import NameNotFoundError
 from interp.figures import atomic_write
 from interp.hooks import check_hook_names, temporary_hooks
-from interp.inputs import check_positive_int, check_tokens
+from interp.inputs import check_folder, check_positive_int, check_tokens
 
 __all__ = ["Harvest", "HarvestMismatchError", "Stream", "harvest", "open"]
 
@@ -338,7 +338,7 @@ def harvest(model, corpus, *, hooks: Sequence[str], out: str | os.PathLike, cont
     shard_rows = check_positive_int(shard_rows, "shard_rows")
     if dtype not in DTYPES:
         raise ValueError(f"dtype must be one of {tuple(DTYPES)}, got {dtype!r}")
-    out = Path(out)
+    out = check_folder(out, "the harvest's shards")
     rank, world = distributed.join()
     docs = [{"name": d.name, "sha256": d.sha256} for d in _documents(corpus, pattern, model.cfg.d_vocab)]  # checks it
     fingerprint = _fingerprint(model, docs, hooks, context, dtype, batch_size, shard_rows, stats_only)
@@ -760,7 +760,7 @@ def main(argv: list[str] | None = None) -> int:
         out = harvest(model, args.corpus, hooks=args.hooks, out=args.out, context=args.context, dtype=args.dtype,
                       batch_size=args.batch_size, shard_rows=args.shard_rows, stats_only=args.stats_only,
                       pattern=args.pattern, progress=not args.no_progress)
-    except (ModelLoadError, ValueError, KeyError, FileNotFoundError) as err:
+    except (ModelLoadError, ValueError, KeyError, FileNotFoundError, NotADirectoryError) as err:
         raise SystemExit(f"error: {err}") from None
     rank, _ = distributed.join()
     if rank == 0:

@@ -14,13 +14,14 @@ from __future__ import annotations
 import math
 import numbers
 from collections.abc import Iterable, Sequence
+from pathlib import Path
 
 import torch
 from jaxtyping import Int
 from torch import Tensor
 
-__all__ = ["check_finite", "check_flag", "check_gradients_on", "check_heads", "check_index", "check_layers",
-           "check_position", "check_positions", "check_positive_int", "check_tokens", "to_tokens"]
+__all__ = ["check_finite", "check_flag", "check_folder", "check_gradients_on", "check_heads", "check_index",
+           "check_layers", "check_position", "check_positions", "check_positive_int", "check_tokens", "to_tokens"]
 
 
 def model_name(model) -> str:
@@ -65,6 +66,14 @@ def check_positive_int(value, what: str, *, low: int = 1, high: int | None = Non
         bounds = f"in {low}..{high}" if high is not None else f">= {low}"
         raise ValueError(f"{what} must be {bounds}, got {value}")
     return value
+
+
+def check_folder(path, holds: str) -> Path:
+    """``path`` as a ``Path``, where a folder of ``holds`` is written; ``NotADirectoryError`` if a file is there."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise NotADirectoryError(f"{str(path)!r} is a file, not a folder (for {holds})")
+    return path
 
 
 def check_gradients_on(what: str) -> None:

@@ -51,6 +51,7 @@ from interp.hooks import check_hook_names, logits_for_gradients, temporary_hooks
 from interp.inputs import (
     check_finite,
     check_flag,
+    check_folder,
     check_gradients_on,
     check_index,
     check_positive_int,
@@ -194,7 +195,7 @@ def save(sae: SAE, path: str | os.PathLike) -> Path:
     reader never sees half of one). Returns the folder."""
     from safetensors.torch import save as to_bytes
 
-    path = Path(path)
+    path = check_folder(path, "an SAE's weights and config")
     tensors = {name: p.detach().contiguous().cpu() for name, p in sae.named_parameters()}
     atomic_write(path / WEIGHTS_FILE, to_bytes(tensors))
     atomic_write(path / CFG_FILE, json.dumps(sae.config(), indent=1) + "\n")
@@ -675,6 +676,7 @@ def train(data, *, hook: str, d_sae: int, architecture: str = "topk", k: int | N
     aux_k = None if aux_k is None else check_positive_int(aux_k, "aux_k")
     steps = check_positive_int(steps, "steps")
     checkpoint_every = check_positive_int(checkpoint_every, "checkpoint_every")
+    out = None if out is None else check_folder(out, "the training's checkpoints")
     dead_after = check_positive_int(dead_after, "dead_after")
     check_gradients_on("training")
     device = check_device(device)
@@ -698,7 +700,6 @@ def train(data, *, hook: str, d_sae: int, architecture: str = "topk", k: int | N
     optimizer = torch.optim.Adam(sae.parameters(), lr=lr)
     since_fired = torch.zeros(d_sae, dtype=torch.int64)  # tokens since each latent last fired (all ranks)
     start = 0
-    out = None if out is None else Path(out)
     if out is not None and (out / "train.json").exists():
         _check_same_run(out, cfg)
     if out is not None and (out / "trainer_state.pt").exists():
@@ -897,7 +898,7 @@ def main(argv: list[str] | None = None) -> int:
               batch_size=args.batch_size, steps=args.steps, lr=args.lr, seed=args.seed, dead_after=args.dead_after,
               out=args.out, checkpoint_every=args.checkpoint_every, progress=not args.no_progress,
               device=args.device)
-    except (ModelLoadError, ValueError, TypeError, KeyError, FileNotFoundError) as err:  # bad input: one line
+    except (ModelLoadError, ValueError, TypeError, KeyError, FileNotFoundError, NotADirectoryError) as err:  # one line
         raise SystemExit(f"error: {err}") from None
     distributed.leave()
     return 0

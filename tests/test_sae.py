@@ -129,6 +129,9 @@ def test_bad_files_get_typed_errors(tmp_path, bundled):
     from safetensors.torch import load_file, save_file
 
     S.save(random_sae("topk", 16), tmp_path / "good")
+    (tmp_path / "a file").write_text("not a folder")
+    with pytest.raises(NotADirectoryError, match=r"a file' is a file, not a folder \(for an SAE's weights and config\)"):
+        S.save(random_sae("topk", 16), tmp_path / "a file")
     with pytest.raises(FileNotFoundError):
         S.load(tmp_path / "nothing")
     (tmp_path / "empty").mkdir()
@@ -547,9 +550,12 @@ def test_two_processes_train_what_one_trains(harvested, tmp_path, architecture, 
         torch.testing.assert_close(p, q, atol=1e-5, rtol=1e-4, msg=name)
 
 
-def test_training_refuses_bad_input_before_any_step(bundled, harvested):
+def test_training_refuses_bad_input_before_any_step(bundled, harvested, tmp_path):
     with pytest.raises(ValueError, match="holds no activations"):
         S.train(harvested, **{**TRAIN, "hook": "blocks.0.hook_resid_pre"})
+    (tmp_path / "a file").write_text("not a folder")
+    with pytest.raises(NotADirectoryError, match=r"is a file, not a folder \(for the training's checkpoints\)"):
+        S.train(harvested, **TRAIN, out=tmp_path / "a file")
     with pytest.raises(ValueError, match="architecture must be one of"):
         S.train(harvested, **{**TRAIN, "architecture": "gated"})
     with pytest.raises(ValueError, match="bandwidth must be > 0"):
