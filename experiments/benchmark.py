@@ -35,7 +35,7 @@ from pathlib import Path
 
 import torch
 
-from experiments.common import DEFAULT_OUT, command_line
+from experiments.common import DEFAULT_OUT, command_line, out_folder
 from interp.backends import AVAILABLE_BACKENDS, DEFAULT_BACKEND, TL_MAJOR, TL_VERSION
 from interp.caching import cache_heads
 from interp.checkpoints import write_random_checkpoint
@@ -434,7 +434,7 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--reps", type=int, default=5, help="timed repetitions per contender (default: 5)")
     parser.add_argument("--quick", action="store_true", help="skip batch 16 and the end-to-end run")
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="where benchmark_tl{major}.json goes (default: figures/)")
+    parser.add_argument("--out", type=out_folder, default=DEFAULT_OUT, help="where benchmark_tl{major}.json goes (default: figures/)")
     parser.add_argument("--device", default="cpu", help="cpu (default) or cuda")
     args = parser.parse_args(argv)
     if args.reps < 1:

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from interp.backends import AVAILABLE_BACKENDS, DEFAULT_BACKEND, TL_VERSION
+from interp.inputs import check_folder
 from interp.loading import ModelLoadError, load_gpt2_or_bundled, load_model, model_info
 
 DEFAULT_OUT = Path(__file__).resolve().parent.parent / "figures"
@@ -31,6 +32,14 @@ class Figure(NamedTuple):
     pages: dict | None = None
 
 
+def out_folder(value: str) -> Path:
+    """``--out``'s type: a folder, refused in argparse's one line when a file is there."""
+    try:
+        return check_folder(value, "the figures")
+    except NotADirectoryError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
 def add_common_args(parser: argparse.ArgumentParser) -> None:
     """The options every run shares, whichever families it runs."""
     parser.add_argument(
@@ -44,7 +53,7 @@ def add_common_args(parser: argparse.ArgumentParser) -> None:
                         f"only; {TL_VERSION} is installed) (default: {DEFAULT_BACKEND})")
     parser.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda if available)")
     parser.add_argument("--seed", type=int, default=0, help="seed for torch, numpy and random (default: 0)")
-    parser.add_argument("--out", type=Path, default=None,
+    parser.add_argument("--out", type=out_folder, default=None,
                         help="output folder (default: figures/ for every family with its default options; "
                         "figures/runs/FAMILIES-HASH, named by the families and options, otherwise)")
     parser.add_argument("--no-images", action="store_true", help="write HTML and JSON only, skip PNG export")

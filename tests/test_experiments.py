@@ -159,6 +159,15 @@ def test_named_model_that_cannot_load_fails_before_any_work(tmp_path, monkeypatc
     assert not (tmp_path / "figs").exists()
 
 
+def test_an_out_that_is_a_file_is_a_one_line_error_before_any_model_loads(tmp_path, capsys):
+    taken = tmp_path / "figures.txt"
+    taken.write_text("")
+    with pytest.raises(SystemExit):
+        runner.main(["parameter_breakdown", "--out", str(taken)])
+    assert capsys.readouterr().err.strip().splitlines()[-1].endswith(
+        f"error: argument --out: {str(taken)!r} is a file, not a folder (for the figures)")
+
+
 def test_unknown_family(tmp_path):
     with pytest.raises(SystemExit, match="choose from parameter_breakdown"):
         runner.main(["temprature", "--out", str(tmp_path)])
