@@ -288,8 +288,14 @@ def test_bad_input_is_refused_before_any_forward(model, tmp_path):
     with pytest.raises(ValueError, match="context must be in"):
         hv.harvest(model, CORPUS, hooks=HOOKS, out=tmp_path / "c", context=10**6, progress=False)
     (tmp_path / "a file").write_text("not a folder")
-    with pytest.raises(NotADirectoryError, match=r"a file' is a file, not a folder \(for the harvest's shards\)"):
-        hv.harvest(model, CORPUS, hooks=HOOKS, out=tmp_path / "a file", progress=False)
+    forwards = []
+    handle = model.register_forward_pre_hook(lambda *args: forwards.append(1))
+    try:
+        with pytest.raises(NotADirectoryError, match=r"a file' is a file, not a folder \(for the harvest's shards\)"):
+            hv.harvest(model, CORPUS, hooks=HOOKS, out=tmp_path / "a file", progress=False)
+    finally:
+        handle.remove()
+    assert not forwards
     # a folder's default pattern takes every file: a compiled module in __pycache__ is binary, not a document
     folder = tmp_path / "package"
     (folder / "__pycache__").mkdir(parents=True)

@@ -553,9 +553,6 @@ def test_two_processes_train_what_one_trains(harvested, tmp_path, architecture, 
 def test_training_refuses_bad_input_before_any_step(bundled, harvested, tmp_path):
     with pytest.raises(ValueError, match="holds no activations"):
         S.train(harvested, **{**TRAIN, "hook": "blocks.0.hook_resid_pre"})
-    (tmp_path / "a file").write_text("not a folder")
-    with pytest.raises(NotADirectoryError, match=r"is a file, not a folder \(for the training's checkpoints\)"):
-        S.train(harvested, **TRAIN, out=tmp_path / "a file")
     with pytest.raises(ValueError, match="architecture must be one of"):
         S.train(harvested, **{**TRAIN, "architecture": "gated"})
     with pytest.raises(ValueError, match="bandwidth must be > 0"):
@@ -582,6 +579,9 @@ def test_training_refuses_bad_input_before_any_step(bundled, harvested, tmp_path
                                  "bandwidth is an option of architecture 'jumprelu', not 'standard'")):
             with pytest.raises(ValueError, match=message):
                 S.train(stream, **{**TRAIN, **change})
+        (tmp_path / "a file").write_text("not a folder")
+        with pytest.raises(NotADirectoryError, match=r"is a file, not a folder \(for the training's checkpoints\)"):
+            S.train(stream, **TRAIN, out=tmp_path / "a file")
         with torch.inference_mode(), pytest.raises(RuntimeError, match="training needs gradients, which "
                                                                        r"torch.inference_mode\(\) turns off"):
             S.train(stream, **TRAIN)
