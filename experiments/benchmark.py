@@ -40,7 +40,7 @@ from interp.backends import AVAILABLE_BACKENDS, DEFAULT_BACKEND, TL_MAJOR, TL_VE
 from interp.caching import cache_heads
 from interp.checkpoints import write_random_checkpoint
 from interp.figures import atomic_write
-from interp.hooks import temporary_hooks
+from interp.hooks import run_until, temporary_hooks
 from interp.loading import load_model, quiet_transformers
 from interp.metrics import bootstrap_interval
 from interp.patching import activation_patching, attribution_patching
@@ -275,7 +275,7 @@ def bench_harvest(model, label: str, corpus: Path, reps: int) -> tuple[list[dict
 
     def bare():
         for start in range(0, len(rows), options["batch_size"]):
-            hv._forward(model, rows[start:start + options["batch_size"]].to(device), hooks)
+            run_until(model, rows[start:start + options["batch_size"]].to(device), hooks)
 
     def harvest_once():
         with tempfile.TemporaryDirectory() as tmp:

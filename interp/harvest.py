@@ -67,7 +67,7 @@ from torch import Tensor
 from interp import distributed
 from interp.errors import NameNotFoundError
 from interp.figures import atomic_write
-from interp.hooks import check_hook_names, temporary_hooks
+from interp.hooks import check_hook_names, run_until
 from interp.inputs import check_folder, check_positive_int, check_tokens
 
 __all__ = ["Harvest", "HarvestMismatchError", "Stream", "harvest", "open"]
@@ -78,10 +78,6 @@ DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.
 
 class HarvestMismatchError(ValueError):
     """The output folder holds a harvest of another model, hook, corpus or setting."""
-
-
-class _Stop(Exception):
-    """Raised by the last hook to fire: the rest of the forward is not needed."""
 
 
 # ---------------------------------------------------------------------------------------------- the corpus
@@ -232,25 +228,6 @@ def _token_ids(documents: Iterable[_Document], tokenizer) -> Iterator[tuple[list
 # ---------------------------------------------------------------------------------------------- harvest
 
 
-def _forward(model, rows: Tensor, hooks: Sequence[str]) -> dict[str, Tensor]:
-    """The hooks' activations on ``rows``; the forward stops once every hook has fired."""
-    kept: dict[str, Tensor] = {}
-
-    def keep(name: str):
-        def hook(act, hook):
-            kept[name] = act.detach()
-            if len(kept) == len(hooks):
-                raise _Stop
-        return hook
-
-    try:
-        with torch.no_grad(), temporary_hooks(model, [(name, keep(name)) for name in hooks]):
-            model(rows, return_type=None)
-    except _Stop:
-        pass
-    return kept
-
-
 def _fingerprint(model, corpus_docs: list[dict], hooks, context, dtype, batch_size, shard_rows, stats_only) -> dict:
     from interp.loading import model_info
 
@@ -399,7 +376,7 @@ def _shard_tensors(model, rows: list[list[int]], hooks, batch_size, dtype, stats
     parts: dict[str, list[Tensor]] = {name: [] for name in hooks}
     stats: dict[str, Tensor] = {}
     for start in range(0, len(tokens), batch_size):
-        acts = _forward(model, tokens[start:start + batch_size].to(device), hooks)
+        acts = run_until(model, tokens[start:start + batch_size].to(device), hooks)
         for name in hooks:
             act = acts[name]
             flat = act.reshape(act.shape[0] * act.shape[1], -1).double()  # [tokens, features], on the model's device
@@ -692,7 +669,7 @@ class Stream(_Shards):
             rank, world = distributed.join()
             first = index * -(-self.shard_rows // self.batch_size)  # the global number of this shard's first micro-batch
             owners = [(first + j) % world for j in range(len(micro))]
-            parts = [_forward(self.model, batch, self.hooks) if owner == rank else None
+            parts = [run_until(self.model, batch, self.hooks) if owner == rank else None
                      for batch, owner in zip(micro, owners)]
             if world > 1:  # shapes and dtypes from this rank's own micro-batch, or from one row when it has none
                 like = next((part for part in parts if part is not None), None) or self._like
@@ -714,7 +691,7 @@ class Stream(_Shards):
     def _like(self) -> dict[str, Tensor]:
         """Each hook's activation on the first row: the shape and dtype of what other ranks compute, for a rank
         with no micro-batch of its own in a shard."""
-        return _forward(self.model, self.tokens[:1].to(self.model.cfg.device), self.hooks)
+        return run_until(self.model, self.tokens[:1].to(self.model.cfg.device), self.hooks)
 
     def _shard_tokens(self, skip_first: bool) -> list[int]:
         rows, context = self.tokens.shape

@@ -23,7 +23,8 @@ from torch import Tensor
 from interp.backends import Hook, hook_attachments
 from interp.errors import NameNotFoundError
 
-__all__ = ["attached_hooks", "check_hook_names", "logits_for_gradients", "run_with_hooks", "temporary_hooks"]
+__all__ = ["attached_hooks", "check_hook_names", "logits_for_gradients", "run_until", "run_with_hooks",
+           "temporary_hooks"]
 
 
 _LEVELS = itertools.count(1_000_000)  # hook context levels of our own, apart from TransformerLens's
@@ -108,6 +109,36 @@ def run_with_hooks(model, tokens, hooks: Sequence[tuple[str, Hook]]) -> None:
     """One forward of ``tokens`` with ``hooks`` attached, for what the hooks keep; no logits, no gradient."""
     with torch.no_grad(), temporary_hooks(model, hooks):
         model(tokens, return_type=None)
+
+
+class _Stop(Exception):
+    """Raised by the last hook ``run_until`` waits for: the rest of the forward is not needed."""
+
+
+def run_until(model, tokens, names: Sequence[str], hooks: Sequence[tuple[str, Hook]] = ()) -> dict[str, Tensor]:
+    """The activations at the hook points ``names`` (distinct) in a forward of ``tokens`` with ``hooks``
+    attached, as each point passes them on (after ``hooks`` there); the forward stops as soon as every name has
+    fired, so what comes after them is never computed. No gradient.
+
+    Example:
+        >>> acts = run_until(model, tokens, ["blocks.1.hook_resid_pre"])  # the embeddings and block 0, no more
+        >>> acts["blocks.1.hook_resid_pre"].shape                         # [batch, pos, d_model]
+    """
+    kept: dict[str, Tensor] = {}
+
+    def keep(name: str):
+        def hook(act, hook):
+            kept[name] = act.detach()
+            if len(kept) == len(names):
+                raise _Stop
+        return hook
+
+    try:  # the default return type: HookedTransformer's return_type=None skips the unembedding and its hooks
+        with torch.no_grad(), temporary_hooks(model, [*hooks, *((name, keep(name)) for name in names)]):
+            model(tokens)
+    except _Stop:
+        return kept
+    raise RuntimeError(f"the forward ended before {sorted(set(names) - set(kept))} fired")
 
 
 def logits_for_gradients(model, tokens, hooks: Sequence[tuple[str, Hook]]) -> Tensor:

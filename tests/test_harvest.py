@@ -403,8 +403,8 @@ from interp.loading import load_model
 hooks, shard_rows, rows = json.loads(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
 model = load_model("bundled", device="cpu")
 calls = [0]
-forward = hv._forward
-hv._forward = lambda *args: calls.__setitem__(0, calls[0] + 1) or forward(*args)
+forward = hv.run_until
+hv.run_until = lambda *args: calls.__setitem__(0, calls[0] + 1) or forward(*args)
 stream = hv.Stream(model, hv.open(sys.argv[1]).tokens[:rows], hooks, batch_size=8, shard_rows=shard_rows)
 shards = {f"{i}/{name}": stream.shard(i, name) for i in range(len(stream._shard_tokens(False))) for name in hooks}
 rank, world = distributed.join()
@@ -467,7 +467,7 @@ def test_an_error_mid_run_leaves_whole_shards_and_no_thread_and_a_rerun_finishes
     whole, broken = tmp_path / "whole", tmp_path / "broken"
     hv.harvest(model, CORPUS, hooks=HOOKS, out=whole, progress=False, **options)
     assert len(list(whole.glob("shard-*.safetensors"))) > 6
-    write, forward, forwards = hv.atomic_write, hv._forward, []
+    write, forward, forwards = hv.atomic_write, hv.run_until, []
 
     def refuse_the_fourth_shard(path, data):
         if path.name == hv._shard_name(3):
@@ -483,7 +483,7 @@ def test_an_error_mid_run_leaves_whole_shards_and_no_thread_and_a_rerun_finishes
     if where == "writing a shard":
         monkeypatch.setattr(hv, "atomic_write", refuse_the_fourth_shard)
     else:
-        monkeypatch.setattr(hv, "_forward", fail_in_the_fourth_shard)
+        monkeypatch.setattr(hv, "run_until", fail_in_the_fourth_shard)
     with pytest.raises(OSError if where == "writing a shard" else RuntimeError, match="No space|forward failed"):
         hv.harvest(model, CORPUS, hooks=HOOKS, out=broken, progress=False, **options)
     assert not [t.name for t in threading.enumerate() if t.name.startswith("interp-harvest")]
