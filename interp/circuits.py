@@ -59,7 +59,7 @@ from torch import Tensor
 from interp._progress import progress_bar
 from interp._repr import concise_repr
 from interp.backends import layer_norm, ln_affine
-from interp.hooks import logits_for_gradients, temporary_hooks
+from interp.hooks import logits_for_gradients, run_until, temporary_hooks
 from interp.inputs import check_positive_int, check_tokens
 from interp.metrics import Metric, bootstrap_interval, check_metric, metric_values
 
@@ -437,7 +437,7 @@ def edge_attribution(model, clean_tokens: Int[Tensor, "batch pos"], corrupted_to
         direction: ``"noising"`` (the clean run, edges from the corrupted one) or ``"denoising"``.
         steps: EAP-IG's Riemann midpoints (default 5; for ``"eap-ig"`` only).
         edges_per_forward: exact patching: how many edges share one batched forward (default: as many as make
-            about 256 tokens, ``_edges_per_forward``; for ``"exact"`` only).
+            about 1,024 tokens, ``_edges_per_forward``; for ``"exact"`` only).
         progress: exact patching: a progress bar in edges, shown once the run has taken 2 s (all 32,491 edges
             of GPT-2 small take thousands of forwards).
 
@@ -472,14 +472,15 @@ def edge_attribution(model, clean_tokens: Int[Tensor, "batch pos"], corrupted_to
                       corrupted_value)
 
 
-# Tokens per batched forward of exact patching. On a 2-core CPU, 8 pairs of 16 tokens, a forward of GPT-2
-# small's shape cost about the same per edge at 256, 512 and 1,024 tokens (0.83-0.95x a bare forward, over
-# two runs), and at 2,048 1.3x what it cost at 1,024 (an earlier run). The bundled model, whose forward is
-# mostly its unembedding, cost 1.00-1.27x at 256 tokens (1.07-1.08x at 128), 1.2-1.3x at 512 and 1.4-1.6x at
-# 1,024, over four paired sweeps. Its logits [tokens, d_vocab] (51 MB at 256 tokens) are past glibc's 32 MB
-# mmap threshold, so each batched forward faults in fresh pages for them: with the allocator reusing memory
-# (MALLOC_MMAP_THRESHOLD_) or huge pages (THP_MEM_ALLOC_ENABLE=1), 512 tokens cost 0.8-0.95x.
-_TOKENS_PER_FORWARD = 256
+# Tokens per batched forward of exact patching. The batched forward stops at the unembedding's input, and each
+# copy is unembedded alone: batched logits ([tokens, d_vocab], 206 MB at 1,024 tokens) are past glibc's 32 MB
+# mmap threshold, so each batched forward faulted in fresh pages for them, while one copy's (26 MB for 8 x 16
+# tokens) reuse the last one's memory. The bundled model, whose forward is mostly its unembedding, went from
+# 1.21x to 0.96x a forward per edge at 256 tokens. Then, per edge against one forward (8 pairs of 16 tokens, a
+# 2-core CPU, paired medians, 2026-12-06): the bundled model 0.97x at 128 tokens, 0.83x at 256, 0.75x at 512,
+# 0.69x at 1,024, 0.65x at 2,048; GPT-2 small's shape (32 sampled edges) 1.06x at 128, 0.97x at 256, 0.89x at
+# 512, 0.76-0.87x at 1,024 (two runs), 0.83x at 2,048 and 1.14x at 4,096.
+_TOKENS_PER_FORWARD = 1024
 
 
 def _edges_per_forward(tokens: Tensor) -> int:
@@ -498,16 +499,18 @@ def _exact(model, g: Graph, base: Tensor, source_tokens: Tensor, metric: Metric,
     with torch.no_grad():
         unpatched = metric_values(metric, model(base), _BASE_RUN).float()
     out = []
-    with progress_bar(len(chosen), unit="edge", desc="exact edge patching", enabled=progress) as bar:
+    with (progress_bar(len(chosen), unit="edge", desc="exact edge patching", enabled=progress) as bar,
+          torch.no_grad()):
         for start in range(0, len(chosen), chunk):
             edges = chosen[start:start + chunk]
             patches: dict[tuple[str, str], list] = {}
             for c, edge in enumerate(edges):
                 patches.setdefault((edge.receiver, edge.input), []).append(
                     (g.sender_index[edge.sender], slice(c * batch, (c + 1) * batch)))
-            logits = _patched_logits(model, base.repeat(len(edges), 1), source, patches)
-            for c in range(len(edges)):
-                value = metric_values(metric, logits[c * batch:(c + 1) * batch]).float()
+            final = run_until(model, base.repeat(len(edges), 1), ["unembed.hook_in"],
+                              _shift_hooks(model, g, source, patches))["unembed.hook_in"]
+            for c in range(len(edges)):  # the copies' logits one at a time, each in the memory of the last
+                value = metric_values(metric, model.unembed(final[c * batch:(c + 1) * batch])).float()
                 out.append((value - unpatched).cpu())
             bar.update(len(edges))
     return torch.stack(out), float(unpatched.mean()), source_value
