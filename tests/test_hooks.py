@@ -14,7 +14,7 @@ from interp.caching import (
     estimate_cache_bytes,
     residual_stream,
 )
-from interp.hooks import attached_hooks, logits_for_gradients, temporary_hooks
+from interp.hooks import attached_hooks, logits_for_gradients, run_until, temporary_hooks
 from interp.interventions import ablate_heads, patch_activation
 from interp.lens import direct_logit_attribution, logit_lens
 
@@ -165,6 +165,22 @@ def test_logits_for_gradients_equal_hugging_face_autograd(tiny_checkpoint, tiny_
     torch.testing.assert_close(grad, expected, atol=1e-6, rtol=1e-5)
     assert grad[0, 2:].abs().sum() == 0 and grad[1, 7:].abs().sum() == 0 and grad[1, :7].abs().sum() > 0
     assert attached_hooks(model) == []
+
+
+def test_run_until_gives_the_cache_at_its_names_and_computes_nothing_after(tiny_model, tokens):
+    """``run_until`` returns what ``run_with_cache`` holds at the named points, with an edit made before them by
+    one of its hooks, and the forward stops at the last name: a hook past it never fires. The unembedding's
+    input, where exact edge patching stops, fires on both backends (HookedTransformer's return_type=None
+    would skip it)."""
+    names = ["blocks.1.hook_resid_pre", "unembed.hook_in"]
+    halve = ("blocks.0.hook_mlp_out", lambda act, hook: act * 0.5)
+    after = []
+    acts = run_until(tiny_model, tokens, names, [halve, ("unembed.hook_out", lambda act, hook: after.append(act))])
+    with torch.no_grad(), temporary_hooks(tiny_model, [halve]):
+        _, cache = tiny_model.run_with_cache(tokens, names_filter=lambda name: name in names)
+    for name in names:
+        torch.testing.assert_close(acts[name], cache[name], atol=0, rtol=0)
+    assert after == [] and attached_hooks(tiny_model) == []
 
 
 def test_gradient_methods_work_under_no_grad(tiny_model, tokens):
