@@ -340,13 +340,14 @@ def harvest(model, corpus, *, hooks: Sequence[str], out: str | os.PathLike, cont
 
         bar = tqdm(unit="tok", unit_scale=True, desc=f"harvest ({world} process{'es' if world > 1 else ''})",
                    file=sys.stderr)
+    written = {path.name for path in out.glob("shard-*.safetensors")}  # by an earlier run: skipped, not redone
     shard_rows_seen: list[list[int]] = []
     n_rows = 0
     with _shard_writer(out) as write:
         for row in _rows(_documents(corpus, pattern, model.cfg.d_vocab, digest=False), model.tokenizer, context):
             shard = n_rows // shard_rows
             n_rows += 1
-            if shard % world != rank or (out / _shard_name(shard)).exists():
+            if shard % world != rank or _shard_name(shard) in written:  # a set, not a stat per row
                 continue
             shard_rows_seen.append(row)
             if len(shard_rows_seen) == shard_rows:
