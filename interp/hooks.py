@@ -116,29 +116,30 @@ class _Stop(Exception):
 
 
 def run_until(model, tokens, names: Sequence[str], hooks: Sequence[tuple[str, Hook]] = ()) -> dict[str, Tensor]:
-    """The activations at the hook points ``names`` (distinct) in a forward of ``tokens`` with ``hooks``
-    attached, as each point passes them on (after ``hooks`` there); the forward stops as soon as every name has
-    fired, so what comes after them is never computed. No gradient.
+    """The activations at the hook points ``names`` in a forward of ``tokens`` with ``hooks`` attached, as each
+    point passes them on (after ``hooks`` there); the forward stops as soon as every name has fired, so what
+    comes after them is never computed. No gradient.
 
     Example:
         >>> acts = run_until(model, tokens, ["blocks.1.hook_resid_pre"])  # the embeddings and block 0, no more
         >>> acts["blocks.1.hook_resid_pre"].shape                         # [batch, pos, d_model]
     """
+    wanted = list(dict.fromkeys(names))  # a name given twice is waited for once
     kept: dict[str, Tensor] = {}
 
     def keep(name: str):
         def hook(act, hook):
             kept[name] = act.detach()
-            if len(kept) == len(names):
+            if len(kept) == len(wanted):
                 raise _Stop
         return hook
 
     try:  # the default return type: HookedTransformer's return_type=None skips the unembedding and its hooks
-        with torch.no_grad(), temporary_hooks(model, [*hooks, *((name, keep(name)) for name in names)]):
+        with torch.no_grad(), temporary_hooks(model, [*hooks, *((name, keep(name)) for name in wanted)]):
             model(tokens)
     except _Stop:
         return kept
-    raise RuntimeError(f"the forward ended before {sorted(set(names) - set(kept))} fired")
+    raise RuntimeError(f"the forward ended before {sorted(set(wanted) - set(kept))} fired")
 
 
 def logits_for_gradients(model, tokens, hooks: Sequence[tuple[str, Hook]]) -> Tensor:

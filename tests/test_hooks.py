@@ -175,7 +175,8 @@ def test_run_until_gives_the_cache_at_its_names_and_computes_nothing_after(tiny_
     names = ["blocks.1.hook_resid_pre", "unembed.hook_in"]
     halve = ("blocks.0.hook_mlp_out", lambda act, hook: act * 0.5)
     after = []
-    acts = run_until(tiny_model, tokens, names, [halve, ("unembed.hook_out", lambda act, hook: after.append(act))])
+    acts = run_until(tiny_model, tokens, [*names, names[0]],  # a name given twice is waited for once
+                     [halve, ("unembed.hook_out", lambda act, hook: after.append(act))])
     with torch.no_grad(), temporary_hooks(tiny_model, [halve]):
         _, cache = tiny_model.run_with_cache(tokens, names_filter=lambda name: name in names)
     for name in names:
