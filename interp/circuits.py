@@ -304,13 +304,47 @@ def _shift_hooks(model, g: Graph, source: dict[int, Tensor], patches: dict) -> l
     return hooks
 
 
-def _sender_outputs(model, tokens: Tensor) -> tuple[dict[int, Tensor], Tensor]:
-    """Every sender's output on ``tokens``, and the logits, from one forward (the edge hook points must be on)."""
+def _sender_outputs(model, tokens: Tensor, parts: bool = False) -> tuple[dict, Tensor]:
+    """Every sender's output on ``tokens`` (or, with ``parts``, what the outputs are made of: ``_part_hooks``),
+    and the logits, from one forward (the edge hook points must be on)."""
     g = graph(model)
-    store: dict[int, Tensor] = {}
-    with torch.no_grad(), temporary_hooks(model, _sender_hooks(model, g, store)):
+    store: dict = {}
+    with torch.no_grad(), temporary_hooks(model, _part_hooks(g, store) if parts else _sender_hooks(model, g, store)):
         logits = model(tokens)
     return store, logits
+
+
+def _part_hooks(g: Graph, store: dict) -> list:
+    """Hooks that record what the senders' outputs are made of in this run, into ``store``: the embeddings
+    (``"input"``), each layer's z (``("z", layer)``: a head's output is its z @ W_O) and each MLP's output
+    (``("m", layer)``). No per-head matmul in the run; ``_output_deltas`` takes two runs' difference."""
+    def keep(key):
+        def hook(act, hook):
+            store[key] = act.detach()
+        return hook
+
+    hooks = [("blocks.0.hook_resid_pre", keep("input"))]
+    for layer in range(g.n_layers):
+        hooks += [(f"blocks.{layer}.attn.hook_z", keep(("z", layer))),
+                  (f"blocks.{layer}.hook_mlp_out", keep(("m", layer)))]
+    return hooks
+
+
+def _output_deltas(model, g: Graph, source: dict, base: dict) -> Float[Tensor, "sender batch pos_d"]:
+    """Each sender's output in the source run minus its output in the base run (both recorded by
+    ``_part_hooks``), sender-major. A layer's heads take one batched matmul: (z_source - z_base) @ W_O, head by
+    head, written in place."""
+    batch, pos, d_model = source["input"].shape
+    like = source["input"]
+    out = torch.empty(len(g.senders), batch, pos * d_model, dtype=like.dtype, device=like.device)
+    torch.sub(source["input"], base["input"], out=out[0].view(batch, pos, d_model))
+    for layer in range(g.n_layers):
+        first = g.sender_index[f"a{layer}.h0"]
+        diff = einops.rearrange(source["z", layer] - base["z", layer], "b pos head e -> head (b pos) e")
+        torch.bmm(diff, model.blocks[layer].attn.W_O.detach().to(diff.dtype),
+                  out=out[first:first + g.n_heads].view(g.n_heads, batch * pos, d_model))
+        torch.sub(source["m", layer], base["m", layer], out=out[first + g.n_heads].view(batch, pos, d_model))
+    return out
 
 
 def _patched_logits(model, tokens: Tensor, source: dict[int, Tensor],
@@ -559,23 +593,19 @@ def _gradient_scores(model, g: Graph, base: Tensor, source_tokens: Tensor, metri
     ``steps`` midpoints of the straight line from the unpatched run's embeddings to the source's). Returns
     the scores and the unpatched and source metrics. EAP records the unpatched run's sender outputs in its
     gradient run: one forward with gradients, one backward and the source's forward in all."""
-    source_out, source_logits = _sender_outputs(model, source_tokens)
+    source_parts, source_logits = _sender_outputs(model, source_tokens, parts=True)
     source_value = float(metric_values(metric, source_logits, _SOURCE_RUN).float().mean())
     if steps is None:
-        base_out: dict[int, Tensor] = {}
-        runs = [_gradient_run(model, g, base, metric, _BASE_RUN, record=base_out)]
+        base_parts: dict = {}
+        runs = [_gradient_run(model, g, base, metric, _BASE_RUN, record=base_parts)]
         base_value = float(runs[0].metric.float().mean())
     else:
-        base_out, base_logits = _sender_outputs(model, base)
+        base_parts, base_logits = _sender_outputs(model, base, parts=True)
         base_value = float(metric_values(metric, base_logits, _BASE_RUN).float().mean())
-        start, end = base_out[0], source_out[0]
+        start, end = base_parts["input"], source_parts["input"]
         runs = [_gradient_run(model, g, base, metric, f"integrated-gradient step {k + 1} of {steps}",
                               inputs=start + (k + 0.5) / steps * (end - start)) for k in range(steps)]
-    batch = base.shape[0]
-    delta = torch.empty(batch, len(g.senders), base_out[0][0].numel(), dtype=base_out[0].dtype,
-                        device=base_out[0].device)  # [batch, sender, pos·d_model]
-    for s in range(len(g.senders)):
-        delta[:, s] = (source_out[s] - base_out[s]).flatten(1)
+    delta = _output_deltas(model, g, source_parts, base_parts)
     scores = _edge_scores(model, g, runs, delta).T.float().cpu()  # [edge, batch]
     if steps is not None:
         scores /= steps
@@ -593,10 +623,10 @@ class _GradientRun(NamedTuple):
 
 
 def _gradient_run(model, g: Graph, tokens: Tensor, metric: Metric, run: str, inputs: Tensor | None = None,
-                  record: dict[int, Tensor] | None = None) -> _GradientRun:
+                  record: dict | None = None) -> _GradientRun:
     """One forward and backward. ``inputs`` replace the embeddings (``blocks.0.hook_resid_pre``). Summing the
-    per-pair metric gives each pair its own gradient; the mean over pairs is taken later. ``record`` also
-    keeps every sender's output of this run."""
+    per-pair metric gives each pair its own gradient; the mean over pairs is taken later. ``record`` receives
+    what this run's sender outputs are made of (``_part_hooks``)."""
     kept: dict[tuple[str, str], Tensor] = {}
     resid: dict[int, Tensor] = {}
 
@@ -622,7 +652,7 @@ def _gradient_run(model, g: Graph, tokens: Tensor, metric: Metric, run: str, inp
         hooks.append((f"blocks.{layer}.hook_mlp_in", keep((f"m{layer}", ""))))
     hooks.append((f"blocks.{g.n_layers - 1}.hook_resid_post", keep(("logits", ""))))
     if record is not None:  # after the leaf at resid_pre, so the input sender is read as the run has it
-        hooks += _sender_hooks(model, g, record)
+        hooks += _part_hooks(g, record)
     with torch.enable_grad():  # the metric too, if the caller is under no_grad
         logits = logits_for_gradients(model, tokens, hooks)
         keys = list(kept)
@@ -632,7 +662,7 @@ def _gradient_run(model, g: Graph, tokens: Tensor, metric: Metric, run: str, inp
                          for k, grad in zip(keys, grads)}, {k: kept[k].detach() for k in keys}, resid, value.detach())
 
 
-def _edge_scores(model, g: Graph, runs: list[_GradientRun], delta: Float[Tensor, "batch sender pos_d"]
+def _edge_scores(model, g: Graph, runs: list[_GradientRun], delta: Float[Tensor, "sender batch pos_d"]
                  ) -> Float[Tensor, "batch edge"]:
     """(source - base) . d sum(metric) / d (receiver input), summed over pos, d_model and the runs, per edge
     and pair, in graph.edges order.
@@ -640,7 +670,8 @@ def _edge_scores(model, g: Graph, runs: list[_GradientRun], delta: Float[Tensor,
     Layer by layer: the gradients at the layer's receivers (a head's q, k or v input reached through ln1 once
     for all the runs, ``_ln1_backward``) go into one reused buffer, then one batched matmul [batch, upstream
     senders, pos·d_model] @ [batch, pos·d_model, the layer's receivers] scores every pair of them."""
-    batch, _, flat = delta.shape
+    _, batch, flat = delta.shape
+    by_pair = delta.transpose(0, 1)  # [batch, sender, pos·d_model], a view
     heads = g.n_heads
     receivers = torch.empty(3 * heads + 1, batch, flat, dtype=delta.dtype, device=delta.device)  # q, k, v heads; MLP
     column = [qkv * heads + head for head in range(heads) for qkv in range(3)] + [3 * heads]  # graph order -> row
@@ -653,10 +684,10 @@ def _edge_scores(model, g: Graph, runs: list[_GradientRun], delta: Float[Tensor,
         _ln1_backward(model, layer, runs, receivers[:-1].view(3, heads, batch, flat))
         receivers[-1] = summed((f"m{layer}", ""))
         upstream = [n for _, _, _, n in g.receivers[first:first + len(receivers)]]
-        pairs = torch.bmm(delta[:, :upstream[-1]], receivers.permute(1, 2, 0))  # [batch, sender, receiver row]
+        pairs = torch.bmm(by_pair[:, :upstream[-1]], receivers.permute(1, 2, 0))  # [batch, sender, receiver row]
         scores += [pairs[:, :n, column[r]] for r, n in enumerate(upstream)]
         first += len(receivers)
-    scores.append(torch.bmm(delta, summed(("logits", ""))[:, :, None])[:, :, 0])
+    scores.append(torch.bmm(by_pair, summed(("logits", ""))[:, :, None])[:, :, 0])
     return torch.cat(scores, dim=1)
 
 
