@@ -256,8 +256,8 @@ def bench_exact_bundled(bundled, reps: int) -> dict:
 
 def bench_harvest(model, label: str, corpus: Path, reps: int) -> tuple[list[dict], dict]:
     """Harvest throughput against a bare forward of the same rows that also stops at the last hook, on a
-    stdlib package, one process; and the time spent writing shards as a share of the harvest's wall time (the
-    writes run on the writer thread, beside the next shard's forwards, so this bounds what they add)."""
+    stdlib package, one process; and the time spent writing shards (serialising, hashing, writing: between
+    the forwards, on the same thread) as a share of the harvest's wall time."""
     from interp import harvest as hv
 
     hooks = [f"blocks.{model.cfg.n_layers // 2}.hook_resid_pre"]

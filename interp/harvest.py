@@ -7,13 +7,12 @@ process or many (``torchrun``).
 - **Packing**: documents are joined with the end-of-text token (50256, also GPT-2's BOS) and cut into rows of
   ``context`` tokens, each starting with BOS; a document runs on into the next row; the last partial row is
   dropped. Every process tokenises the whole corpus as a stream (cheap next to the forward) and keeps the
-  rows of its own shards only, so memory stays bounded by two shards (one written while the next is
-  computed) and one document's text (a long document is tokenised in pieces, ``_pieces``, cut where GPT-2's
+  rows of its own shards only, so memory stays bounded by one shard and one document's text (a long document is tokenised in pieces, ``_pieces``, cut where GPT-2's
   tokenizer gives the same tokens).
 - **Work**: rows run through the model in micro-batches of ``batch_size`` (fixed, whatever the number of
   processes), and the forward stops as soon as every requested hook has fired. Activations are kept in
-  ``dtype`` (float32 by default). A shard is serialised, written and hashed on a background thread while the
-  next one is computed (``_shard_writer``).
+  ``dtype`` (float32 by default). A shard is serialised, hashed and written as soon as its rows are computed,
+  on the calling thread (``_save_shard``): a writer thread beside the forward made both slower on 2 cores.
 - **Output** in ``out``: ``shard-00000.safetensors``, ... each with ``tokens`` ``[rows, context]``, one tensor
   per hook keyed by its name (``[rows, context, ...]``; left out with ``stats_only``) and the shard's statistic
   partials (``stats.{hook}.count``, ``.sum`` and ``.sumsq``, float64, of the activations as the model computed
@@ -46,7 +45,6 @@ from __future__ import annotations
 
 import argparse
 import builtins
-import contextlib
 import functools
 import hashlib
 import json
@@ -55,8 +53,7 @@ import os
 import re
 import struct
 import sys
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -343,21 +340,20 @@ def harvest(model, corpus, *, hooks: Sequence[str], out: str | os.PathLike, cont
     written = {path.name for path in out.glob("shard-*.safetensors")}  # by an earlier run: skipped, not redone
     shard_rows_seen: list[list[int]] = []
     n_rows = 0
-    with _shard_writer(out) as write:
-        for row in _rows(_documents(corpus, pattern, model.cfg.d_vocab, digest=False), model.tokenizer, context):
-            shard = n_rows // shard_rows
-            n_rows += 1
-            if shard % world != rank or _shard_name(shard) in written:  # a set, not a stat per row
-                continue
-            shard_rows_seen.append(row)
-            if len(shard_rows_seen) == shard_rows:
-                write(shard, _shard_tensors(model, shard_rows_seen, hooks, batch_size, DTYPES[dtype], stats_only,
-                                            device, bar, world))
-                shard_rows_seen = []
-        last = (n_rows - 1) // shard_rows
-        if shard_rows_seen:  # the last shard may be short; it is this rank's when its index says so
-            write(last, _shard_tensors(model, shard_rows_seen, hooks, batch_size, DTYPES[dtype], stats_only, device,
-                                       bar, world))
+    for row in _rows(_documents(corpus, pattern, model.cfg.d_vocab, digest=False), model.tokenizer, context):
+        shard = n_rows // shard_rows
+        n_rows += 1
+        if shard % world != rank or _shard_name(shard) in written:  # a set, not a stat per row
+            continue
+        shard_rows_seen.append(row)
+        if len(shard_rows_seen) == shard_rows:
+            _save_shard(out, shard, _shard_tensors(model, shard_rows_seen, hooks, batch_size, DTYPES[dtype],
+                                                   stats_only, device, bar, world))
+            shard_rows_seen = []
+    last = (n_rows - 1) // shard_rows
+    if shard_rows_seen:  # the last shard may be short; it is this rank's when its index says so
+        _save_shard(out, last, _shard_tensors(model, shard_rows_seen, hooks, batch_size, DTYPES[dtype], stats_only,
+                                              device, bar, world))
     if bar is not None:
         bar.close()
     if n_rows == 0:
@@ -395,30 +391,14 @@ def _shard_tensors(model, rows: list[list[int]], hooks, batch_size, dtype, stats
     return tensors
 
 
-@contextlib.contextmanager
-def _shard_writer(out: Path) -> Iterator[Callable[[int, dict[str, Tensor]], None]]:
-    """``write(index, tensors)``: serialise, write and hash the shard on one background thread, in the order
-    given, while the main thread computes the next one. That work is memory copies, hashing and system calls,
-    which release the GIL, and a small model's forward leaves the second core idle between its ops (on 2
-    cores, the bundled model's harvest went from 1.6x to 1.3x a bare forward, and GPT-2 small's shape stayed
-    at 1.07-1.1x). The statistics and the cast stay on the main thread: as torch ops on the writer thread,
-    their own threads competed with the forward's, and GPT-2 small's shape got slower. At most two shards are
-    held at once. Leaving the block waits for the shard being written, after an exception too (a shard file is
-    whole or absent), and raises what the writer raised."""
-    pending: list[Future] = []
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="interp-harvest-writer") as pool:  # waits on exit
-
-        def submit(index: int, tensors: dict[str, Tensor]) -> None:
-            if pending:
-                pending.pop().result()
-            pending.append(pool.submit(_save_shard, out, index, tensors))
-
-        yield submit
-        if pending:
-            pending.pop().result()
-
-
 def _save_shard(out: Path, index: int, tensors: dict[str, Tensor]) -> None:
+    """Serialise shard ``index``, then write it and its sha256, each through a temporary name.
+
+    On the calling thread, between forwards. A writer thread that did this while the next shard was computed
+    (8cb33e7 to 01eb428) made the harvest slower on a 2-core machine, since the forward's two threads then
+    wait for a core: against it, in one process with both orders interleaved (2026-12-06), the bundled model's
+    harvest took 0.86x the time (1.43x a bare forward, from 1.59x; 10 repetitions) and GPT-2 small's shape
+    0.97x (1.024x, from 1.053x; 4 repetitions)."""
     from safetensors.torch import save
 
     data = save(tensors)
