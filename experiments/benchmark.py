@@ -266,11 +266,11 @@ def bench_harvest(model, label: str, corpus: Path, reps: int) -> tuple[list[dict
     rows = torch.tensor(list(hv._rows(hv._documents(corpus, options["pattern"], model.cfg.d_vocab), model.tokenizer,
                                       options["context"])))
     write_time = [0.0]
-    real_write = hv.atomic_write
+    real_write = hv._save_shard
 
-    def timed_write(path, data):
+    def timed_write(*args):
         start = time.perf_counter()
-        real_write(path, data)
+        real_write(*args)
         write_time[0] += time.perf_counter() - start
 
     def bare():
@@ -281,11 +281,11 @@ def bench_harvest(model, label: str, corpus: Path, reps: int) -> tuple[list[dict
         with tempfile.TemporaryDirectory() as tmp:
             hv.harvest(model, corpus, hooks=hooks, out=Path(tmp) / "h", progress=False, **options)
 
-    hv.atomic_write = timed_write
+    hv._save_shard = timed_write
     try:
         times = interleaved({"bare_forward": bare, "harvest": harvest_once}, reps)
     finally:
-        hv.atomic_write = real_write
+        hv._save_shard = real_write
     tokens = rows.numel()
     calls = reps + 1  # the warm-up call writes too
     share = write_time[0] / calls / statistics.median(times["harvest"])

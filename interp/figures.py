@@ -14,6 +14,7 @@ import os
 import shutil
 import sys
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Self
@@ -25,14 +26,18 @@ IMAGE_FORMATS = ("png", "svg")
 log = logging.getLogger(__name__)
 
 
-def atomic_write(path: Path, data: str | bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file in the same folder and an atomic rename."""
+def atomic_write(path: Path, data: str | bytes | Callable[[Path], None]) -> None:
+    """Write ``data`` to ``path`` through a temporary file in the same folder and an atomic rename. ``data`` may
+    be a function that writes the file at the path it is given (a library's own ``save_file``)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         os.fchmod(fd, 0o644)  # mkstemp's 0600 would make shared figures unreadable to others
         with os.fdopen(fd, "wb") as f:
-            f.write(data.encode() if isinstance(data, str) else data)
+            if not callable(data):
+                f.write(data.encode() if isinstance(data, str) else data)
+        if callable(data):
+            data(Path(tmp))
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):

@@ -259,3 +259,22 @@ def test_benchmark_rows_pair_repetitions_and_bound_their_ratio():
     noisy = row("x", {"a": [1.0, 1.2, 1.1, 1.3, 1.0], "b": [1.0] * 5}, "a", "b", "goal")
     low, high = noisy["ratio_paired_95"]
     assert 1.0 <= low < noisy["ratio_paired"] < high <= 1.3
+
+
+def test_atomic_write_leaves_the_old_file_or_the_whole_new_one(tmp_path):
+    """A writer function (as the harvest passes safetensors' ``save_file``) that fails halfway leaves the file
+    as it was and no temporary file; one that succeeds replaces it whole, readable by others."""
+    from interp.figures import atomic_write
+
+    path = tmp_path / "shard.safetensors"
+    atomic_write(path, b"old")
+
+    def half(tmp):
+        tmp.write_bytes(b"new, half")
+        raise OSError(28, "No space left on device")
+
+    with pytest.raises(OSError, match="No space"):
+        atomic_write(path, half)
+    assert path.read_bytes() == b"old" and [p.name for p in tmp_path.iterdir()] == [path.name]
+    atomic_write(path, lambda tmp: tmp.write_bytes(b"new"))
+    assert path.read_bytes() == b"new" and path.stat().st_mode & 0o777 == 0o644
