@@ -7,12 +7,12 @@ process or many (``torchrun``).
 - **Packing**: documents are joined with the end-of-text token (50256, also GPT-2's BOS) and cut into rows of
   ``context`` tokens, each starting with BOS; a document runs on into the next row; the last partial row is
   dropped. Every process tokenises the whole corpus as a stream (cheap next to the forward) and keeps the
-  rows of its own shards only, so memory stays bounded by one shard and one document's text (a long document is tokenised in pieces, ``_pieces``, cut where GPT-2's
-  tokenizer gives the same tokens).
+  rows of its own shards only, so memory stays bounded by one shard and one document's text (a long document
+  is tokenised in pieces, ``_pieces``, cut where GPT-2's tokenizer gives the same tokens).
 - **Work**: rows run through the model in micro-batches of ``batch_size`` (fixed, whatever the number of
   processes), and the forward stops as soon as every requested hook has fired. Activations are kept in
-  ``dtype`` (float32 by default). A shard is serialised, hashed and written as soon as its rows are computed,
-  on the calling thread (``_save_shard``): a writer thread beside the forward made both slower on 2 cores.
+  ``dtype`` (float32 by default). A shard is written and hashed as soon as its rows are computed, on the
+  calling thread (``_save_shard``): a writer thread beside the forward made the harvest slower on 2 cores.
 - **Output** in ``out``: ``shard-00000.safetensors``, ... each with ``tokens`` ``[rows, context]``, one tensor
   per hook keyed by its name (``[rows, context, ...]``; left out with ``stats_only``) and the shard's statistic
   partials (``stats.{hook}.count``, ``.sum`` and ``.sumsq``, float64, of the activations as the model computed
