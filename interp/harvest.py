@@ -49,6 +49,7 @@ import functools
 import hashlib
 import json
 import math
+import mmap
 import os
 import re
 import struct
@@ -272,11 +273,17 @@ def _checkpoint_sha256(info) -> str:
 def _file_sha256(path: str, size: int, mtime_ns: int) -> str:
     """A file's sha256, hashed once per process while its size and modification time stay (GPT-2 small's
     weights take 0.4 s, as long as a small harvest's forward)."""
-    digest = hashlib.sha256()
+    return _sha256(path)
+
+
+def _sha256(path: str | os.PathLike) -> str:
+    """A file's sha256, hashed from a memory map of it: a shard of any size is checked without a copy of it in
+    memory (and a 2 MB one in 1.3 ms, against 1.5 ms read into bytes first)."""
     with builtins.open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 24), b""):
-            digest.update(block)
-    return digest.hexdigest()
+        if os.fstat(f.fileno()).st_size == 0:  # mmap refuses an empty file
+            return hashlib.sha256(b"").hexdigest()
+        with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as view:
+            return hashlib.sha256(view).hexdigest()
 
 
 def _shard_name(index: int) -> str:
@@ -404,14 +411,14 @@ def _save_shard(out: Path, index: int, tensors: dict[str, Tensor]) -> None:
 
     path = out / _shard_name(index)
     atomic_write(path, lambda tmp: save_file(tensors, tmp))
-    atomic_write(out / (path.name + ".sha256"), hashlib.sha256(path.read_bytes()).hexdigest() + "\n")
+    atomic_write(out / (path.name + ".sha256"), _sha256(path) + "\n")
 
 
 def _shard_sha(out: Path, index: int) -> str:
     sidecar = out / (_shard_name(index) + ".sha256")
     if sidecar.exists():
         return sidecar.read_text().strip()
-    digest = hashlib.sha256((out / _shard_name(index)).read_bytes()).hexdigest()  # killed between the two
+    digest = _sha256(out / _shard_name(index))  # killed between the two
     atomic_write(sidecar, digest + "\n")
     return digest
 
@@ -539,7 +546,7 @@ class Harvest(_Shards):
     def _shard(self, entry: dict) -> Path:
         path = self.path / entry["file"]
         if self.verify and entry["file"] not in self._checked:
-            digest = hashlib.sha256(path.read_bytes()).hexdigest()
+            digest = _sha256(path)
             if digest != entry["sha256"]:
                 raise ValueError(f"{path} does not match its sha256 in the manifest: the shard changed on disk")
             self._checked.add(entry["file"])

@@ -4,6 +4,7 @@ packing, the oracle (``run_with_cache`` on the same rows, exactly), one process 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -611,3 +612,10 @@ def test_a_harvest_is_not_another_models_statistics_nor_resumed_by_another_model
     with pytest.raises(ValueError, match="its checkpoint differs for blocks.0.attn.hook_z"):
         ablate_heads(other, [(0, 1)], mode="mean", reference=h).__enter__()
     assert not attached_hooks(model) and not attached_hooks(unprocessed) and not attached_hooks(other)
+
+
+def test_a_files_sha256_is_hashlibs_on_its_bytes_empty_or_not(tmp_path):
+    """The harvest hashes shards and checkpoints through a memory map; an empty file, which mmap refuses, too."""
+    for name, data in (("empty", b""), ("shard", os.urandom(3_000_001))):
+        (tmp_path / name).write_bytes(data)
+        assert hv._sha256(tmp_path / name) == hashlib.sha256(data).hexdigest()
