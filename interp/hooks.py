@@ -20,7 +20,7 @@ from collections.abc import Iterator, Sequence
 import torch
 from torch import Tensor
 
-from interp.backends import Hook, hook_attachments
+from interp.backends import Hook, hook_attachments, is_bridge
 from interp.errors import NameNotFoundError
 
 __all__ = ["attached_hooks", "check_hook_names", "logits_for_gradients", "run_until", "run_with_hooks",
@@ -34,13 +34,17 @@ _LEVELS = itertools.count(1_000_000)  # hook context levels of our own, apart fr
 _FLAGGED_HOOKS = {"attn.hook_result": "use_attn_result", "hook_q_input": "use_split_qkv_input",
                   "hook_k_input": "use_split_qkv_input", "hook_v_input": "use_split_qkv_input",
                   "hook_attn_in": "use_attn_in", "hook_mlp_in": "use_hook_mlp_in"}
+# Hook points the bridge has but never runs: its attention calls the q, k and v projections apart (split from
+# GPT-2's fused c_attn), never the fused ``qkv`` module, with any flag.
+_NEVER_ON_BRIDGE = (".attn.qkv.hook_in", ".attn.qkv.hook_out")
 
 
 def check_hook_names(model, names: Sequence[str]) -> dict:
     """Check that every name is a hook point of ``model`` that fires; return ``model.hook_dict``.
 
     ``KeyError`` (with close matches) for an unknown name; ``ValueError`` for a hook point whose flag is off
-    (``hook_result`` without ``use_attn_result``...), which would otherwise never fire.
+    (``hook_result`` without ``use_attn_result``...), or one the bridge never runs (``attn.qkv.hook_out``), which
+    would otherwise never fire: a hook there would silently do nothing.
     """
     hook_dict = model.hook_dict
     for name in names:
@@ -52,6 +56,10 @@ def check_hook_names(model, names: Sequence[str]) -> dict:
         flag = next((f for suffix, f in _FLAGGED_HOOKS.items() if name.endswith("." + suffix)), None)
         if flag is not None and not getattr(model.cfg, flag, False):
             raise ValueError(f"{name} fires only when {flag} is on: call model.set_{flag}(True) first")
+        if name.endswith(_NEVER_ON_BRIDGE) and is_bridge(model):
+            attn = name.rsplit(".qkv.", 1)[0]
+            raise ValueError(f"{name} never fires on the TransformerLens bridge, whose attention runs q, k and v "
+                             f"apart: hook {attn}.hook_q, {attn}.hook_k or {attn}.hook_v (or {attn}.q.hook_out...)")
     return hook_dict
 
 

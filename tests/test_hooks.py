@@ -14,7 +14,7 @@ from interp.caching import (
     estimate_cache_bytes,
     residual_stream,
 )
-from interp.hooks import attached_hooks, logits_for_gradients, run_until, temporary_hooks
+from interp.hooks import attached_hooks, check_hook_names, logits_for_gradients, run_until, temporary_hooks
 from interp.interventions import ablate_heads, patch_activation
 from interp.lens import direct_logit_attribution, logit_lens
 
@@ -182,6 +182,30 @@ def test_run_until_gives_the_cache_at_its_names_and_computes_nothing_after(tiny_
     for name in names:
         torch.testing.assert_close(acts[name], cache[name], atol=0, rtol=0)
     assert after == [] and attached_hooks(tiny_model) == []
+
+
+def test_every_hook_point_interp_accepts_fires(tiny_model, tokens):
+    """A hook at a point that never fires does nothing, silently: a patch there patches nothing. So every hook
+    point that ``check_hook_names`` accepts fires in a forward, and the others are refused before anything is
+    attached, with a reason (a flag that is off; on the bridge, the fused qkv module its attention never runs),
+    and ``run_until`` never waits on one of them."""
+    accepted, fired = [], set()
+    for name in tiny_model.hook_dict:
+        try:
+            check_hook_names(tiny_model, [name])
+        except ValueError:
+            with pytest.raises(ValueError, match="fires only when|never fires"):
+                run_until(tiny_model, tokens, [name])
+            assert attached_hooks(tiny_model) == []
+            continue
+        accepted.append(name)
+
+    def record(name):
+        return lambda act, hook: fired.add(name)
+
+    with torch.no_grad(), temporary_hooks(tiny_model, [(name, record(name)) for name in accepted]):
+        tiny_model(tokens)
+    assert sorted(set(accepted) - fired) == [] and len(accepted) > 30
 
 
 def test_gradient_methods_work_under_no_grad(tiny_model, tokens):
