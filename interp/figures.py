@@ -34,10 +34,10 @@ def atomic_write(path: Path, data: str | bytes | Callable[[Path], None]) -> None
     try:
         os.fchmod(fd, 0o644)  # mkstemp's 0600 would make shared figures unreadable to others
         with os.fdopen(fd, "wb") as f:
-            if not callable(data):
+            if callable(data):
+                data(Path(tmp))  # the writer opens the file by its name, over this empty one
+            else:
                 f.write(data.encode() if isinstance(data, str) else data)
-        if callable(data):
-            data(Path(tmp))
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):

@@ -20,7 +20,7 @@ from collections.abc import Iterator, Sequence
 import torch
 from torch import Tensor
 
-from interp.backends import Hook, hook_attachments, is_bridge
+from interp.backends import Hook, hook_attachments
 from interp.errors import NameNotFoundError
 
 __all__ = ["attached_hooks", "check_hook_names", "logits_for_gradients", "run_until", "run_with_hooks",
@@ -56,7 +56,7 @@ def check_hook_names(model, names: Sequence[str]) -> dict:
         flag = next((f for suffix, f in _FLAGGED_HOOKS.items() if name.endswith("." + suffix)), None)
         if flag is not None and not getattr(model.cfg, flag, False):
             raise ValueError(f"{name} fires only when {flag} is on: call model.set_{flag}(True) first")
-        if name.endswith(_NEVER_ON_BRIDGE) and is_bridge(model):
+        if name.endswith(_NEVER_ON_BRIDGE):  # HookedTransformer has no such points
             attn = name.rsplit(".qkv.", 1)[0]
             raise ValueError(f"{name} never fires on the TransformerLens bridge, whose attention runs q, k and v "
                              f"apart: hook {attn}.hook_q, {attn}.hook_k or {attn}.hook_v (or {attn}.q.hook_out...)")
