@@ -28,16 +28,24 @@ log = logging.getLogger(__name__)
 
 def atomic_write(path: Path, data: str | bytes | Callable[[Path], None]) -> None:
     """Write ``data`` to ``path`` through a temporary file in the same folder and an atomic rename. ``data`` may
-    be a function that writes the file at the path it is given (a library's own ``save_file``)."""
+    be a function that writes the file at the path it is given (a library's own ``save_file``): it writes in a
+    temporary folder of its own, so whatever temporary files it makes itself (safetensors' ``save_file`` makes
+    a ``.tmpXXXXXX`` beside its target) go with that folder, after a crash too (``.{name}.*.tmp``)."""
     path.parent.mkdir(parents=True, exist_ok=True)
+    if callable(data):
+        folder = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+        try:
+            data(folder / path.name)
+            os.chmod(folder / path.name, 0o644)
+            os.replace(folder / path.name, path)
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
+        return
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         os.fchmod(fd, 0o644)  # mkstemp's 0600 would make shared figures unreadable to others
         with os.fdopen(fd, "wb") as f:
-            if callable(data):
-                data(Path(tmp))  # the writer opens the file by its name, over this empty one
-            else:
-                f.write(data.encode() if isinstance(data, str) else data)
+            f.write(data.encode() if isinstance(data, str) else data)
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):

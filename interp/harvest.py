@@ -52,6 +52,7 @@ import math
 import mmap
 import os
 import re
+import shutil
 import struct
 import sys
 from collections.abc import Iterable, Iterator, Sequence
@@ -333,8 +334,11 @@ def harvest(model, corpus, *, hooks: Sequence[str], out: str | os.PathLike, cont
     elif rank == 0:
         atomic_write(run_file, json.dumps(fingerprint, indent=1, sort_keys=True) + "\n")
     if rank == 0:  # what a killed run left mid-write: never renamed into place, so never read
-        for partial in out.glob(".shard-*.tmp"):
-            partial.unlink()
+        for partial in out.glob(".shard-*.tmp"):  # a file, or the folder a shard is written in (atomic_write)
+            if partial.is_dir():
+                shutil.rmtree(partial)
+            else:
+                partial.unlink()
     distributed.barrier()
 
     device = model.cfg.device

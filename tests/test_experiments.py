@@ -263,14 +263,14 @@ def test_benchmark_rows_pair_repetitions_and_bound_their_ratio():
 
 def test_atomic_write_leaves_the_old_file_or_the_whole_new_one(tmp_path):
     """A writer function (as the harvest passes safetensors' ``save_file``) that fails halfway leaves the file
-    as it was and no temporary file; one that succeeds replaces it whole, readable by others."""
+    as it was and no temporary file, its own included; one that succeeds replaces it whole, readable by others."""
     from interp.figures import atomic_write
 
     path = tmp_path / "shard.safetensors"
     atomic_write(path, b"old")
 
-    def half(tmp):
-        tmp.write_bytes(b"new, half")
+    def half(tmp):  # as safetensors' save_file does: its own temporary file beside its target
+        (tmp.parent / ".tmpAbC123").write_bytes(b"new, half")
         raise OSError(28, "No space left on device")
 
     with pytest.raises(OSError, match="No space"):

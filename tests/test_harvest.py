@@ -619,3 +619,18 @@ def test_a_files_sha256_is_hashlibs_on_its_bytes_empty_or_not(tmp_path):
     for name, data in (("empty", b""), ("shard", os.urandom(3_000_001))):
         (tmp_path / name).write_bytes(data)
         assert hv._sha256(tmp_path / name) == hashlib.sha256(data).hexdigest()
+
+
+def test_a_rerun_clears_what_a_killed_shard_write_left(model, tmp_path):
+    """A run killed inside safetensors' ``save_file`` leaves ``atomic_write``'s folder, with save_file's own
+    temporary file in it; a rerun removes it and ends with the files of an uninterrupted run."""
+    whole, killed = tmp_path / "whole", tmp_path / "killed"
+    hv.harvest(model, CORPUS, hooks=HOOKS, out=whole, progress=False, **SMALL)
+    shutil.copytree(whole, killed)
+    for name in ("manifest.json", "stats.safetensors", hv._shard_name(1), hv._shard_name(1) + ".sha256"):
+        (killed / name).unlink()
+    left = killed / f".{hv._shard_name(1)}.x1y2z3.tmp"
+    left.mkdir()
+    (left / ".tmpAbC123").write_bytes(b"half a shard")
+    hv.harvest(model, CORPUS, hooks=HOOKS, out=killed, progress=False, **SMALL)
+    assert _files(killed) == _files(whole)
