@@ -469,7 +469,9 @@ def edge_attribution(model, clean_tokens: Int[Tensor, "batch pos"], corrupted_to
             bootstrap interval) or a scalar.
         method: ``"exact"``, ``"eap"`` or ``"eap-ig"``.
         direction: ``"noising"`` (the clean run, edges from the corrupted one) or ``"denoising"``.
-        steps: EAP-IG's Riemann midpoints (default 5; for ``"eap-ig"`` only).
+        steps: EAP-IG's Riemann midpoints (default 5; for ``"eap-ig"`` only). They run stacked, as many per
+            forward and backward as make about 1,024 tokens (``_TOKENS_PER_FORWARD``): faster, and that much
+            more memory (5 steps of 8 x 16 tokens in GPT-2 small's shape: about 670 MiB of peak RSS).
         edges_per_forward: exact patching: how many edges share one batched forward (default: as many as make
             about 1,024 tokens, ``_edges_per_forward``; for ``"exact"`` only).
         progress: exact patching: a progress bar in edges, shown once the run has taken 2 s (all 32,491 edges
@@ -506,14 +508,16 @@ def edge_attribution(model, clean_tokens: Int[Tensor, "batch pos"], corrupted_to
                       corrupted_value)
 
 
-# Tokens per batched forward of exact patching. The batched forward stops at the unembedding's input, and each
-# copy is unembedded alone: batched logits ([tokens, d_vocab], 206 MB at 1,024 tokens) are past glibc's 32 MB
-# mmap threshold, so each batched forward faulted in fresh pages for them, while one copy's (26 MB for 8 x 16
-# tokens) reuse the last one's memory. The bundled model, whose forward is mostly its unembedding, went from
-# 1.21x to 0.96x a forward per edge at 256 tokens. Then, per edge against one forward (8 pairs of 16 tokens, a
-# 2-core CPU, paired medians, 2026-12-06): the bundled model 0.97x at 128 tokens, 0.83x at 256, 0.75x at 512,
-# 0.69x at 1,024, 0.65x at 2,048; GPT-2 small's shape (32 sampled edges) 1.06x at 128, 0.97x at 256, 0.89x at
-# 512, 0.76-0.87x at 1,024 (two runs), 0.83x at 2,048 and 1.14x at 4,096.
+# Tokens per batched forward of exact patching, and per forward and backward of EAP-IG's stacked steps (5 steps of
+# 8 x 16 tokens in one took 0.88x the time of one pass per step, 6 paired repetitions, 2026-12-06; logits and
+# gradients of about 1,024 tokens are a few hundred MB for GPT-2 small). For exact patching, the batched forward
+# stops at the unembedding's input, and each copy is unembedded alone: batched logits ([tokens, d_vocab], 206 MB
+# at 1,024 tokens) are past glibc's 32 MB mmap threshold, so each batched forward faulted in fresh pages for them,
+# while one copy's (26 MB for 8 x 16 tokens) reuse the last one's memory. The bundled model, whose forward is
+# mostly its unembedding, went from 1.21x to 0.96x a forward per edge at 256 tokens. Then, per edge against one
+# forward (8 pairs of 16 tokens, a 2-core CPU, paired medians, 2026-12-06): the bundled model 0.97x at 128 tokens,
+# 0.83x at 256, 0.75x at 512, 0.69x at 1,024, 0.65x at 2,048; GPT-2 small's shape (32 sampled edges) 1.06x at 128,
+# 0.97x at 256, 0.89x at 512, 0.76-0.87x at 1,024 (two runs), 0.83x at 2,048 and 1.14x at 4,096.
 _TOKENS_PER_FORWARD = 1024
 
 
@@ -592,19 +596,30 @@ def _gradient_scores(model, g: Graph, base: Tensor, source_tokens: Tensor, metri
     """EAP (``steps`` None: the gradient on the unpatched run) or EAP-IG (the gradient averaged over
     ``steps`` midpoints of the straight line from the unpatched run's embeddings to the source's). Returns
     the scores and the unpatched and source metrics. EAP records the unpatched run's sender outputs in its
-    gradient run: one forward with gradients, one backward and the source's forward in all."""
-    source_parts, source_logits = _sender_outputs(model, source_tokens, parts=True)
-    source_value = float(metric_values(metric, source_logits, _SOURCE_RUN).float().mean())
+    gradient run: one forward with gradients, one backward and the source's forward in all. EAP-IG runs the
+    unpatched and source runs as one batch, and its steps in batches of about ``_TOKENS_PER_FORWARD`` tokens
+    (all 5 steps of 8 pairs of 16 tokens in one forward and backward)."""
     if steps is None:
+        source_parts, source_logits = _sender_outputs(model, source_tokens, parts=True)
+        source_value = float(metric_values(metric, source_logits, _SOURCE_RUN).float().mean())
         base_parts: dict = {}
-        runs = [_gradient_run(model, g, base, metric, _BASE_RUN, record=base_parts)]
+        runs = _gradient_runs(model, g, base, metric, [_BASE_RUN], record=base_parts)
         base_value = float(runs[0].metric.float().mean())
     else:
-        base_parts, base_logits = _sender_outputs(model, base, parts=True)
+        both, logits = _sender_outputs(model, torch.cat([base, source_tokens]), parts=True)
+        base_parts, source_parts = ({key: value[rows] for key, value in both.items()}
+                                    for rows in (slice(None, len(base)), slice(len(base), None)))
+        base_logits, source_logits = logits.split(len(base))
         base_value = float(metric_values(metric, base_logits, _BASE_RUN).float().mean())
+        source_value = float(metric_values(metric, source_logits, _SOURCE_RUN).float().mean())
         start, end = base_parts["input"], source_parts["input"]
-        runs = [_gradient_run(model, g, base, metric, f"integrated-gradient step {k + 1} of {steps}",
-                              inputs=start + (k + 0.5) / steps * (end - start)) for k in range(steps)]
+        per_pass = max(1, _TOKENS_PER_FORWARD // base.numel())
+        runs = []
+        for first in range(0, steps, per_pass):
+            ks = range(first, min(steps, first + per_pass))
+            runs += _gradient_runs(model, g, base.repeat(len(ks), 1), metric,
+                                   [f"integrated-gradient step {k + 1} of {steps}" for k in ks],
+                                   inputs=torch.cat([start + (k + 0.5) / steps * (end - start) for k in ks]))
     delta = _output_deltas(model, g, source_parts, base_parts)
     scores = _edge_scores(model, g, runs, delta).T.float().cpu()  # [edge, batch]
     if steps is not None:
@@ -622,11 +637,13 @@ class _GradientRun(NamedTuple):
     metric: Tensor
 
 
-def _gradient_run(model, g: Graph, tokens: Tensor, metric: Metric, run: str, inputs: Tensor | None = None,
-                  record: dict | None = None) -> _GradientRun:
-    """One forward and backward. ``inputs`` replace the embeddings (``blocks.0.hook_resid_pre``). Summing the
-    per-pair metric gives each pair its own gradient; the mean over pairs is taken later. ``record`` receives
-    what this run's sender outputs are made of (``_part_hooks``)."""
+def _gradient_runs(model, g: Graph, tokens: Tensor, metric: Metric, runs: Sequence[str],
+                   inputs: Tensor | None = None, record: dict | None = None) -> list[_GradientRun]:
+    """One forward and backward of ``len(runs)`` runs stacked in one batch (``tokens`` is ``[runs · batch,
+    pos]``), split back into one ``_GradientRun`` per run (views). ``inputs`` replace the embeddings
+    (``blocks.0.hook_resid_pre``). The metric is taken on each run's logits (named ``runs[i]`` in its errors)
+    and summed: each pair of each run gets its own gradient; the mean over pairs is taken later. ``record``
+    receives what this run's sender outputs are made of (``_part_hooks``; one run only)."""
     kept: dict[tuple[str, str], Tensor] = {}
     resid: dict[int, Tensor] = {}
 
@@ -656,10 +673,17 @@ def _gradient_run(model, g: Graph, tokens: Tensor, metric: Metric, run: str, inp
     with torch.enable_grad():  # the metric too, if the caller is under no_grad
         logits = logits_for_gradients(model, tokens, hooks)
         keys = list(kept)
-        value = metric_values(metric, logits, run)
-        grads = torch.autograd.grad(value.sum(), [kept[k] for k in keys], allow_unused=True)
-    return _GradientRun({k: torch.zeros_like(kept[k]) if grad is None else grad.detach()
-                         for k, grad in zip(keys, grads)}, {k: kept[k].detach() for k in keys}, resid, value.detach())
+        values = [metric_values(metric, part, run) for part, run in zip(logits.split(len(tokens) // len(runs)), runs)]
+        grads = torch.autograd.grad(sum(value.sum() for value in values), [kept[k] for k in keys], allow_unused=True)
+
+    def per_run(t: Tensor) -> tuple[Tensor, ...]:
+        return t.detach().unflatten(0, (len(runs), -1)).unbind(0)
+
+    grads = {k: per_run(torch.zeros_like(kept[k]) if grad is None else grad) for k, grad in zip(keys, grads)}
+    acts = {k: per_run(kept[k]) for k in keys}
+    resid_of = {layer: per_run(act) for layer, act in resid.items()}
+    return [_GradientRun({k: grads[k][i] for k in keys}, {k: acts[k][i] for k in keys},
+                         {layer: resid_of[layer][i] for layer in resid}, values[i].detach()) for i in range(len(runs))]
 
 
 def _edge_scores(model, g: Graph, runs: list[_GradientRun], delta: Float[Tensor, "sender batch pos_d"]

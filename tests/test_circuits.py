@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 
 import interp
+from interp import circuits
 from interp.backends import TL_MAJOR
 from interp.checkpoints import write_random_checkpoint
 from interp.circuits import (
@@ -245,6 +246,25 @@ def test_eap_ig_converges_and_is_complete_on_the_input_cut(raw_model, pair):
     denoising = edge_attribution(raw_model, clean, corrupt, logit_metric, method="eap-ig", steps=16,
                                  direction="denoising")
     torch.testing.assert_close(denoising.scores, -coarse.scores, atol=1e-5, rtol=1e-4)  # one path, two signs
+
+
+def test_eap_ig_steps_in_several_passes_equal_one_pass(raw_model, pair, monkeypatch):
+    """EAP-IG stacks its steps into one batch of about _TOKENS_PER_FORWARD tokens; 5 steps split 2, 2, 1 give
+    the scores of one pass of all 5, for a per-pair metric and for a scalar one, and a pair's scores are the
+    ones it gets alone."""
+    clean, corrupt = pair
+    for metric in (logit_metric, lambda logits: logit_metric(logits).mean()):
+        one_pass = edge_attribution(raw_model, clean, corrupt, metric, method="eap-ig", steps=5)
+        monkeypatch.setattr(circuits, "_TOKENS_PER_FORWARD", 2 * clean.numel())
+        passes = edge_attribution(raw_model, clean, corrupt, metric, method="eap-ig", steps=5)
+        monkeypatch.undo()
+        torch.testing.assert_close(passes.scores, one_pass.scores, atol=1e-6, rtol=1e-5)
+        if passes.per_pair is not None:  # each pair's scores are its own, as if it ran alone
+            torch.testing.assert_close(passes.per_pair, one_pass.per_pair, atol=1e-6, rtol=1e-5)
+            alone = edge_attribution(raw_model, clean[-1:], corrupt[-1:], metric, method="eap-ig", steps=5)
+            torch.testing.assert_close(passes.per_pair[:, -1], alone.scores, atol=1e-6, rtol=1e-5)
+        assert (passes.clean_metric, passes.corrupted_metric) == pytest.approx(
+            (one_pass.clean_metric, one_pass.corrupted_metric), abs=1e-6)
 
 
 def test_bad_edges_and_methods_are_refused(raw_model, pair):
