@@ -1,4 +1,4 @@
-# Two commands do everything on a fresh clone (Python >= 3.10 with pip and venv):
+# Two commands do everything on a fresh clone (Python >= 3.11 with pip and venv):
 #   make figures   regenerate every figure into figures/
 #   make test      run the test suite (what CI runs)
 PYTHON ?= python3
