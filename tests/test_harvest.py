@@ -615,7 +615,7 @@ def test_a_harvest_is_not_another_models_statistics_nor_resumed_by_another_model
 
 
 def test_a_files_sha256_is_hashlibs_on_its_bytes_empty_or_not(tmp_path):
-    """The harvest hashes shards and checkpoints through a memory map; an empty file, which mmap refuses, too."""
+    """The harvest's own hash of shards and checkpoints, read in pieces: an empty file, and one of several pieces."""
     for name, data in (("empty", b""), ("shard", os.urandom(3_000_001))):
         (tmp_path / name).write_bytes(data)
         assert hv._sha256(tmp_path / name) == hashlib.sha256(data).hexdigest()
