@@ -177,10 +177,20 @@ def _target_logprob(logits):  # the circuits rows' metric: the log-probability o
     return logits[:, -1].log_softmax(-1)[:, 42]
 
 
+def counted_flops(fn: Callable[[], object]) -> int:
+    """The FLOPs of the matmuls ``fn`` runs, counted by ``torch.utils.flop_counter``."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:
+        fn()
+    return counter.get_total_flops()
+
+
 def bench_circuits(model, reps: int, sample: int = 64) -> tuple[list[dict], dict]:
     """Edge attribution over all edges (32,491 in GPT-2 small's shape), 8 prompt pairs of 16 tokens: EAP
     against a bare forward, EAP-IG against a forward and backward, exact patching per edge (on a sample)
-    against a forward; and the process's peak memory growth over these rows, which bounds EAP-IG's."""
+    against a forward; the process's peak memory growth over these rows, which bounds EAP-IG's; and the
+    arithmetic of EAP and EAP-IG in forwards and forward-and-backwards (matmul FLOPs counted by torch)."""
     import resource
 
     from interp import circuits
@@ -211,6 +221,13 @@ def bench_circuits(model, reps: int, sample: int = 64) -> tuple[list[dict], dict
             circuits._exact(model, g, clean, corrupted, metric, chunk, edges)
 
     steps = 5
+
+    def eap():
+        return circuits.edge_attribution(model, clean, corrupted, metric, method="eap")
+
+    def eap_ig():
+        return circuits.edge_attribution(model, clean, corrupted, metric, method="eap-ig", steps=steps)
+
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     if device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
@@ -218,13 +235,18 @@ def bench_circuits(model, reps: int, sample: int = 64) -> tuple[list[dict], dict
         times = interleaved({
             "forward": lambda: model(clean),
             "forward_backward": forward_backward,
-            "eap": lambda: circuits.edge_attribution(model, clean, corrupted, metric, method="eap"),
-            "eap_ig": lambda: circuits.edge_attribution(model, clean, corrupted, metric, method="eap-ig", steps=steps),
+            "eap": eap,
+            "eap_ig": eap_ig,
             "exact_sample": exact_sample,
         }, reps)
     memory = {"edges": len(g.edges), "pairs": 8, "tokens": 16, "eap_ig_steps": steps,
               "peak_rss_growth_mib": (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024,
               "cuda_peak_mib": torch.cuda.max_memory_allocated() / 2**20 if device.startswith("cuda") else None}
+    with torch.no_grad():  # the arithmetic each does, counted by torch (matmuls; elementwise ops not counted)
+        flops = {name: counted_flops(fn) for name, fn in (("forward", lambda: model(clean)), ("eap", eap),
+                                                          ("forward_backward", forward_backward), ("eap_ig", eap_ig))}
+    memory |= {"eap_flops_in_forwards": flops["eap"] / flops["forward"],
+               "eap_ig_flops_in_forward_backwards": flops["eap_ig"] / flops["forward_backward"]}
     per_edge = {**times, "exact_sample": [t / sample for t in times["exact_sample"]]}
     rows = [row(f"EAP, all {len(g.edges)} edges, 8 pairs x 16 tokens, vs one forward", times, "eap", "forward",
                 "<= 3.5x"),
@@ -509,6 +531,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"EAP, EAP-IG and exact over {cm['edges']} edges: the process's peak RSS grew by "
           f"{cm['peak_rss_growth_mib']:.0f} MiB (a bound on EAP-IG's)"
           + (f"; CUDA peak {cm['cuda_peak_mib']:.0f} MiB" if cm["cuda_peak_mib"] is not None else ""))
+    print(f"arithmetic (matmul FLOPs, counted by torch): EAP {cm['eap_flops_in_forwards']:.2f} forwards, EAP-IG "
+          f"{cm['eap_ig_flops_in_forward_backwards']:.2f} forward-and-backwards")
     st = results["sae_training"]
     print(f"SAE training ({st['sae']}): {st['train_tokens_per_s']:.0f} tokens/s; harvesting them "
           f"{st['harvest_tokens_per_s']:.0f} tokens/s")
