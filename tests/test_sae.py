@@ -356,7 +356,8 @@ def test_evaluation_definitions_on_saes_with_known_answers(bundled):
     exact = S.evaluate(bundled, exact_sae(128), tokens)
     assert exact.explained_variance == pytest.approx(1, abs=1e-6) and exact.mse == pytest.approx(0, abs=1e-9)
     assert exact.ce_loss_score == pytest.approx(1, abs=1e-4) and exact.kl_score == pytest.approx(1, abs=1e-4)
-    per_token = bundled(tokens, return_type="loss", loss_per_token=True)  # [batch, pos - 1]: what each position predicts
+    with torch.no_grad():  # [batch, pos - 1]: what each position predicts
+        per_token = bundled(tokens, return_type="loss", loss_per_token=True)
     assert exact.tokens == 2 * 7 and exact.ce_clean == pytest.approx(float(per_token[:, 1:].mean()), rel=1e-5)
     zero = S.evaluate(bundled, S.SAE(128, 64, hook_name=HOOK, architecture="standard"), tokens)
     assert zero.ce_loss_score == pytest.approx(0, abs=1e-6) and zero.kl_score == pytest.approx(0, abs=1e-6)
@@ -366,7 +367,8 @@ def test_evaluation_definitions_on_saes_with_known_answers(bundled):
     m = S.evaluate(bundled, sae, tokens)
     _, cache = bundled.run_with_cache(tokens, names_filter=HOOK)
     x = cache[HOOK][:, 1:].reshape(-1, 128).double()
-    x_hat = sae(x.float()).double()
+    with torch.no_grad():  # the SAE's parameters require grad
+        x_hat = sae(x.float()).double()
     assert m.explained_variance == pytest.approx(float(1 - (x - x_hat).pow(2).sum() / (x - x.mean(0)).pow(2).sum()),
                                                  rel=1e-6)
     assert m.l0 == pytest.approx(float((sae.encode(x.float()) > 0).sum(-1).double().mean()))
