@@ -74,21 +74,28 @@ def interleaved(contenders: dict[str, Callable[[], object]], reps: int) -> dict[
     return times
 
 
-def row(label: str, times: dict[str, list[float]], subject: str, baseline: str, goal: str) -> dict:
+def row(label: str, times: dict[str, list[float]], subject: str, baseline: str, goal: str,
+        limit: float | None = None) -> dict:
     """Ratios of medians and of minima; and the geometric mean of the repetitions' own ratios (subject and
     baseline timed one after the other, so a slow spell of a shared machine hits both) with its 95% bootstrap
-    interval over repetitions: a goal is met in a run when the interval lies below it."""
+    interval over repetitions. ``limit``, the most the ratio may be (``goal`` says it in words), gives the
+    verdict: ``"met"`` when the interval lies below it, ``"missed"`` above it, ``"undecided"`` across it; None
+    for a row with no goal."""
     med = {k: statistics.median(v) for k, v in times.items()}
     logs = torch.tensor([[math.log(s / b) for s, b in zip(times[subject], times[baseline], strict=True)]],
                         dtype=torch.float64)
-    low, high = bootstrap_interval(logs)
+    low, high = (math.exp(float(bound)) for bound in bootstrap_interval(logs))
     return {"comparison": label, "subject": subject, "baseline": baseline, "repetitions": len(times[subject]),
             "subject_median_s": med[subject], "subject_min_s": min(times[subject]),
             "baseline_median_s": med[baseline], "baseline_min_s": min(times[baseline]),
             "ratio_median": med[subject] / med[baseline],
             "ratio_min": min(times[subject]) / min(times[baseline]),
-            "ratio_paired": math.exp(float(logs.mean())), "ratio_paired_95": [math.exp(float(low)), math.exp(float(high))],
-            "goal": goal}
+            "ratio_paired": math.exp(float(logs.mean())), "ratio_paired_95": [low, high],
+            "goal": goal, "verdict": None if limit is None else _verdict(low, high, limit)}
+
+
+def _verdict(low: float, high: float, limit: float) -> str:
+    return "met" if high < limit else "missed" if low > limit else "undecided"
 
 
 def bench_cache_heads(models: dict, tokens: torch.Tensor, reps: int) -> list[dict]:
@@ -101,7 +108,7 @@ def bench_cache_heads(models: dict, tokens: torch.Tensor, reps: int) -> list[dic
                                                            kinds=("q", "k", "v", "pattern")),
             }, reps)
         rows.append(row(f"cache_heads, 2 layers x 3 heads, q/k/v/pattern ({backend}, {tokens.shape[0]}x"
-                        f"{tokens.shape[1]} tokens) vs bare forward", times, "cache_heads", "forward", "<= 1.05x"))
+                        f"{tokens.shape[1]} tokens) vs bare forward", times, "cache_heads", "forward", "<= 1.05x", 1.05))
     return rows
 
 
@@ -119,7 +126,7 @@ def bench_sweep(model, reps: int) -> dict:
     with torch.no_grad():
         times = interleaved({"forward": lambda: model(tokens),
                              "sweep_50": lambda: temperature_sweep(model, PROMPT, temps)}, reps)
-    return row("temperature sweep, 50 temperatures, vs one forward", times, "sweep_50", "forward", "<= 1.05x")
+    return row("temperature sweep, 50 temperatures, vs one forward", times, "sweep_50", "forward", "<= 1.05x", 1.05)
 
 
 def bench_generate(models: dict, hf, batch: int, new_tokens: int, reps: int) -> list[dict]:
@@ -142,10 +149,10 @@ def bench_generate(models: dict, hf, batch: int, new_tokens: int, reps: int) -> 
         warnings.simplefilter("ignore")
         times = interleaved(contenders, reps)
     rows = [row(f"sampling {new_tokens} tokens, batch {batch}: interp vs HF generate", times, "interp", "hf",
-                ">= 0.9x HF throughput (ratio <= 1.11)")]
+                ">= 0.9x HF throughput (ratio <= 1.11)", 1 / 0.9)]
     for backend in models:
         rows.append(row(f"sampling {new_tokens} tokens, batch {batch}: interp vs TransformerLens generate ({backend})",
-                        times, "interp", backend, ">= 5x faster (ratio <= 0.2)" if batch == 1 else "-"))
+                        times, "interp", backend, *((">= 5x faster (ratio <= 0.2)", 0.2) if batch == 1 else ("-",))))
     return rows
 
 
@@ -168,9 +175,9 @@ def bench_patching(model, reps: int) -> list[dict]:
                             reps)
     per_cell = {**times, "activation_patching": [t / cells for t in times["activation_patching"]]}
     return [row(f"activation patching, {model.cfg.n_layers} layers x {n} positions, per cell, vs one forward",
-                per_cell, "activation_patching", "forward", "<= 1x (one forward per cell)"),
+                per_cell, "activation_patching", "forward", "<= 1x (one forward per cell)", 1.0),
             row("attribution patching (2 forwards + 1 backward) vs one forward", times, "attribution_patching",
-                "forward", "<= 3x")]
+                "forward", "<= 3x", 3.0)]
 
 
 def _target_logprob(logits):  # the circuits rows' metric: the log-probability of token 42 at the last position
@@ -249,11 +256,11 @@ def bench_circuits(model, reps: int, sample: int = 64) -> tuple[list[dict], dict
                "eap_ig_flops_in_forward_backwards": flops["eap_ig"] / flops["forward_backward"]}
     per_edge = {**times, "exact_sample": [t / sample for t in times["exact_sample"]]}
     rows = [row(f"EAP, all {len(g.edges)} edges, 8 pairs x 16 tokens, vs one forward", times, "eap", "forward",
-                "<= 3.5x"),
+                "<= 3.5x", 3.5),
             row(f"EAP-IG ({steps} steps) vs one forward and backward", times, "eap_ig", "forward_backward",
-                f"<= {1.1 * (steps + 1):.1f}x ((steps + 1) x 1.1)"),
+                f"<= {1.1 * (steps + 1):.1f}x ((steps + 1) x 1.1)", 1.1 * (steps + 1)),
             row(f"exact edge patching, per edge ({sample} sampled edges, {chunk} per forward), vs one forward",
-                per_edge, "exact_sample", "forward", "<= 1x")]
+                per_edge, "exact_sample", "forward", "<= 1x", 1.0)]
     return rows, memory
 
 
@@ -273,7 +280,7 @@ def bench_exact_bundled(bundled, reps: int) -> dict:
                                                                         method="exact", progress=False)}, reps)
     per_edge = {**times, "exact": [t / n_edges for t in times["exact"]]}
     return row(f"exact edge patching, bundled model, all {n_edges} edges, 8 pairs x 16 tokens, per edge, vs one "
-               "forward", per_edge, "exact", "forward", "<= 1x")
+               "forward", per_edge, "exact", "forward", "<= 1x", 1.0)
 
 
 def bench_harvest(model, label: str, corpus: Path, reps: int) -> tuple[list[dict], dict]:
@@ -317,7 +324,7 @@ def bench_harvest(model, label: str, corpus: Path, reps: int) -> tuple[list[dict
               "shard_writing_share_of_wall": share}
     return [row(f"harvest ({label}, stdlib {corpus.name}: {len(rows)} rows x 128 tokens, 1 process) vs bare forward stopping at the "
                 "same hook: time, so >= 0.9x throughput is <= 1.11x", times, "harvest", "bare_forward",
-                "<= 1.11x (>= 0.9x tokens/s)")], detail
+                "<= 1.11x (>= 0.9x tokens/s)", 1 / 0.9)], detail
 
 
 def bench_sae(model, bundled, reps: int) -> tuple[list[dict], dict]:
@@ -352,7 +359,7 @@ def bench_sae(model, bundled, reps: int) -> tuple[list[dict], dict]:
             times = interleaved({"forward": lambda subject=subject, tokens=tokens: subject(tokens),
                                  "spliced": spliced}, reps)
         rows.append(row(f"spliced forward ({label}) vs bare forward", times, "spliced", "forward",
-                        "<= 1.1x at the bundled SAE's width; reported for 24,576"))
+                        "<= 1.1x at the bundled SAE's width; reported for 24,576", 1.1 if sae is small else None))
     with tempfile.TemporaryDirectory() as tmp:
         start = time.perf_counter()
         harvested = hv.open(hv.harvest(bundled, Path(email.__file__).parent, hooks=[small.hook_name],
@@ -512,7 +519,7 @@ def main(argv: list[str] | None = None) -> int:
     for r in results["rows"]:
         low, high = r["ratio_paired_95"]
         print(f"{r['comparison']:78s} {r['ratio_median']:7.3f}x {r['ratio_min']:7.3f}x "
-              f"{r['ratio_paired']:6.3f}x [{low:.3f}, {high:.3f}]  {r['goal']}")
+              f"{r['ratio_paired']:6.3f}x [{low:.3f}, {high:.3f}]  {r['goal']}" + (f": {r['verdict']}" if r["verdict"] else ""))
     cb = results["cache_bytes"]
     print(f"\ncache_heads stores {cb['cache_heads_bytes']:,} B vs run_with_cache {cb['run_with_cache_bytes']:,} B "
           f"({100 * cb['fraction']:.2f}%)")

@@ -259,6 +259,10 @@ def test_benchmark_rows_pair_repetitions_and_bound_their_ratio():
     noisy = row("x", {"a": [1.0, 1.2, 1.1, 1.3, 1.0], "b": [1.0] * 5}, "a", "b", "goal")
     low, high = noisy["ratio_paired_95"]
     assert 1.0 <= low < noisy["ratio_paired"] < high <= 1.3
+    # the verdict against a limit on the ratio: met below the interval's top, missed above its bottom
+    verdicts = [row("x", {"a": [1.0, 1.2, 1.1, 1.3, 1.0], "b": [1.0] * 5}, "a", "b", "goal", limit)["verdict"]
+                for limit in (high * 1.01, (low + high) / 2, low * 0.99, None)]
+    assert verdicts == ["met", "undecided", "missed", None]
 
 
 def test_atomic_write_leaves_the_old_file_or_the_whole_new_one(tmp_path):
