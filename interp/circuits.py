@@ -675,12 +675,12 @@ def _gradient_runs(model, g: Graph, tokens: Tensor, metric: Metric, runs: Sequen
         logits = logits_for_gradients(model, tokens, hooks)
         keys = list(kept)
         values = [metric_values(metric, part, run) for part, run in zip(logits.split(len(tokens) // len(runs)), runs)]
-        grads = torch.autograd.grad(sum(value.sum() for value in values), [kept[k] for k in keys], allow_unused=True)
+        found = torch.autograd.grad(sum(value.sum() for value in values), [kept[k] for k in keys], allow_unused=True)
 
     def per_run(t: Tensor) -> tuple[Tensor, ...]:
         return t.detach().unflatten(0, (len(runs), -1)).unbind(0)
 
-    grads = {k: per_run(torch.zeros_like(kept[k]) if grad is None else grad) for k, grad in zip(keys, grads)}
+    grads = {k: per_run(torch.zeros_like(kept[k]) if grad is None else grad) for k, grad in zip(keys, found)}
     acts = {k: per_run(kept[k]) for k in keys}
     resid_of = {layer: per_run(act) for layer, act in resid.items()}
     return [_GradientRun({k: grads[k][i] for k in keys}, {k: acts[k][i] for k in keys},
