@@ -475,8 +475,8 @@ def edge_attribution(model, clean_tokens: Int[Tensor, "batch pos"], corrupted_to
             forward's, where one step at a time stayed below it).
         edges_per_forward: exact patching: how many edges share one batched forward (default: as many as make
             about 1,024 tokens, ``_edges_per_forward``; for ``"exact"`` only).
-        progress: exact patching: a progress bar in edges, shown once the run has taken 2 s (all 32,491 edges
-            of GPT-2 small take thousands of forwards).
+        progress: a progress bar, shown once the run has taken 2 s: exact patching in edges (all 32,491 edges
+            of GPT-2 small take thousands of forwards), EAP-IG in steps.
 
     Returns:
         ``EdgeScores``.
@@ -501,7 +501,8 @@ def edge_attribution(model, clean_tokens: Int[Tensor, "batch pos"], corrupted_to
             per_pair, base_value, source_value = _exact(model, g, base, source, metric, chunk, progress=progress)
         else:
             per_pair, base_value, source_value = _gradient_scores(
-                model, g, base, source, metric, steps if method == "eap-ig" else None, per_pair=one_per_pair)
+                model, g, base, source, metric, steps if method == "eap-ig" else None, per_pair=one_per_pair,
+                progress=progress)
     clean_value, corrupted_value = ((base_value, source_value) if direction == "noising"
                                     else (source_value, base_value))
     scores, per_pair = (per_pair, None) if per_pair.ndim == 1 else (per_pair.mean(1), per_pair)
@@ -593,7 +594,7 @@ def _ln1_backward(model, layer: int, runs: list[_GradientRun], out: Float[Tensor
 
 
 def _gradient_scores(model, g: Graph, base: Tensor, source_tokens: Tensor, metric: Metric,
-                     steps: int | None, per_pair: bool) -> tuple[Tensor, float, float]:
+                     steps: int | None, per_pair: bool, progress: bool = False) -> tuple[Tensor, float, float]:
     """EAP (``steps`` None: the gradient on the unpatched run) or EAP-IG (the gradient averaged over
     ``steps`` midpoints of the straight line from the unpatched run's embeddings to the source's). Returns
     the scores and the unpatched and source metrics. EAP records the unpatched run's sender outputs in its
@@ -616,11 +617,13 @@ def _gradient_scores(model, g: Graph, base: Tensor, source_tokens: Tensor, metri
         start, end = base_parts["input"], source_parts["input"]
         per_pass = max(1, _TOKENS_PER_FORWARD // base.numel())
         runs = []
-        for first in range(0, steps, per_pass):
-            ks = range(first, min(steps, first + per_pass))
-            runs += _gradient_runs(model, g, base.repeat(len(ks), 1), metric,
-                                   [f"integrated-gradient step {k + 1} of {steps}" for k in ks],
-                                   inputs=torch.cat([start + (k + 0.5) / steps * (end - start) for k in ks]))
+        with progress_bar(steps, unit="step", desc="EAP-IG", enabled=progress) as bar:
+            for first in range(0, steps, per_pass):
+                ks = range(first, min(steps, first + per_pass))
+                runs += _gradient_runs(model, g, base.repeat(len(ks), 1), metric,
+                                       [f"integrated-gradient step {k + 1} of {steps}" for k in ks],
+                                       inputs=torch.cat([start + (k + 0.5) / steps * (end - start) for k in ks]))
+                bar.update(len(ks))
     delta = _output_deltas(model, g, source_parts, base_parts)
     scores = _edge_scores(model, g, runs, delta).T.float().cpu()  # [edge, batch]
     if steps is not None:

@@ -382,7 +382,7 @@ def test_estimate_works_on_the_weightless_skeleton():
 
 
 def _long_runs(model):
-    """The runs whose length depends on the input (edges, rows), each with the bar's unit."""
+    """The runs whose length depends on the input (edges, steps, rows), each with the bar's unit."""
     from interp import sae as S
     from interp.circuits import edge_attribution, graph
     from interp.heads import copying_task, corpus_head_scores
@@ -393,11 +393,13 @@ def _long_runs(model):
     bundled_sae = S.load("bundled")
     return {"exact edge patching": (lambda progress: edge_attribution(model, clean, corrupt, metric, method="exact",
                                                                       progress=progress), graph(model).edges, "edge"),
+            "EAP-IG": (lambda progress: edge_attribution(model, clean, corrupt, metric, method="eap-ig", steps=3,
+                                                         progress=progress), range(3), "step"),
             "evaluate SAE": (lambda progress: S.evaluate(model, bundled_sae, rows, progress=progress), rows, "row"),
             "head scores": (lambda progress: corpus_head_scores(model, rows, progress=progress), rows, "row")}
 
 
-@pytest.mark.parametrize("desc", ["exact edge patching", "evaluate SAE", "head scores"])
+@pytest.mark.parametrize("desc", ["exact edge patching", "EAP-IG", "evaluate SAE", "head scores"])
 def test_long_runs_show_progress_once_they_take_2_s_unless_asked_not_to(model, desc, monkeypatch, capsys):
     from interp import _progress
 
