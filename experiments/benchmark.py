@@ -230,10 +230,11 @@ def bench_circuits(model, reps: int, sample: int = 64) -> tuple[list[dict], dict
     steps = 5
 
     def eap():
-        return circuits.edge_attribution(model, clean, corrupted, metric, method="eap")
+        return circuits.edge_attribution(model, clean, corrupted, metric, method="eap", progress=False)
 
     def eap_ig():
-        return circuits.edge_attribution(model, clean, corrupted, metric, method="eap-ig", steps=steps)
+        return circuits.edge_attribution(model, clean, corrupted, metric, method="eap-ig", steps=steps,
+                                         progress=False)
 
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     if device.startswith("cuda"):
