@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import pytest
 import torch
 from transformers import GPT2LMHeadModel
@@ -61,7 +63,9 @@ def test_memory_scales_with_the_request(tiny_model, tokens):
     for cached, layers, heads in ((one, [0], [0]), (four, [0, 1], [0, 1])):
         estimate = estimate_cache_bytes(tiny_model, *tokens.shape, layers=layers, heads=heads, kinds=("q", "pattern"))
         assert cached.nbytes == estimate.total
-    full = _full_cache(tiny_model, tokens, "")
+    with warnings.catch_warnings():  # the bridge says which flag-gated hook points a full cache leaves out
+        warnings.filterwarnings("ignore", "run_with_cache: skipped", UserWarning)
+        full = _full_cache(tiny_model, tokens, "")
     assert sum(t.nbytes for t in full.values()) > 50 * one.nbytes
 
 
