@@ -368,7 +368,8 @@ def patch_edges(model, edges: Sequence[Edge], source_tokens: Int[Tensor, "batch 
     """Inside the block, the listed edges carry their sender's output from a run on ``source_tokens``, and
     every other edge the output of the run in progress.
 
-    The source run happens once, on entry; the runs inside must have the source's shape. Exact noising of one
+    The source run happens once, on entry; the runs inside must have the source's shape. An edge listed twice
+    (two circuits joined with ``+``) is patched once. Exact noising of one
     edge is the clean run under ``patch_edges(model, [edge], corrupted_tokens)``. Path patching (a sender's
     effect through chosen receivers only) is this with those edges: ``[Edge("a0.h0", "a1.h1", "k")]`` patches
     head 0.0's output where head 1.1's key reads it, and nowhere else.
@@ -378,7 +379,7 @@ def patch_edges(model, edges: Sequence[Edge], source_tokens: Int[Tensor, "batch 
         ...     logits = model(clean)
     """
     g = graph(model)
-    edges = g.check_edges(edges)
+    edges = tuple(dict.fromkeys(g.check_edges(edges)))  # once each: a second copy would add its shift again
     source_tokens = check_tokens(model, source_tokens)
     with _edge_hooks_on(model):
         source, _ = _sender_outputs(model, source_tokens)

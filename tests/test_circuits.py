@@ -168,6 +168,21 @@ def test_exact_equals_patch_edges_edge_by_edge(raw_model, pair, direction):
     assert result.ci_low is not None and bool((result.ci_low <= result.scores + 1e-6).all())
 
 
+def test_an_edge_listed_twice_is_patched_once(raw_model, pair):
+    clean, corrupt = pair
+    g = graph(raw_model)
+    for edge in (Edge("input", "logits"), Edge("a0.h1", "a1.h0", "k"), Edge("input", "m0")):
+        with torch.no_grad():
+            with patch_edges(raw_model, [edge], corrupt):
+                once = raw_model(clean)
+            with patch_edges(raw_model, [edge, g.edges[0], edge], corrupt):
+                twice = raw_model(clean)
+            with patch_edges(raw_model, [edge, g.edges[0]], corrupt):
+                expected = raw_model(clean)
+            assert (once - raw_model(clean)).abs().max() > 1e-3, f"{edge.name} should matter"
+        torch.testing.assert_close(twice, expected, atol=0, rtol=0)
+
+
 def test_every_edge_patched_is_the_source_run_and_none_the_unpatched(raw_model, pair):
     clean, corrupt = pair
     g = graph(raw_model)
