@@ -284,6 +284,14 @@ def _sha256(path: str | os.PathLike) -> str:
         return hashlib.file_digest(f, "sha256").hexdigest()
 
 
+def _hook_names(hooks: str | Sequence[str]) -> list[str]:
+    """The hook names once each, in order; one name alone is one hook (not its characters)."""
+    hooks = list(dict.fromkeys([hooks] if isinstance(hooks, str) else hooks))
+    if not hooks:
+        raise ValueError("hooks is empty: name at least one hook point, e.g. blocks.0.hook_resid_pre")
+    return hooks
+
+
 def _shard_name(index: int) -> str:
     return f"shard-{index:05d}.safetensors"
 
@@ -295,7 +303,7 @@ def harvest(model, corpus, *, hooks: Sequence[str], out: str | os.PathLike, cont
 
     Args:
         corpus: a file, a folder, a list of them, or a ``datasets.Dataset`` with a ``text`` column.
-        hooks: hook names, e.g. ``["blocks.1.hook_resid_pre"]``.
+        hooks: hook names, e.g. ``["blocks.1.hook_resid_pre"]`` (one name alone is one hook).
         context: tokens per row, BOS included (default 128; at most the model's n_ctx).
         dtype: "float32" (default), "float16" or "bfloat16", for the stored activations.
         batch_size: rows per forward (fixed, so one process and many compute the same batches).
@@ -308,9 +316,7 @@ def harvest(model, corpus, *, hooks: Sequence[str], out: str | os.PathLike, cont
     Returns:
         ``out``, a ``Path``.
     """
-    hooks = list(dict.fromkeys(hooks))
-    if not hooks:
-        raise ValueError("hooks is empty: name at least one hook point, e.g. blocks.0.hook_resid_pre")
+    hooks = _hook_names(hooks)
     check_hook_names(model, hooks)
     context = check_positive_int(context, "context", low=2, high=model.cfg.n_ctx)
     batch_size = check_positive_int(batch_size, "batch_size")
@@ -629,9 +635,7 @@ class Stream(_Shards):
     """
 
     def __init__(self, model, tokens: Tensor, hooks: Sequence[str], *, batch_size: int = 8, shard_rows: int = 256):
-        self.hooks = list(dict.fromkeys(hooks))
-        if not self.hooks:
-            raise ValueError("hooks is empty: name at least one hook point, e.g. blocks.0.hook_resid_pre")
+        self.hooks = _hook_names(hooks)
         check_hook_names(model, self.hooks)
         self.tokens = check_tokens(model, tokens).cpu()
         self.batch_size = check_positive_int(batch_size, "batch_size")

@@ -205,6 +205,7 @@ def test_a_stream_refuses_bad_input_before_any_forward(model):
     tokens = torch.zeros(4, 16, dtype=torch.int64)
     with pytest.raises(ValueError, match="hooks is empty"):
         hv.Stream(model, tokens, [])
+    assert hv.Stream(model, tokens, HOOKS[1]).hooks == [HOOKS[1]]  # one name, not its characters
     with pytest.raises(KeyError, match="no hook point"):
         hv.Stream(model, tokens, ["blocks.9.hook_resid_pre"])
     with pytest.raises(ValueError, match="outside the vocabulary"):
@@ -278,6 +279,11 @@ def test_new_weights_at_the_same_path_are_a_different_model(tmp_path):
 
     assert hv._checkpoint_sha256(model_info(load_model(checkpoint, device="cpu"))) == hashlib.sha256(
         weights.read_bytes()).hexdigest() != first
+
+
+def test_one_hook_name_alone_is_one_hook(model, tmp_path):
+    out = hv.harvest(model, CORPUS, hooks=HOOKS[1], out=tmp_path / "one", progress=False, **SMALL)
+    assert hv.open(out).hooks == [HOOKS[1]]
 
 
 def test_bad_input_is_refused_before_any_forward(model, tmp_path):
