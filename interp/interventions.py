@@ -47,7 +47,7 @@ def ablate_heads(model, heads: Sequence[tuple[int, int]], *, mode: str = "zero",
     """Ablate attention heads inside the block: their z (the per-head output before W_O) is replaced.
 
     Args:
-        heads: ``[(layer, head), ...]``.
+        heads: ``[(layer, head), ...]`` (a head named twice is ablated once).
         mode: ``"zero"``, or ``"mean"``: each head's z averaged over ``reference``'s batch and positions.
         reference: for ``mode="mean"``: tokens ``[batch, pos]``, or a corpus harvest
             (``interp.harvest.open(path)``) that holds ``blocks.{layer}.attn.hook_z``, whose mean over every
@@ -71,7 +71,8 @@ def ablate_heads(model, heads: Sequence[tuple[int, int]], *, mode: str = "zero",
         if isinstance(pair, Tensor | str) or not isinstance(pair, Sequence) or len(pair) != 2:
             raise TypeError(f"heads must be (layer, head) pairs, e.g. [(1, 1), (0, 0)]; got {pair!r} in {heads!r}")
         (layer,), (head,) = check_layers(model, [pair[0]]), check_heads(model, [pair[1]])
-        by_layer.setdefault(layer, []).append(head)
+        if head not in by_layer.setdefault(layer, []):  # a head named twice is ablated once
+            by_layer[layer].append(head)
     from interp.harvest import Harvest
 
     if isinstance(reference, Harvest):

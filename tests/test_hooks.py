@@ -366,6 +366,11 @@ def test_zero_ablation_zeroes_z_and_mean_ablation_uses_the_mean(tiny_model, toke
     with ablate_heads(tiny_model, [(1, 2)], mode="mean", reference=tokens):
         z = cache_heads(tiny_model, tokens, layers=[1], heads=[2], kinds=("z",)).z[0, 0]
     torch.testing.assert_close(z, reference_z.mean(dim=(0, 1)).expand_as(z))
+    for mode, reference in (("zero", None), ("mean", tokens)):  # a head named twice is ablated once
+        with torch.no_grad(), ablate_heads(tiny_model, [(1, 2), (0, 1)], mode=mode, reference=reference):
+            once = tiny_model(tokens)
+        with torch.no_grad(), ablate_heads(tiny_model, [(1, 2), (0, 1), (1, 2)], mode=mode, reference=reference):
+            assert torch.equal(tiny_model(tokens), once)
 
 
 def test_cache_handed_to_an_intervention_is_not_modified(tiny_model, tokens):
