@@ -135,15 +135,6 @@ class Graph:
                      for s in range(n))
 
     @cached_property
-    def edge_endpoints(self) -> tuple[Tensor, Tensor]:
-        """Each edge's sender index (into ``senders``) and receiver index (into ``receivers``)."""
-        senders, receivers = [], []
-        for r, (_, _, _, n) in enumerate(self.receivers):
-            senders += range(n)
-            receivers += [r] * n
-        return torch.tensor(senders), torch.tensor(receivers)
-
-    @cached_property
     def edge_index(self) -> dict[Edge, int]:
         return {edge: i for i, edge in enumerate(self.edges)}
 
