@@ -231,11 +231,17 @@ def _projection(model, layer: int, qkv: str) -> tuple[Tensor, Tensor]:
     return getattr(attn, f"W_{letter}").detach(), getattr(attn, f"b_{letter}").detach()
 
 
-def _shift_hooks(model, g: Graph, source: dict[int, Tensor], patches: dict) -> list:
-    """The hooks that move each patched receiver's input by ``source - current`` of its listed senders, in the
-    listed rows: added to the MLP's input or the last residual stream; for a head's q, k or v, that head's q
-    (k, v) recomputed from the edited residual stream through ln1. ``current``, the listed senders' outputs in
-    the run in progress, is recorded by the first of the hooks."""
+@contextlib.contextmanager
+def _shifted(model, g: Graph, source: dict[int, Tensor], patches: dict) -> Iterator[None]:
+    """Inside the block, each patched receiver's input moves by ``source - current`` of its listed senders, in
+    the listed rows: added to the MLP's input or the last residual stream; for a head's q, k or v, that head's
+    q (k, v) recomputed through ln1 from the residual stream moved by it. ``current``, the listed senders'
+    outputs in the run in progress, is recorded by hooks at their hook points.
+
+    The residual stream a head's input is recomputed from is the one ln1 receives (a forward pre-hook on ln1,
+    removed in ``finally``): a hook added at ``hook_resid_pre`` after these, by an intervention entered inside
+    ``patch_edges`` (a steer, a splice), runs before ln1 and is seen. With per-head inputs
+    (``use_split_qkv_input``), ln1 receives those instead, and the stream is read at ``hook_resid_pre``."""
     current: dict[int, Tensor] = {}
     additive: dict[str, list] = {}
     per_head: dict[tuple[int, str], list] = {}
@@ -272,6 +278,12 @@ def _shift_hooks(model, g: Graph, source: dict[int, Tensor], patches: dict) -> l
             resid[layer] = act.detach()
         return hook
 
+    def keep_ln1_input(layer: int):
+        def hook(module, args):
+            if args[0].shape == resid[layer].shape:  # the residual stream, not per-head inputs
+                resid[layer] = args[0].detach()
+        return hook
+
     def recompute(layer: int, qkv: str):
         W, _ = _projection(model, layer, qkv)
         affine = ln_affine(model.blocks[layer].ln1)
@@ -288,11 +300,20 @@ def _shift_hooks(model, g: Graph, source: dict[int, Tensor], patches: dict) -> l
             return act
         return hook
 
+    layers = sorted({layer for layer, _ in per_head})
     hooks = _sender_hooks(model, g, current, {s for senders in patches.values() for s, _ in senders})
-    hooks += [(f"blocks.{layer}.hook_resid_pre", keep_resid(layer)) for layer in sorted({k[0] for k in per_head})]
+    hooks += [(f"blocks.{layer}.hook_resid_pre", keep_resid(layer)) for layer in layers]
     hooks += [(f"blocks.{layer}.attn.hook_{qkv}", recompute(layer, qkv)) for layer, qkv in per_head]
     hooks += [(name, add(name)) for name in additive]
-    return hooks
+    handles = []
+    try:
+        for layer in layers:
+            handles.append(model.blocks[layer].ln1.register_forward_pre_hook(keep_ln1_input(layer)))
+        with temporary_hooks(model, hooks):
+            yield
+    finally:
+        for handle in handles:
+            handle.remove()
 
 
 def _sender_outputs(model, tokens: Tensor, parts: bool = False) -> tuple[dict, Tensor]:
@@ -343,7 +364,7 @@ def _patched_logits(model, tokens: Tensor, source: dict[int, Tensor],
     """Logits of ``tokens`` with each receiver's input shifted by ``source - current`` of the listed senders,
     in the listed rows. ``patches[(receiver, input)] = [(sender index, rows), ...]``, where ``rows`` selects as
     many rows as the source has (all of them, or one copy of the batch); the edge hook points must be on."""
-    with torch.no_grad(), temporary_hooks(model, _shift_hooks(model, graph(model), source, patches)):
+    with torch.no_grad(), _shifted(model, graph(model), source, patches):
         return model(tokens)
 
 
@@ -360,10 +381,16 @@ def patch_edges(model, edges: Sequence[Edge], source_tokens: Int[Tensor, "batch 
     every other edge the output of the run in progress.
 
     The source run happens once, on entry; the runs inside must have the source's shape. An edge listed twice
-    (two circuits joined with ``+``) is patched once. Exact noising of one
-    edge is the clean run under ``patch_edges(model, [edge], corrupted_tokens)``. Path patching (a sender's
-    effect through chosen receivers only) is this with those edges: ``[Edge("a0.h0", "a1.h1", "k")]`` patches
-    head 0.0's output where head 1.1's key reads it, and nowhere else.
+    (two circuits joined with ``+``) is patched once. Exact noising of one edge is the clean run under
+    ``patch_edges(model, [edge], corrupted_tokens)``. Path patching (a sender's effect through chosen receivers
+    only) is this with those edges: ``[Edge("a0.h0", "a1.h1", "k")]`` patches head 0.0's output where head
+    1.1's key reads it, and nowhere else.
+
+    With other interventions, enter this one inside them. A hook entered inside it runs after its own at the
+    same hook point: one that edits the residual stream a patched head reads (a steer, a splice at
+    ``hook_resid_pre``) is seen, but one that changes a patched edge's sender (``ablate_heads`` on that head, a
+    steer at layer 0 for ``input``) is not, and the receiver would move by the sender's output as it was
+    before that change.
 
     Example:
         >>> with patch_edges(model, [Edge("a0.h0", "a1.h1", "k")], corrupted):
@@ -380,8 +407,8 @@ def patch_edges(model, edges: Sequence[Edge], source_tokens: Int[Tensor, "batch 
                 raise ValueError(f"patch_edges: the run's tokens {tuple(act.shape[:2])} must have the shape of the "
                                  f"source tokens {tuple(source[0].shape[:2])}")
 
-        hooks = [("blocks.0.hook_resid_pre", same_shape), *_shift_hooks(model, g, source, _patches_for(g, edges))]
-        with temporary_hooks(model, hooks):
+        with temporary_hooks(model, [("blocks.0.hook_resid_pre", same_shape)]), \
+                _shifted(model, g, source, _patches_for(g, edges)):
             yield
 
 
@@ -539,8 +566,8 @@ def _exact(model, g: Graph, base: Tensor, source_tokens: Tensor, metric: Metric,
             for c, edge in enumerate(edges):
                 patches.setdefault((edge.receiver, edge.input), []).append(
                     (g.sender_index[edge.sender], slice(c * batch, (c + 1) * batch)))
-            final = run_until(model, base.repeat(len(edges), 1), ["unembed.hook_in"],
-                              _shift_hooks(model, g, source, patches))["unembed.hook_in"]
+            with _shifted(model, g, source, patches):
+                final = run_until(model, base.repeat(len(edges), 1), ["unembed.hook_in"])["unembed.hook_in"]
             for c in range(len(edges)):  # the copies' logits one at a time, each in the memory of the last
                 value = metric_values(metric, model.unembed(final[c * batch:(c + 1) * batch])).float()
                 out.append((value - unpatched).cpu())
@@ -649,6 +676,12 @@ def _gradient_runs(model, g: Graph, tokens: Tensor, metric: Metric, runs: Sequen
     def keep_resid(layer: int):
         def hook(act, hook):
             resid[layer] = act.detach()
+        return hook
+
+    def keep_ln1_input(layer: int):
+        def hook(module, args):
+            if args[0].shape == resid[layer].shape:  # the residual stream, not per-head inputs
+                resid[layer] = args[0].detach()
         return hook
 
     def keep(key: tuple[str, str]):

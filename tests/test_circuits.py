@@ -152,6 +152,32 @@ def test_patch_edges_equals_a_hand_written_edge_patch_on_hugging_face(checkpoint
     assert attached_hooks(raw_model) == []
 
 
+def test_patch_edges_sees_a_steer_entered_inside_it(checkpoint, raw_model, pair):
+    """A steer entered inside patch_edges edits the residual stream after patch_edges' own hooks there: the
+    patched head's q, k or v must be recomputed from the stream the head reads, the steered one (measured
+    before the fix: the logits 0.3 apart on the bundled model). Oracle: Hugging Face's model with the steer as a
+    pre-hook on the block, and the hand-written edge patch on top of it."""
+    clean, corrupt = pair
+    hf = _hf_model(checkpoint, torch.float32).eval()
+    n_heads = raw_model.cfg.n_heads
+    clean_out, corrupt_out = (hf_sender_outputs(hf, t, n_heads) for t in (clean, corrupt))
+    vector = torch.randn(raw_model.cfg.d_model, generator=torch.Generator().manual_seed(3))
+    for edge in (Edge("a0.h1", "a1.h2", "q"), Edge("input", "a2.h0", "k"), Edge("m0", "a1.h3", "v")):
+        layer = int(edge.receiver[1])
+        with patch_edges(raw_model, [edge], corrupt), interp.steer(raw_model, vector, layer=layer), torch.no_grad():
+            ours = raw_model(clean).log_softmax(-1)
+        steered = hf.transformer.h[layer].register_forward_pre_hook(lambda m, args: (args[0] + vector, *args[1:]))
+        try:  # the senders are upstream of the steer, so their outputs are the unsteered runs'
+            theirs = hf_edge_patch(hf, clean, edge, corrupt_out[edge.sender] - clean_out[edge.sender], n_heads)
+            with torch.no_grad():
+                steered_only = hf(clean).logits.log_softmax(-1)
+        finally:
+            steered.remove()
+        assert (theirs - steered_only).abs().max() > 1e-3, f"{edge.name} should matter"
+        torch.testing.assert_close(ours, theirs, atol=1e-4, rtol=0, msg=f"{edge.name}")
+    assert attached_hooks(raw_model) == []
+
+
 @pytest.mark.parametrize("direction", ["noising", "denoising"])
 def test_exact_equals_patch_edges_edge_by_edge(raw_model, pair, direction):
     clean, corrupt = pair
