@@ -65,7 +65,7 @@ from torch import Tensor
 from interp import distributed
 from interp.errors import NameNotFoundError
 from interp.figures import atomic_write
-from interp.hooks import check_hook_names, run_until
+from interp.hooks import attached_hooks, check_hook_names, run_until
 from interp.inputs import check_folder, check_positive_int, check_tokens
 
 __all__ = ["Harvest", "HarvestMismatchError", "Stream", "harvest", "open"]
@@ -292,6 +292,17 @@ def _hook_names(hooks: str | Sequence[str]) -> list[str]:
     return hooks
 
 
+def _check_unhooked(model) -> None:
+    """Activations are stored, resumed and trained on as the model's own, and its manifest records the model
+    as loaded: a hook attached now (an intervention's: a steer, an ablation, a splice) would change them with
+    no record of it, and a rerun without it would resume into the same shards."""
+    attached = attached_hooks(model)
+    if attached:
+        raise ValueError(f"hooks are attached to the model ({', '.join(attached[:3])}"
+                         f"{', ...' if len(attached) > 3 else ''}): activations are harvested from the model as "
+                         "loaded, so run this outside the intervention that attached them")
+
+
 def _shard_name(index: int) -> str:
     return f"shard-{index:05d}.safetensors"
 
@@ -299,7 +310,8 @@ def _shard_name(index: int) -> str:
 def harvest(model, corpus, *, hooks: Sequence[str], out: str | os.PathLike, context: int = 128,
             dtype: str = "float32", batch_size: int = 8, shard_rows: int = 256, stats_only: bool = False,
             pattern: str = "**/*", progress: bool = True) -> Path:
-    """Harvest ``hooks``' activations over ``corpus`` into ``out`` (see the module docstring).
+    """Harvest ``hooks``' activations over ``corpus`` into ``out`` (see the module docstring), from the model as
+    loaded: refused while hooks are attached to it (an intervention's, whose effect the manifest cannot record).
 
     Args:
         corpus: a file, a folder, a list of them, or a ``datasets.Dataset`` with a ``text`` column.
@@ -327,6 +339,7 @@ def harvest(model, corpus, *, hooks: Sequence[str], out: str | os.PathLike, cont
     rank, world = distributed.join()
     docs = [{"name": d.name, "sha256": d.sha256} for d in _documents(corpus, pattern, model.cfg.d_vocab)]  # checks it
     fingerprint = _fingerprint(model, docs, hooks, context, dtype, batch_size, shard_rows, stats_only)
+    _check_unhooked(model)  # the last check before anything is written or run
     run_file = out / "run.json"
     if run_file.exists():
         before = json.loads(run_file.read_text())
@@ -658,6 +671,7 @@ class Stream(_Shards):
         self._check_name(name)
         index = self._check_shard(index)
         if self._index != index:  # one forward per micro-batch gives every hook of the shard
+            _check_unhooked(self.model)
             rows = self.tokens[index * self.shard_rows:(index + 1) * self.shard_rows].to(self.model.cfg.device)
             micro = [rows[first:first + self.batch_size] for first in range(0, len(rows), self.batch_size)]
             rank, world = distributed.join()

@@ -286,6 +286,21 @@ def test_one_hook_name_alone_is_one_hook(model, tmp_path):
     assert hv.open(out).hooks == [HOOKS[1]]
 
 
+def test_a_harvest_or_stream_under_an_intervention_is_refused(model, tmp_path):
+    """A steer's activations would be stored as the model's own, with nothing in the manifest to say so, and a
+    rerun without it would resume into the same folder."""
+    import interp
+
+    stream = hv.Stream(model, torch.zeros(4, 16, dtype=torch.int64), HOOKS[:1])
+    with interp.steer(model, torch.ones(model.cfg.d_model), layer=0):
+        with pytest.raises(ValueError, match=r"hooks are attached to the model \(blocks\.0\."):
+            hv.harvest(model, CORPUS, hooks=HOOKS, out=tmp_path / "steered", progress=False, **SMALL)
+        with pytest.raises(ValueError, match="outside the intervention"):
+            stream.shard(0, HOOKS[0])
+    assert not (tmp_path / "steered").exists()
+    assert stream.shard(0, HOOKS[0]).shape[:2] == (4, 16)  # outside it, as before
+
+
 def test_bad_input_is_refused_before_any_forward(model, tmp_path):
     with pytest.raises(KeyError, match="no hook point"):
         hv.harvest(model, CORPUS, hooks=["blocks.9.hook_resid_pre"], out=tmp_path / "a", progress=False)
