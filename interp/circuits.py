@@ -678,12 +678,6 @@ def _gradient_runs(model, g: Graph, tokens: Tensor, metric: Metric, runs: Sequen
             resid[layer] = act.detach()
         return hook
 
-    def keep_ln1_input(layer: int):
-        def hook(module, args):
-            if args[0].shape == resid[layer].shape:  # the residual stream, not per-head inputs
-                resid[layer] = args[0].detach()
-        return hook
-
     def keep(key: tuple[str, str]):
         def hook(act, hook):
             act = act.clone()  # its own node: the gradient of this receiver alone
