@@ -368,9 +368,10 @@ def _patched_logits(model, tokens: Tensor, source: dict[int, Tensor],
         return model(tokens)
 
 
-def _patches_for(g: Graph, edges: Sequence[Edge], rows: slice = slice(None)) -> dict:
+def _patches_for(g: Graph, edges: Iterable[Edge], rows: slice = slice(None)) -> dict:
+    """``_shifted``'s patches for ``edges`` in ``rows``, each edge once: a second copy would add its shift again."""
     patches: dict[tuple[str, str], list] = {}
-    for edge in edges:
+    for edge in dict.fromkeys(edges):
         patches.setdefault((edge.receiver, edge.input), []).append((g.sender_index[edge.sender], rows))
     return patches
 
@@ -397,7 +398,7 @@ def patch_edges(model, edges: Sequence[Edge], source_tokens: Int[Tensor, "batch 
         ...     logits = model(clean)
     """
     g = graph(model)
-    edges = tuple(dict.fromkeys(g.check_edges(edges)))  # once each: a second copy would add its shift again
+    edges = g.check_edges(edges)
     source_tokens = check_tokens(model, source_tokens)
     with _edge_hooks_on(model):
         source, _ = _sender_outputs(model, source_tokens)
