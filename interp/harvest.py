@@ -558,6 +558,12 @@ class Harvest(_Shards):
         self.verify = verify
         self._checked: set[str] = set()
 
+    @functools.cached_property
+    def digest(self) -> str:
+        """sha256 naming these activations (the manifest: model, corpus, shard hashes, dtype): a SAE training
+        run records it, and resumes only on the same."""
+        return hashlib.sha256(json.dumps(self.manifest, sort_keys=True).encode()).hexdigest()
+
     def __repr__(self) -> str:
         m = self.manifest
         return (f"Harvest({str(self.path)!r}: {m['rows']} rows x {m['context']} tokens of {m['model']['label']}, "
@@ -694,6 +700,17 @@ class Stream(_Shards):
     def _check_name(self, name: str) -> None:
         if name not in self.hooks:
             raise NameNotFoundError(f"{name!r} is not streamed here (hooks {self.hooks})")
+
+    @functools.cached_property
+    def digest(self) -> str:
+        """sha256 naming these activations (the model as loaded, the token rows, the shards and micro-batches):
+        a SAE training run records it, and resumes only on the same."""
+        from interp.loading import model_info
+
+        record = {"model": _model_record(model_info(self.model)), "shape": list(self.tokens.shape),
+                  "tokens": hashlib.sha256(self.tokens.numpy().tobytes()).hexdigest(),
+                  "shard_rows": self.shard_rows, "batch_size": self.batch_size}
+        return hashlib.sha256(json.dumps(record, sort_keys=True).encode()).hexdigest()
 
     @functools.cached_property
     def _like(self) -> dict[str, Tensor]:

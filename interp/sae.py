@@ -577,8 +577,10 @@ def logit_effects(model, sae: SAE, features: Sequence[int] | None = None) -> Flo
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """What ``train`` was asked (stored beside its checkpoints, checked on resume)."""
+    """What ``train`` was asked (stored beside its checkpoints, checked on resume), and on which activations
+    (``data``: the harvest's or stream's ``digest``)."""
 
+    data: str
     hook: str
     d_sae: int
     architecture: str
@@ -640,8 +642,9 @@ def train(data, *, hook: str, d_sae: int, architecture: str = "topk", k: int | N
     - **Init** (seeded): decoder rows random unit vectors, the encoder their transpose, ``b_dec`` the first
       global batch's mean.
     - **Checkpoints** in ``out`` every ``checkpoint_every`` steps (the SAE in SAELens's format, the optimiser and
-      the step, each through a temporary name); a rerun with the same arguments resumes from the last one, with
-      the batches it would have seen; other arguments are refused.
+      the step, each through a temporary name); a rerun with the same arguments on the same activations (the
+      same harvest, or a stream of the same rows through the same model) resumes from the last one, with the
+      batches it would have seen; other arguments or activations are refused.
 
     - **Device**: the SAE trains on ``device`` (``"cpu"`` or ``"cuda"``); the batches come from the CPU, and the
       dead-latent counts stay there. Under ``torchrun`` on GPUs each rank trains on its own GPU and the
@@ -690,7 +693,7 @@ def train(data, *, hook: str, d_sae: int, architecture: str = "topk", k: int | N
     d_in = math.prod(data.shard(0, hook).shape[2:])
     if aux_coeff is None:
         aux_coeff = _PRE_ACT_COEFF if architecture == "jumprelu" else _AUX_K_COEFF
-    cfg = TrainConfig(hook, d_sae, architecture, k, float(l1), batch_size, steps, float(lr), seed,
+    cfg = TrainConfig(data.digest, hook, d_sae, architecture, k, float(l1), batch_size, steps, float(lr), seed,
                       d_in // 2 if aux_k is None else aux_k, float(aux_coeff), dead_after, float(l0),
                       float(bandwidth))
     metadata = {"model_name": data.model_label, **(metadata or {})}
@@ -833,7 +836,9 @@ def _check_same_run(out: Path, cfg: TrainConfig) -> None:
     now = asdict(cfg)
     if before != now:
         differ = sorted(key for key in before.keys() | now.keys() if before.get(key) != now.get(key))
-        raise ValueError(f"{out} holds a SAE training run with another {', '.join(differ)}: use another folder, "
+        named = [("data (other activations: another harvest, or other token rows or model)" if key == "data" else key)
+                 for key in differ]
+        raise ValueError(f"{out} holds a SAE training run with another {', '.join(named)}: use another folder, "
                          "or delete this one to start again")
 
 

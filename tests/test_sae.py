@@ -478,6 +478,22 @@ def test_training_on_a_stream_of_tokens_trains_what_their_harvest_trains(bundled
         assert torch.equal(p, q), name
 
 
+def test_a_training_run_resumes_only_on_its_own_activations(bundled, harvested, tmp_path):
+    """A rerun into a finished (or interrupted) run's folder on other activations is refused: it used to return
+    the first run's SAE as the second's (or go on with the other batches from the last checkpoint)."""
+    rows = harvested.tokens
+    out = tmp_path / "run"
+    S.train(harvested, **TRAIN, out=out)
+    written = {f: f.read_bytes() for f in out.rglob("*") if f.is_file()}
+    others = [hv.Stream(bundled, rows.flip(0), [HOOK], shard_rows=harvested.manifest["shard_rows"]),  # other rows
+              hv.Stream(bundled, rows, [HOOK], shard_rows=harvested.manifest["shard_rows"])]  # a stream, not this harvest
+    for other in others:
+        with pytest.raises(ValueError, match=r"another data \(other activations"):
+            S.train(other, **TRAIN, out=out)
+    assert {f: f.read_bytes() for f in out.rglob("*") if f.is_file()} == written
+    assert hv.Stream(bundled, rows, [HOOK]).digest == hv.Stream(bundled, rows.clone(), [HOOK]).digest
+
+
 def test_the_command_trains_from_a_file_of_token_rows_what_the_harvest_trains(harvested, tmp_path):
     """``python -m interp.sae rows.npy --model bundled ...`` streams the rows through the model: the SAE it
     writes equals ``train`` on the harvest of those rows, bit for bit. A file that is not 2-d token rows is one
