@@ -546,7 +546,9 @@ def feature_attribution(model, sae: SAE, tokens: Int[Tensor, "batch pos"], metri
         x = act.flatten(2)
         features = sae.encode(x).detach().requires_grad_(True)
         kept["f"] = features
-        return (x + sae.decode(features) - sae.decode(features).detach()).reshape(act.shape).to(act.dtype)
+        decoded = sae.decode(features)
+        # x + 0 with the decoder's gradient: exactly x (x + d - d is not, for about a third of the elements)
+        return (x + (decoded - decoded.detach())).reshape(act.shape).to(act.dtype)
 
     with torch.enable_grad():  # the metric too, if the caller is under no_grad
         value = metric_values(metric, logits_for_gradients(model, tokens, [(hook, fn)]), "the spliced run").sum()
