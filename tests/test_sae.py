@@ -735,7 +735,7 @@ def test_training_loss_and_gradients_are_saelens(architecture):
     x = torch.randn(64, 32, generator=torch.Generator().manual_seed(4))
     dead = torch.zeros(48, dtype=torch.bool)
     dead[::3] = architecture == "jumprelu"
-    cfg = S.TrainConfig(hook=HOOK, d_sae=48, architecture=architecture, k=ours.k, l1=0.7, batch_size=64, steps=1,
+    cfg = S.TrainConfig(data="none", hook=HOOK, d_sae=48, architecture=architecture, k=ours.k, l1=0.7, batch_size=64, steps=1,
                         lr=1e-3, seed=0, aux_k=16, aux_coeff=0.3, dead_after=1, l0=0.9, bandwidth=0.1)
     loss, _, _ = S._loss(ours, x, cfg, dead)
     loss.backward()
